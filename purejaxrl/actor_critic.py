@@ -1,0 +1,351 @@
+"""The on-policy actor-critic training loop shared by PPO and A2C (and learned policy losses).
+
+One update = rollout (`num_steps` x `num_envs`) -> values of every observation and of every final
+observation in one batched critic call -> GAE -> `update_epochs` x `num_minibatches` gradient steps
+on `policy_loss + vf_coef * value_loss - ent_coef * entropy`. The whole run is `lax.scan` over
+updates inside `train(key)`, so `jax.jit(jax.vmap(train))(keys)` is one XLA program.
+
+Any minibatch whose loss or gradient is not finite is skipped (parameters and optimiser state kept)
+and counted in `metrics["nan_skipped"]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+import envs
+from envs import spaces, wrappers
+from purejaxrl import config as C
+from purejaxrl.distributions import HEADS, make_head
+from purejaxrl.gae import gae
+from purejaxrl.losses import value_loss
+from purejaxrl.networks import ACTIVATIONS, ActorCritic
+from purejaxrl.rollout import rollout
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a run carries between updates (a pytree; leading seed axis under vmap)."""
+
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: jax.Array  # [num_envs, obs_dim]
+    rng: jax.Array  # raw uint32 key [2]
+    update_step: jax.Array  # int32 []: updates done so far
+    last_return: jax.Array  # float32 []: the carried-forward episode_return metric
+    last_length: jax.Array  # float32 []
+
+
+@struct.dataclass
+class TrainOutput:
+    """`state`: final TrainState; `metrics`: dict of per-update scalars, each `[num_updates]`."""
+
+    state: TrainState
+    metrics: dict
+
+
+class Agent(NamedTuple):
+    """The pieces `make_agent` builds; `train(key)` is the one-program run."""
+
+    config: Any
+    env: Any
+    env_params: Any
+    network: ActorCritic
+    head: Any
+    num_updates: int
+    init: Callable[[jax.Array], TrainState]
+    update: Callable[[TrainState], tuple[TrainState, dict]]
+    run: Callable[..., TrainOutput]  # run(state, num_updates) -> TrainOutput
+    train: Callable[[jax.Array], TrainOutput]
+
+
+def raw_key(key: jax.Array) -> jax.Array:
+    """Accepts typed (`jax.random.key`) or raw (`PRNGKey`) keys; returns a raw uint32 key."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return key
+
+
+def validate(cfg) -> None:
+    """Raises ValueError naming the first bad field; numeric leaves only when concrete."""
+    for field in ("total_timesteps", "num_envs", "num_steps"):
+        C.check_positive_int(cfg, field)
+    epochs = getattr(cfg, "update_epochs", 1)
+    minibatches = getattr(cfg, "num_minibatches", 1)
+    if hasattr(cfg, "update_epochs"):
+        C.check_positive_int(cfg, "update_epochs")
+    if hasattr(cfg, "num_minibatches"):
+        C.check_positive_int(cfg, "num_minibatches")
+        batch = cfg.num_envs * cfg.num_steps
+        if batch % minibatches:
+            raise ValueError(
+                f"{type(cfg).__name__}.num_minibatches={minibatches}: num_envs * num_steps = "
+                f"{cfg.num_envs} * {cfg.num_steps} = {batch} must be divisible by num_minibatches"
+            )
+    del epochs
+    if cfg.total_timesteps < cfg.num_envs * cfg.num_steps:
+        raise ValueError(
+            f"{type(cfg).__name__}.total_timesteps={cfg.total_timesteps}: must be at least one "
+            f"rollout, num_envs * num_steps = {cfg.num_envs * cfg.num_steps}"
+        )
+    C.check_hidden_sizes(cfg)
+    C.check_choice(cfg, "activation", ACTIVATIONS)
+    C.check_choice(cfg, "policy", ("auto", *HEADS))
+    C.check_range(cfg, "gamma", 0.0, 1.0)
+    C.check_range(cfg, "gae_lambda", 0.0, 1.0)
+    C.check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)
+    C.check_range(cfg, "max_grad_norm", 0.0, np.inf, low_open=True)
+    C.check_range(cfg, "ent_coef", 0.0, np.inf)
+    C.check_range(cfg, "vf_coef", 0.0, np.inf)
+    if hasattr(cfg, "clip_eps"):
+        C.check_range(cfg, "clip_eps", 0.0, np.inf, low_open=True)
+
+
+def make_env(cfg, env=None, env_params=None):
+    """The training env stack for `cfg`: the agent acts in [-1, 1] on continuous envs.
+
+    make(cfg.env) [-> RescaleAction -> ClipAction] -> EpisodeStatistics -> VecEnv(num_envs)
+    [-> NormalizeObservation] [-> NormalizeReward(gamma)]. Pass `env`/`env_params` to train on
+    a custom single env (it must auto-reset and follow envs.core's API).
+    """
+    if env is None:
+        env, env_params = envs.make(cfg.env, **dict(cfg.env_kwargs))
+    elif env_params is None:
+        env_params = env.default_params
+    space = env.action_space(env_params)
+    if not spaces.is_discrete(space):
+        if space.bounded and not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
+            env = wrappers.RescaleAction(env, -1.0, 1.0)
+        env = wrappers.ClipAction(env)
+    env = wrappers.EpisodeStatistics(env)
+    env = wrappers.VecEnv(env, cfg.num_envs)
+    if cfg.normalize_obs:
+        env = wrappers.NormalizeObservation(env)
+    if cfg.normalize_reward:
+        env = wrappers.NormalizeReward(env, gamma=cfg.gamma)
+    return env, env_params
+
+
+def resolve_policy(cfg, action_space) -> str:
+    if cfg.policy != "auto":
+        return cfg.policy
+    return "categorical" if spaces.is_discrete(action_space) else "gaussian"
+
+
+def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, progress_every=None):
+    """Builds the on-policy agent for `cfg` with the pluggable `policy_loss` (see purejaxrl.losses).
+
+    progress_fn(update_step [seeds...], metrics: dict) runs on the host every `progress_every`
+    updates (default: ~100 calls per run) through `jax.debug.callback`; None compiles no callback.
+    """
+    validate(cfg)
+    env, env_params = make_env(cfg, env, env_params)
+    action_space = env.action_space(env_params)
+    head = make_head(resolve_policy(cfg, action_space), action_space)
+    network = ActorCritic(
+        action_dim=spaces.action_dim(action_space),
+        head_kind="categorical" if head.discrete else "gaussian",
+        hidden_sizes=tuple(cfg.hidden_sizes),
+        activation=cfg.activation,
+        layer_norm=cfg.layer_norm,
+        shared=cfg.shared_torso,
+        init_log_std=cfg.init_log_std,
+    )
+    num_envs, num_steps = cfg.num_envs, cfg.num_steps
+    batch_size = num_envs * num_steps
+    num_updates = cfg.total_timesteps // batch_size
+    epochs = getattr(cfg, "update_epochs", 1)
+    num_minibatches = getattr(cfg, "num_minibatches", 1)
+    minibatch_size = batch_size // num_minibatches
+    value_clip = cfg.clip_eps if getattr(cfg, "clip_value_loss", False) else None
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5)
+    )
+    if progress_every is None:
+        progress_every = max(1, num_updates // 100)
+
+    def init(key) -> TrainState:
+        key = raw_key(key)
+        k_params, k_env, k_run = jax.random.split(key, 3)
+        obs, env_state = env.reset(k_env, env_params)
+        params = network.init(k_params, obs)
+        return TrainState(
+            params=params,
+            opt_state=optimizer.init(params),
+            env_state=env_state,
+            obs=obs,
+            rng=k_run,
+            update_step=jnp.zeros((), jnp.int32),
+            last_return=jnp.zeros((), jnp.float32),
+            last_length=jnp.zeros((), jnp.float32),
+        )
+
+    def act(params, key, obs):
+        out = network.apply(params, obs, method=network.actor)
+        action, log_prob = head.sample_and_log_prob(key, out)
+        return action, log_prob, head.to_env(action)
+
+    def loss_fn(params, batch, progress):
+        out, values = network.apply(params, batch["obs"])
+        log_prob = head.log_prob(out, batch["action"])
+        entropy = head.entropy(out)
+        advantages = batch["advantages"]
+        if cfg.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        pg_loss, aux = policy_loss(
+            log_prob - batch["log_prob"], advantages, progress, {"entropy": entropy}
+        )
+        v_loss = value_loss(values, batch["values"], batch["targets"], value_clip)
+        ent = jnp.mean(entropy)
+        total = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
+        return total, {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent, **aux}
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def sgd_step(carry, batch):
+        params, opt_state, lr, progress = carry
+        (loss, aux), grads = grad_fn(params, batch, progress)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        params, opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+        stats = {"loss": loss, "grad_norm": grad_norm, **aux}
+        stats = jax.tree.map(lambda x: jnp.where(ok, x, 0.0), stats)
+        return (params, opt_state, lr, progress), (stats, ok)
+
+    def update(state: TrainState):
+        rng, k_roll, k_perm = jax.random.split(state.rng, 3)
+        progress = state.update_step / num_updates
+        lr = cfg.learning_rate * (1.0 - progress) if cfg.anneal_lr else cfg.learning_rate
+        env_state, obs, traj = rollout(
+            env, env_params, lambda k, o: act(state.params, k, o), state.env_state, state.obs,
+            k_roll, num_steps,
+        )
+        # Values of every observation and every pre-reset next observation: one batched call each.
+        both = jnp.concatenate([traj.obs, traj.final_obs], axis=0)
+        both_values = network.apply(state.params, both, method=network.critic)
+        values, next_values = both_values[:num_steps], both_values[num_steps:]
+        advantages, targets = gae(
+            traj.reward, values, next_values, traj.terminated, traj.truncated,
+            cfg.gamma, cfg.gae_lambda,
+        )
+        flat = lambda x: x.reshape((batch_size, *x.shape[2:]))
+        data = {
+            "obs": flat(traj.obs),
+            "action": flat(traj.action),
+            "log_prob": flat(traj.log_prob),
+            "values": flat(values),
+            "targets": flat(targets),
+            "advantages": flat(advantages),
+        }
+        # All epochs' shuffles at once: [epochs * minibatches, minibatch_size] indices.
+        perms = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(
+            jax.random.split(k_perm, epochs)
+        ).reshape(epochs * num_minibatches, minibatch_size)
+        minibatches = jax.tree.map(lambda x: x[perms], data)
+        (params, opt_state, _, _), (stats, ok) = jax.lax.scan(
+            sgd_step, (state.params, state.opt_state, lr, progress), minibatches
+        )
+        num_ok = jnp.sum(ok)
+        metrics = {k: jnp.sum(v) / jnp.maximum(num_ok, 1) for k, v in stats.items()}
+
+        finished = traj.episode_done & jnp.isfinite(traj.episode_return)
+        count = jnp.sum(finished)
+        mean_of = lambda x: jnp.sum(jnp.where(finished, x, 0.0)) / jnp.maximum(count, 1)
+        last_return = jnp.where(count > 0, mean_of(traj.episode_return), state.last_return)
+        last_length = jnp.where(count > 0, mean_of(traj.episode_length), state.last_length)
+        update_step = state.update_step + 1
+        metrics.update(
+            episode_return=last_return,
+            episode_length=last_length,
+            episodes_finished=count,
+            env_steps=update_step * batch_size,
+            nan_skipped=ok.size - num_ok,
+            learning_rate=jnp.asarray(lr, jnp.float32),
+        )
+        new_state = TrainState(
+            params=params,
+            opt_state=opt_state,
+            env_state=env_state,
+            obs=obs,
+            rng=rng,
+            update_step=update_step,
+            last_return=last_return.astype(jnp.float32),
+            last_length=last_length.astype(jnp.float32),
+        )
+        return new_state, metrics
+
+    def run(state: TrainState, num_updates: int = num_updates) -> TrainOutput:
+        def body(state, i):
+            state, metrics = update(state)
+            if progress_fn is not None:
+                report = ((i + 1) % progress_every == 0) | (i + 1 == num_updates)
+                jax.lax.cond(
+                    report,
+                    lambda: jax.debug.callback(progress_fn, state.update_step, metrics),
+                    lambda: None,
+                )
+            return state, metrics
+
+        state, metrics = jax.lax.scan(body, state, jnp.arange(num_updates))
+        return TrainOutput(state=state, metrics=metrics)
+
+    def train(key) -> TrainOutput:
+        return run(init(key), num_updates)
+
+    return Agent(
+        config=cfg, env=env, env_params=env_params, network=network, head=head,
+        num_updates=num_updates, init=init, update=update, run=run, train=train,
+    )
+
+
+@C.dataclass(frozen=True)
+class OnPolicyConfig:
+    """Fields every on-policy actor-critic config shares (PPO, A2C).
+
+    Static (shape-setting): env, env_kwargs, sizes, counts, network and head choices, switches.
+    Leaves (vmappable): learning_rate, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm,
+    init_log_std.
+    """
+
+    env: str = C.static("CartPole-v1")
+    env_kwargs: tuple = C.static(())  # frozen kwargs for envs.make, e.g. (("max_steps_in_episode", 200),)
+    total_timesteps: int = C.static(1_000_000)
+    num_envs: int = C.static(16)
+    num_steps: int = C.static(128)
+    hidden_sizes: tuple = C.static((64, 64))
+    activation: str = C.static("tanh")
+    layer_norm: bool = C.static(False)
+    shared_torso: bool = C.static(False)
+    policy: str = C.static("auto")  # auto | categorical | gaussian | tanh_gaussian
+    anneal_lr: bool = C.static(False)
+    normalize_advantages: bool = C.static(True)
+    normalize_obs: bool = C.static(False)
+    normalize_reward: bool = C.static(False)
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    init_log_std: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.env_kwargs, tuple):
+            object.__setattr__(self, "env_kwargs", C.freeze_mapping(self.env_kwargs))
+        if isinstance(self.hidden_sizes, list):
+            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // (self.num_envs * self.num_steps)

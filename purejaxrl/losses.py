@@ -1,0 +1,54 @@
+"""Policy and value losses. Every policy loss has one signature, so agents can swap them:
+
+    policy_loss(log_ratio [B], advantages [B], progress [], extras: dict) -> (loss [], aux: dict)
+
+`log_ratio` = log pi_new(a|s) - log pi_old(a|s) (differentiable in the new policy), `advantages`
+already normalised if the agent does so, `progress` = update index / number of updates in [0, 1],
+`extras` carries anything else a loss may want (e.g. "entropy" [B]). Hyper-parameters are closed
+over by the factory that builds the loss, so they may be traced (swept with vmap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+
+PolicyLoss = Callable[..., tuple[jnp.ndarray, dict]]
+
+
+def ppo_clip(clip_eps) -> PolicyLoss:
+    """PPO's clipped surrogate: -mean(min(r A, clip(r, 1-eps, 1+eps) A))."""
+
+    def loss(log_ratio, advantages, progress, extras):
+        del progress, extras
+        ratio = jnp.exp(log_ratio)
+        unclipped = ratio * advantages
+        clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+        aux = {
+            "clip_frac": jnp.mean(jnp.abs(ratio - 1.0) > clip_eps),
+            # k3 estimator of KL(old || new): unbiased and non-negative.
+            "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+        }
+        return -jnp.mean(jnp.minimum(unclipped, clipped)), aux
+
+    return loss
+
+
+def policy_gradient() -> PolicyLoss:
+    """Vanilla (A2C) policy gradient: -mean(log_ratio A), whose gradient is -mean(A grad log pi)."""
+
+    def loss(log_ratio, advantages, progress, extras):
+        del progress, extras
+        return -jnp.mean(log_ratio * advantages), {"approx_kl": jnp.mean(jnp.expm1(log_ratio) - log_ratio)}
+
+    return loss
+
+
+def value_loss(values, old_values, targets, clip_eps=None):
+    """0.5 mean squared error to targets; with `clip_eps`, PPO's clipped value loss (max of both)."""
+    unclipped = (values - targets) ** 2
+    if clip_eps is None:
+        return 0.5 * jnp.mean(unclipped)
+    clipped_values = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
+    return 0.5 * jnp.mean(jnp.maximum(unclipped, (clipped_values - targets) ** 2))

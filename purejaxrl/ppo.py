@@ -1,0 +1,36 @@
+"""Proximal policy optimisation (clipped surrogate) on the shared actor-critic loop.
+
+    cfg = ppo.PPOConfig(env="Pendulum-v1", total_timesteps=200_000)
+    out = jax.jit(jax.vmap(ppo.make_train(cfg)))(jax.random.split(jax.random.key(0), 4))
+"""
+
+from __future__ import annotations
+
+from purejaxrl import actor_critic, losses
+from purejaxrl import config as C
+
+
+@C.dataclass(frozen=True)
+class PPOConfig(actor_critic.OnPolicyConfig):
+    """PPO: `update_epochs` passes of `num_minibatches` minibatches over each rollout.
+
+    clip_eps (leaf) clips the probability ratio and, with clip_value_loss, the value change.
+    """
+
+    update_epochs: int = C.static(10)
+    num_minibatches: int = C.static(8)
+    clip_value_loss: bool = C.static(False)
+    clip_eps: float = 0.2
+
+
+def make_agent(cfg: PPOConfig, policy_loss=None, **kwargs) -> actor_critic.Agent:
+    """The PPO agent; `policy_loss` replaces the clipped surrogate (e.g. a learned drift)."""
+    if not isinstance(cfg, PPOConfig):
+        raise TypeError(f"ppo.make_agent needs a PPOConfig, got {type(cfg).__name__}")
+    loss = losses.ppo_clip(cfg.clip_eps) if policy_loss is None else policy_loss
+    return actor_critic.make_agent(cfg, loss, **kwargs)
+
+
+def make_train(cfg: PPOConfig, policy_loss=None, **kwargs):
+    """`train(key) -> TrainOutput`; kwargs: env, env_params, progress_fn, progress_every."""
+    return make_agent(cfg, policy_loss, **kwargs).train
