@@ -4,9 +4,10 @@
     obs, state, reward, terminated, truncated, info = env.step(key, state, action, params)
 
 `terminated` (a true terminal state: do not bootstrap) and `truncated` (a time limit: bootstrap
-from the value of `info["final_observation"]`) are separate float32-castable booleans. Envs made by
-`envs.make` auto-reset: after a step with `terminated | truncated`, `obs` and `state` already belong to
-the next episode and `info["final_observation"]` holds the observation the episode ended on.
+from the value of `info["final_observation"]`) are separate bool scalars (float32-castable). Envs
+made by `envs.make` auto-reset: after a step with `terminated | truncated`, `obs` and `state`
+already belong to the next episode and `info["final_observation"]` holds the observation the
+episode ended on (it equals `obs` on other steps).
 Every `info` has the same keys on every step (so `lax.scan` can stack it).
 """
 

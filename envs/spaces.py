@@ -33,7 +33,7 @@ class Discrete:
 
 @dataclass(frozen=True, eq=False)
 class Box:
-    """Real vectors in [low, high] (bounds may be +-inf); `low`/`high` are numpy arrays of `shape`."""
+    """Real vectors in [low, high] (bounds may be +-inf); `low`/`high`: numpy arrays of `shape`."""
 
     low: np.ndarray
     high: np.ndarray
@@ -41,8 +41,10 @@ class Box:
     dtype: type = jnp.float32
 
     def __post_init__(self):
-        object.__setattr__(self, "low", np.broadcast_to(np.asarray(self.low, np.float32), self.shape))
-        object.__setattr__(self, "high", np.broadcast_to(np.asarray(self.high, np.float32), self.shape))
+        low = np.broadcast_to(np.asarray(self.low, np.float32), self.shape)
+        high = np.broadcast_to(np.asarray(self.high, np.float32), self.shape)
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
 
     @property
     def bounded(self) -> bool:

@@ -1,0 +1,50 @@
+"""One functional env API over gymnax and brax (and our own JAX envs), plus wrappers.
+
+    import envs
+    env, env_params = envs.make("CartPole-v1")          # auto-resetting single env
+    obs, state = env.reset(key, env_params)
+    obs, state, reward, terminated, truncated, info = env.step(key, state, action, env_params)
+    env = envs.VecEnv(envs.EpisodeStatistics(env), num_envs=16)
+
+See `envs.core` for the API contract and `envs.wrappers` for the wrappers.
+"""
+
+from envs import spaces
+from envs.core import Environment, Wrapper
+from envs.registry import make, make_raw, register, registered
+from envs.wrappers import (
+    AutoReset,
+    ClipAction,
+    EpisodeStatistics,
+    FlattenObservation,
+    NormalizeObservation,
+    NormalizeReward,
+    RescaleAction,
+    RunningMeanStd,
+    VecEnv,
+    obs_norm_stats,
+    replace_obs_norm_stats,
+    reward_norm_stats,
+)
+
+__all__ = [
+    "AutoReset",
+    "ClipAction",
+    "Environment",
+    "EpisodeStatistics",
+    "FlattenObservation",
+    "NormalizeObservation",
+    "NormalizeReward",
+    "RescaleAction",
+    "RunningMeanStd",
+    "VecEnv",
+    "Wrapper",
+    "make",
+    "make_raw",
+    "obs_norm_stats",
+    "register",
+    "registered",
+    "replace_obs_norm_stats",
+    "reward_norm_stats",
+    "spaces",
+]
