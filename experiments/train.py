@@ -1,0 +1,336 @@
+"""Train PPO or A2C on several seeds at once and write a run folder.
+
+    python -m experiments.train --config experiments/configs/ppo_cartpole.yaml [key=value ...]
+        [--seeds N] [--out DIR] [--checkpoint-every K]
+    python -m experiments.train --resume DIR [key=value ...]      # e.g. total_timesteps=2000000
+
+The seeds' runs are one program, `jax.jit(jax.vmap(agent.run))`, compiled once (compile time is
+measured apart from the run), fed by keys `jax.random.split(jax.random.key(seed), N)`. With
+`--checkpoint-every K` the run goes in segments of K updates through the same compiled function
+(a shorter last segment compiles once more), with a checkpoint after each, so an interrupted run
+resumes from its last segment. `--resume DIR` continues from DIR/checkpoint with DIR/config.yaml
+plus the overrides, appends to metrics.csv and rewrites summary.json, curve.png and the checkpoint;
+if the checkpoint is missing, corrupt or does not fit the config, it stops with `error: ...`
+(exit code 2) before anything in DIR changes. See experiments/runs.py for the folder's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from experiments import runs
+from purejaxrl import checkpoint
+
+
+class Progress:
+    """tqdm bar fed by the agent's host callback (every `progress_every` updates, not per step).
+
+    Under vmap the callback may come once per seed with unbatched values or once with batched
+    values: the bar shows the largest update_step and the mean return of the calls for that step.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+        self._step = -1
+        self._returns: list[float] = []
+
+    def start(self, total: int, initial: int, desc: str, steps_per_update: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self.steps_per_update = steps_per_update
+        self.bar = tqdm(
+            total=total, initial=initial, desc=desc, unit="upd", mininterval=0.5, dynamic_ncols=True
+        )
+        self._step = initial
+
+    def __call__(self, update_step, metrics) -> None:
+        if self.bar is None:
+            return
+        step = int(np.max(update_step))
+        ret = np.asarray(metrics["episode_return"], dtype=np.float64).ravel().tolist()
+        if step != self._step:
+            self._returns = []
+        self._returns.extend(ret)
+        if step > self.bar.n:
+            self.bar.update(step - self.bar.n)
+        self._step = step
+        self.bar.set_postfix_str(
+            f"env steps {step * self.steps_per_update:,} | return {np.mean(self._returns):.2f}",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@dataclasses.dataclass
+class Plan:
+    spec: runs.RunSpec
+    run_dir: Path
+    agent: Any
+    progress: Progress
+    checkpoint_every: int | None
+    resume: bool = False
+    state: Any = None
+    start_update: int = 0
+    previous_summary: dict = dataclasses.field(default_factory=dict)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.train",
+        description="Train PPO/A2C on N seeds in one jitted program; writes a run folder.",
+        epilog=runs.METRICS_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)"
+    )
+    p.add_argument("--config", help="YAML run spec: algo, seed, num_seeds and config fields")
+    p.add_argument("--seeds", type=int, help="number of seeds trained in parallel (num_seeds)")
+    p.add_argument("--out", help="run folder (default runs/<algo>-<env>-<timestamp>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="K",
+        help="checkpoint every K updates (default: end)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def prepare(args) -> Plan:
+    """Everything that can fail on bad input, done before any file is written."""
+    overrides = runs.parse_overrides(args.overrides)
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every={args.checkpoint_every}: must be a positive integer")
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds={args.seeds}: must be a positive integer")
+    progress = Progress(enabled=not args.no_progress)
+
+    if args.resume:
+        if args.config or args.out:
+            raise ValueError("--resume DIR takes neither --config nor --out (it uses DIR)")
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise ValueError(f"--resume {run_dir}: no such run folder")
+        saved = runs.load_yaml(run_dir / "config.yaml")
+        if args.seeds is not None:
+            overrides["num_seeds"] = args.seeds
+        for key in ("algo", "seed", "num_seeds"):
+            if key in overrides and overrides[key] != saved.get(key):
+                raise ValueError(
+                    f"{key}={overrides[key]!r}: cannot change {key} when resuming "
+                    f"(the run has {key}={saved.get(key)!r}); start a new run instead"
+                )
+        spec = runs.build_spec(runs.merge(saved, overrides))
+        agent = checkpoint.make_agent(spec.algo, spec.config, progress_fn=progress)
+        state, info = checkpoint.load(run_dir / "checkpoint", agent, spec.num_seeds)
+        try:
+            columns, _ = runs.read_metrics(run_dir)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{run_dir}/metrics.csv is unreadable: {e}") from None
+        if columns and sum(c.startswith("episode_return_seed") for c in columns) != spec.num_seeds:
+            raise ValueError(f"{run_dir}/metrics.csv has columns for another number of seeds")
+        return Plan(
+            spec=spec,
+            run_dir=run_dir,
+            agent=agent,
+            progress=progress,
+            checkpoint_every=args.checkpoint_every,
+            resume=True,
+            state=state,
+            start_update=int(info["update_step"]),
+            previous_summary=runs.read_summary(run_dir),
+        )
+
+    if not args.config:
+        raise ValueError("give --config FILE for a new run or --resume DIR to continue one")
+    values = runs.merge(runs.load_yaml(args.config), overrides)
+    if args.seeds is not None:
+        values["num_seeds"] = args.seeds
+    spec = runs.build_spec(values)
+    run_dir = Path(args.out) if args.out else runs.default_run_dir(spec)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir}: exists and is not a folder")
+    if (run_dir / "config.yaml").exists() or (run_dir / "checkpoint").exists():
+        raise ValueError(
+            f"--out {run_dir} already holds a run; continue it with --resume {run_dir} "
+            "or choose another --out"
+        )
+    agent = checkpoint.make_agent(spec.algo, spec.config, progress_fn=progress)
+    return Plan(
+        spec=spec,
+        run_dir=run_dir,
+        agent=agent,
+        progress=progress,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def segments(total: int, every: int | None) -> list[int]:
+    """[K, K, ..., remainder] summing to total."""
+    if total <= 0:
+        return []
+    every = total if every is None else min(every, total)
+    sizes = [every] * (total // every)
+    return sizes + ([total % every] if total % every else [])
+
+
+def execute(plan: Plan) -> dict:
+    t_start = time.perf_counter()
+    spec, agent, run_dir = plan.spec, plan.agent, plan.run_dir
+    cfg = spec.config
+    steps_per_update = cfg.num_envs * cfg.num_steps
+    remaining = agent.num_updates - plan.start_update
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_config(run_dir, spec)
+    compile_s = 0.0
+    if plan.resume:
+        runs.truncate_metrics(run_dir, plan.start_update)
+        state = plan.state
+    else:
+        t = time.perf_counter()
+        keys = jax.random.split(jax.random.key(spec.seed), spec.num_seeds)
+        state = jax.block_until_ready(jax.jit(jax.vmap(agent.init))(keys))
+        compile_s += time.perf_counter() - t
+
+    # Compile every distinct segment length (at most two) before the bar starts.
+    sizes = segments(remaining, plan.checkpoint_every)
+    compiled: dict[int, Any] = {}
+    if plan.progress.enabled:
+        print(
+            f"compiling {spec.algo} on {cfg.env}: {spec.num_seeds} seeds x {cfg.num_envs} envs, "
+            f"segments of {sorted(set(sizes), reverse=True)} updates ...",
+            file=sys.stderr,
+            flush=True,
+        )
+    for n in sorted(set(sizes), reverse=True):
+        t = time.perf_counter()
+        fn = jax.jit(jax.vmap(lambda s, n=n: agent.run(s, n)))
+        compiled[n] = fn.lower(state).compile()
+        compile_s += time.perf_counter() - t
+
+    train_s = 0.0
+    done = plan.start_update
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    title = f"{spec.algo.upper()} on {cfg.env} ({spec.num_seeds} seed{'s' * (spec.num_seeds > 1)})"
+    summary: dict = {}
+    plan.progress.start(agent.num_updates, done, f"{spec.algo} {cfg.env}", steps_per_update)
+    try:
+        for n in sizes:
+            t = time.perf_counter()
+            out = jax.block_until_ready(compiled[n](state))
+            train_s += time.perf_counter() - t
+            state = out.state
+            runs.append_metrics(run_dir, jax.device_get(out.metrics), first_update=done)
+            done += n
+            checkpoint.save(
+                run_dir / "checkpoint", state, cfg, {"seed": spec.seed, "run_dir": str(run_dir)}
+            )
+            session = {
+                "started": started,
+                "first_update": plan.start_update,
+                "last_update": done,
+                "sps": (done - plan.start_update) * steps_per_update * spec.num_seeds / train_s,
+                "compile_s": compile_s,
+                "train_s": train_s,
+                "wall_s": time.perf_counter() - t_start,
+            }
+            summary = make_summary(plan, session)
+            runs.write_summary(run_dir, summary)
+    finally:
+        plan.progress.close()
+    runs.plot_curve(run_dir, title)
+    summary["wall_s"] = summary["sessions"][-1]["wall_s"] = time.perf_counter() - t_start
+    runs.write_summary(run_dir, summary)
+    return summary
+
+
+def make_summary(plan: Plan, session: dict) -> dict:
+    spec, cfg = plan.spec, plan.spec.config
+    steps_per_seed = session["last_update"] * cfg.num_envs * cfg.num_steps
+    sessions = [
+        s
+        for s in plan.previous_summary.get("sessions", [])
+        if s["last_update"] <= plan.start_update
+    ]
+    return {
+        "algo": spec.algo,
+        "env": cfg.env,
+        "num_seeds": spec.num_seeds,
+        "seed": spec.seed,
+        "num_updates": session["last_update"],
+        "planned_updates": plan.agent.num_updates,
+        "env_steps_per_seed": steps_per_seed,
+        "total_env_steps": steps_per_seed * spec.num_seeds,
+        **runs.final_returns(plan.run_dir),
+        "final_return_definition": (
+            f"per seed, mean episode_return over the last {runs.FINAL_FRACTION:.0%} of updates "
+            "(at least one); final_return_mean/std are across seeds"
+        ),
+        "sps": session["sps"],
+        "compile_s": session["compile_s"],
+        "train_s": session["train_s"],
+        "wall_s": session["wall_s"],
+        "timing_note": "sps = env steps of all seeds / train_s of this session (compile excluded)",
+        "resumed": plan.resume,
+        "sessions": sessions + [session],
+        "checkpoint": "checkpoint",
+        "checkpoint_update": session["last_update"],
+        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+        "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = prepare(args)
+    except ValueError as e:  # bad config, unknown env/key, bad or missing checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if plan.start_update >= plan.agent.num_updates:
+        print(
+            f"{plan.run_dir} is complete ({plan.start_update} of {plan.agent.num_updates} "
+            "updates); extend it with a larger total_timesteps=...",
+            file=sys.stderr,
+        )
+        return 0
+    try:
+        summary = execute(plan)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; continue from the last checkpoint with "
+            f"python -m experiments.train --resume {plan.run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    per_seed = ", ".join(f"{r:.1f}" for r in summary["final_return_per_seed"])
+    print(
+        f"final return {summary['final_return_mean']:.2f} ± {summary['final_return_std']:.2f} "
+        f"(per seed: {per_seed}) | {summary['sps']:,.0f} env steps/s | "
+        f"compile {summary['compile_s']:.1f} s | wall {summary['wall_s']:.1f} s\n"
+        f"run folder: {plan.run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
