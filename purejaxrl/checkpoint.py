@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import sys
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -164,20 +163,37 @@ def save(directory, state, config, metadata: Mapping[str, Any] | None = None) ->
 
 
 class _QuietRestore:
-    """Silences the asyncio/thread noise orbax and tensorstore print on a failed restore."""
+    """Lowers absl logging during a restore (orbax logs a warning per failed read)."""
 
     def __enter__(self):
-        self._hooks = sys.unraisablehook, threading.excepthook
-        sys.unraisablehook = lambda *_: None
-        threading.excepthook = lambda *_: None
         self._level = logging.getLogger("absl").level
         logging.getLogger("absl").setLevel(logging.ERROR)
         return self
 
     def __exit__(self, *exc):
-        sys.unraisablehook, threading.excepthook = self._hooks
         logging.getLogger("absl").setLevel(self._level)
         return False
+
+
+_noise_filter_installed = False
+
+
+def _ignore_closed_event_loop_noise() -> None:
+    """After a failed restore, tensorstore threads may still call into orbax's closed asyncio
+    loop; Python reports each as an unraisable 'Event loop is closed'. Drop only those."""
+    global _noise_filter_installed
+    if _noise_filter_installed:
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    _noise_filter_installed = True
 
 
 def latest_step(directory) -> int:
@@ -200,6 +216,7 @@ def _restore(path: Path, **items):
             checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
             return checkpointer.restore(path, args=ocp.args.Composite(**items))
         except Exception as e:
+            _ignore_closed_event_loop_noise()
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             raise CheckpointError(
                 f"corrupt or unreadable checkpoint at {path}: {type(e).__name__}: {msg}"
