@@ -71,6 +71,11 @@ class Progress:
             refresh=False,
         )
 
+    @property
+    def callback(self):
+        """The agent's progress_fn: None (no host callback compiled) when the bar is off."""
+        return self if self.enabled else None
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -139,7 +144,7 @@ def prepare(args) -> Plan:
                     f"(the run has {key}={saved.get(key)!r}); start a new run instead"
                 )
         spec = runs.build_spec(runs.merge(saved, overrides))
-        agent = checkpoint.make_agent(spec.algo, spec.config, progress_fn=progress)
+        agent = checkpoint.make_agent(spec.algo, spec.config, progress_fn=progress.callback)
         state, info = checkpoint.load(run_dir / "checkpoint", agent, spec.num_seeds)
         try:
             columns, _ = runs.read_metrics(run_dir)
@@ -173,7 +178,7 @@ def prepare(args) -> Plan:
             f"--out {run_dir} already holds a run; continue it with --resume {run_dir} "
             "or choose another --out"
         )
-    agent = checkpoint.make_agent(spec.algo, spec.config, progress_fn=progress)
+    agent = checkpoint.make_agent(spec.algo, spec.config, progress_fn=progress.callback)
     return Plan(
         spec=spec,
         run_dir=run_dir,
@@ -241,9 +246,7 @@ def execute(plan: Plan) -> dict:
             state = out.state
             runs.append_metrics(run_dir, jax.device_get(out.metrics), first_update=done)
             done += n
-            checkpoint.save(
-                run_dir / "checkpoint", state, cfg, {"seed": spec.seed, "run_dir": str(run_dir)}
-            )
+            checkpoint.save(run_dir / "checkpoint", state, cfg, {"seed": spec.seed})
             session = {
                 "started": started,
                 "first_update": plan.start_update,
