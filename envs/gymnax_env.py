@@ -75,11 +75,13 @@ class GymnaxEnv(Environment):
         return _to_f32(obs), state, _to_f32(reward), _to_bool(terminated), _to_bool(truncated), info
 
     def _space(self, fn, params):
-        try:
-            return convert_space(fn(params))
-        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-            # Traced params (e.g. vmapped env parameters): spaces are static, use the defaults.
-            return convert_space(fn(self._default_params))
+        # Spaces are computed eagerly even when called inside jit (gymnax builds them with jnp).
+        with jax.ensure_compile_time_eval():
+            try:
+                return convert_space(fn(params))
+            except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+                # Traced params (e.g. vmapped env parameters): spaces are static, use the defaults.
+                return convert_space(fn(self._default_params))
 
     def observation_space(self, params: Any) -> spaces.Box:
         space = self._space(self._env.observation_space, params)

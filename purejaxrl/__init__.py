@@ -1,5 +1,4 @@
-"""Agents: networks, policy heads, rollout, GAE, losses, PPO and A2C, checkpoints."""
+"""Agents: networks, policy heads, rollout, GAE, losses, PPO and A2C, checkpoints.
 
-from purejaxrl.actor_critic import TrainOutput, TrainState
-
-__all__ = ["TrainOutput", "TrainState"]
+Import the algorithm modules directly: `from purejaxrl import ppo, a2c`.
+"""

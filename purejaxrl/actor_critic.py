@@ -56,7 +56,8 @@ class Agent(NamedTuple):
     """The pieces `make_agent` builds; `train(key)` is the one-program run."""
 
     config: Any
-    env: Any
+    env: Any  # the vectorised training env
+    single_env: Any  # one env with the agent's action wrappers and EpisodeStatistics
     env_params: Any
     network: ActorCritic
     head: Any
@@ -109,12 +110,11 @@ def validate(cfg) -> None:
         C.check_range(cfg, "clip_eps", 0.0, np.inf, low_open=True)
 
 
-def make_env(cfg, env=None, env_params=None):
-    """The training env stack for `cfg`: the agent acts in [-1, 1] on continuous envs.
+def make_single_env(cfg, env=None, env_params=None):
+    """One env as the agent sees it: the agent acts in [-1, 1] on continuous action spaces.
 
-    make(cfg.env) [-> RescaleAction -> ClipAction] -> EpisodeStatistics -> VecEnv(num_envs)
-    [-> NormalizeObservation] [-> NormalizeReward(gamma)]. Pass `env`/`env_params` to train on
-    a custom single env (it must auto-reset and follow envs.core's API).
+    make(cfg.env) [-> RescaleAction -> ClipAction] -> EpisodeStatistics. Pass `env`/`env_params`
+    to use a custom single env (it must auto-reset and follow envs.core's API).
     """
     if env is None:
         env, env_params = envs.make(cfg.env, **dict(cfg.env_kwargs))
@@ -125,13 +125,21 @@ def make_env(cfg, env=None, env_params=None):
         if space.bounded and not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
             env = wrappers.RescaleAction(env, -1.0, 1.0)
         env = wrappers.ClipAction(env)
-    env = wrappers.EpisodeStatistics(env)
-    env = wrappers.VecEnv(env, cfg.num_envs)
+    return wrappers.EpisodeStatistics(env), env_params
+
+
+def make_env(cfg, single_env, num_envs: int, train: bool = True, obs_stats=None):
+    """Vectorises `single_env` and adds the normalisers the config asks for.
+
+    Training: VecEnv -> [NormalizeObservation] -> [NormalizeReward(gamma)].
+    Evaluation (`train=False`): VecEnv -> [NormalizeObservation frozen at `obs_stats`].
+    """
+    env = wrappers.VecEnv(single_env, num_envs)
     if cfg.normalize_obs:
-        env = wrappers.NormalizeObservation(env)
-    if cfg.normalize_reward:
+        env = wrappers.NormalizeObservation(env, update=train, stats=obs_stats)
+    if cfg.normalize_reward and train:
         env = wrappers.NormalizeReward(env, gamma=cfg.gamma)
-    return env, env_params
+    return env
 
 
 def resolve_policy(cfg, action_space) -> str:
@@ -147,7 +155,8 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
     updates (default: ~100 calls per run) through `jax.debug.callback`; None compiles no callback.
     """
     validate(cfg)
-    env, env_params = make_env(cfg, env, env_params)
+    single_env, env_params = make_single_env(cfg, env, env_params)
+    env = make_env(cfg, single_env, cfg.num_envs)
     action_space = env.action_space(env_params)
     head = make_head(resolve_policy(cfg, action_space), action_space)
     network = ActorCritic(
@@ -166,8 +175,9 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
     num_minibatches = getattr(cfg, "num_minibatches", 1)
     minibatch_size = batch_size // num_minibatches
     value_clip = cfg.clip_eps if getattr(cfg, "clip_value_loss", False) else None
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5)
+    # Flattened: clipping and Adam run on one vector instead of one kernel set per leaf.
+    optimizer = optax.flatten(
+        optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5))
     )
     if progress_every is None:
         progress_every = max(1, num_updates // 100)
@@ -228,16 +238,26 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         progress = state.update_step / num_updates
         lr = cfg.learning_rate * (1.0 - progress) if cfg.anneal_lr else cfg.learning_rate
         env_state, obs, traj = rollout(
-            env, env_params, lambda k, o: act(state.params, k, o), state.env_state, state.obs,
-            k_roll, num_steps,
+            env,
+            env_params,
+            lambda k, o: act(state.params, k, o),
+            state.env_state,
+            state.obs,
+            k_roll,
+            num_steps,
         )
         # Values of every observation and every pre-reset next observation: one batched call each.
         both = jnp.concatenate([traj.obs, traj.final_obs], axis=0)
         both_values = network.apply(state.params, both, method=network.critic)
         values, next_values = both_values[:num_steps], both_values[num_steps:]
         advantages, targets = gae(
-            traj.reward, values, next_values, traj.terminated, traj.truncated,
-            cfg.gamma, cfg.gae_lambda,
+            traj.reward,
+            values,
+            next_values,
+            traj.terminated,
+            traj.truncated,
+            cfg.gamma,
+            cfg.gae_lambda,
         )
         flat = lambda x: x.reshape((batch_size, *x.shape[2:]))
         data = {
@@ -304,8 +324,17 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         return run(init(key), num_updates)
 
     return Agent(
-        config=cfg, env=env, env_params=env_params, network=network, head=head,
-        num_updates=num_updates, init=init, update=update, run=run, train=train,
+        config=cfg,
+        env=env,
+        single_env=single_env,
+        env_params=env_params,
+        network=network,
+        head=head,
+        num_updates=num_updates,
+        init=init,
+        update=update,
+        run=run,
+        train=train,
     )
 
 
@@ -319,7 +348,9 @@ class OnPolicyConfig:
     """
 
     env: str = C.static("CartPole-v1")
-    env_kwargs: tuple = C.static(())  # frozen kwargs for envs.make, e.g. (("max_steps_in_episode", 200),)
+    env_kwargs: tuple = C.static(
+        ()
+    )  # frozen kwargs for envs.make, e.g. (("max_steps_in_episode", 200),)
     total_timesteps: int = C.static(1_000_000)
     num_envs: int = C.static(16)
     num_steps: int = C.static(128)

@@ -42,7 +42,9 @@ def check_positive_int(cfg, field: str) -> None:
         raise ValueError(f"{_name(cfg)}.{field}={value!r}: must be a positive integer")
 
 
-def check_range(cfg, field: str, low: float, high: float, *, low_open=False, high_open=False) -> None:
+def check_range(
+    cfg, field: str, low: float, high: float, *, low_open=False, high_open=False
+) -> None:
     """Checks low <=/< value <=/< high when the value is concrete (skipped for tracers)."""
     value = getattr(cfg, field)
     if not is_concrete(value):

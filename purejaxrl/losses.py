@@ -40,7 +40,9 @@ def policy_gradient() -> PolicyLoss:
 
     def loss(log_ratio, advantages, progress, extras):
         del progress, extras
-        return -jnp.mean(log_ratio * advantages), {"approx_kl": jnp.mean(jnp.expm1(log_ratio) - log_ratio)}
+        return -jnp.mean(log_ratio * advantages), {
+            "approx_kl": jnp.mean(jnp.expm1(log_ratio) - log_ratio)
+        }
 
     return loss
 

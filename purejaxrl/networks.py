@@ -1,7 +1,12 @@
 """MLP actor-critic networks (flax.linen), with orthogonal initialisation.
 
-`ActorCritic.actor(obs [..., obs_dim]) -> head outputs`, `ActorCritic.critic(obs) -> value [...]`.
-The torso is separate for actor and critic by default (`shared=False`) or shared.
+`ActorCritic.actor(obs [B, obs_dim]) -> head outputs`, `ActorCritic.critic(obs) -> value [B]`,
+`ActorCritic(obs) -> (head outputs, value)`.
+
+With separate torsos (the default) the actor and critic MLPs are held as one stacked network:
+the first layer is a single [obs_dim, 2 * hidden] matmul and the later layers are one batched
+matmul over the two members, so a joint forward pass costs the kernels of one MLP. `actor` and
+`critic` alone use only their own member's weights.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,12 +46,66 @@ class MLP(nn.Module):
         return x
 
 
+def _stacked_orthogonal(scale: float, members: int):
+    """Initialiser for [members, fan_in, fan_out] kernels: each member orthogonal(scale)."""
+    base = nn.initializers.orthogonal(scale)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jnp.stack([base(k, shape[1:], dtype) for k in jax.random.split(key, members)])
+
+    return init
+
+
+class TwinMLP(nn.Module):
+    """Two MLPs of the same sizes on the same input, as stacked weights.
+
+    `__call__(x [B, d], member=None)` -> [2, B, h] (both) or [B, h] (member 0 or 1).
+    """
+
+    hidden_sizes: Sequence[int]
+    activation: str = "tanh"
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x, member: int | None = None):
+        act = ACTIVATIONS[self.activation]
+        for i, size in enumerate(self.hidden_sizes):
+            fan_in = x.shape[-1]
+            kernel = self.param(
+                f"kernel_{i}", _stacked_orthogonal(np.sqrt(2.0), 2), (2, fan_in, size)
+            )
+            bias = self.param(f"bias_{i}", nn.initializers.zeros, (2, size))
+            if member is not None:
+                x = x @ kernel[member] + bias[member]
+            elif i == 0:
+                # One matmul for both members: [B, d] @ [d, 2h] -> [2, B, h].
+                both = jnp.concatenate([kernel[0], kernel[1]], axis=-1)
+                x = jnp.moveaxis((x @ both).reshape(*x.shape[:-1], 2, size), -2, 0)
+                x = x + bias.reshape(2, *([1] * (x.ndim - 2)), size)
+            else:
+                x = jnp.einsum("k...h,khg->k...g", x, kernel)
+                x = x + bias.reshape(2, *([1] * (x.ndim - 2)), size)
+            if self.layer_norm:
+                scale = self.param(f"ln_scale_{i}", nn.initializers.ones, (2, size))
+                offset = self.param(f"ln_bias_{i}", nn.initializers.zeros, (2, size))
+                mean = x.mean(-1, keepdims=True)
+                var = jnp.mean((x - mean) ** 2, -1, keepdims=True)
+                x = (x - mean) * jax.lax.rsqrt(var + 1e-6)
+                if member is not None:
+                    x = x * scale[member] + offset[member]
+                else:
+                    shape = (2, *([1] * (x.ndim - 2)), size)
+                    x = x * scale.reshape(shape) + offset.reshape(shape)
+            x = act(x)
+        return x
+
+
 class ActorCritic(nn.Module):
     """Policy head outputs and a scalar value from (separate or shared) MLP torsos.
 
     head_kind: "categorical" -> logits [..., action_dim];
-               "gaussian" / "tanh_gaussian" -> (mean, log_std), each [..., action_dim],
-               log_std a state-independent parameter initialised to `init_log_std`.
+               "gaussian" -> (mean, log_std), each [..., action_dim], log_std a
+               state-independent parameter initialised to `init_log_std`.
     """
 
     action_dim: int
@@ -57,9 +117,8 @@ class ActorCritic(nn.Module):
     init_log_std: float = 0.0
 
     def setup(self):
-        self.actor_torso = MLP(self.hidden_sizes, self.activation, self.layer_norm)
-        if not self.shared:
-            self.critic_torso = MLP(self.hidden_sizes, self.activation, self.layer_norm)
+        torso_cls = MLP if self.shared else TwinMLP
+        self.torso = torso_cls(tuple(self.hidden_sizes), self.activation, self.layer_norm)
         self.policy_out = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))
         self.value_out = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))
         if self.head_kind != "categorical":
@@ -67,15 +126,20 @@ class ActorCritic(nn.Module):
                 "log_std", lambda _, shape: jnp.full(shape, self.init_log_std), (self.action_dim,)
             )
 
-    def actor(self, obs):
-        out = self.policy_out(self.actor_torso(obs))
+    def _policy(self, h):
+        out = self.policy_out(h)
         if self.head_kind == "categorical":
             return out
         return out, jnp.broadcast_to(self.log_std, out.shape)
 
+    def actor(self, obs):
+        return self._policy(self.torso(obs) if self.shared else self.torso(obs, member=0))
+
     def critic(self, obs):
-        torso = self.actor_torso if self.shared else self.critic_torso
-        return self.value_out(torso(obs))[..., 0]
+        h = self.torso(obs) if self.shared else self.torso(obs, member=1)
+        return self.value_out(h)[..., 0]
 
     def __call__(self, obs):
-        return self.actor(obs), self.critic(obs)
+        h = self.torso(obs)
+        h_actor, h_critic = (h, h) if self.shared else (h[0], h[1])
+        return self._policy(h_actor), self.value_out(h_critic)[..., 0]

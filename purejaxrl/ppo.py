@@ -1,7 +1,7 @@
 """Proximal policy optimisation (clipped surrogate) on the shared actor-critic loop.
 
-    cfg = ppo.PPOConfig(env="Pendulum-v1", total_timesteps=200_000)
-    out = jax.jit(jax.vmap(ppo.make_train(cfg)))(jax.random.split(jax.random.key(0), 4))
+cfg = ppo.PPOConfig(env="Pendulum-v1", total_timesteps=200_000)
+out = jax.jit(jax.vmap(ppo.make_train(cfg)))(jax.random.split(jax.random.key(0), 4))
 """
 
 from __future__ import annotations

@@ -32,7 +32,13 @@ ActFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 
 
 def rollout(
-    env, env_params, act: ActFn, env_state: Any, obs: jax.Array, key: jax.Array, num_steps: int,
+    env,
+    env_params,
+    act: ActFn,
+    env_state: Any,
+    obs: jax.Array,
+    key: jax.Array,
+    num_steps: int,
     unroll: int = 1,
 ):
     """Steps a vectorised env `num_steps` times with `act(key, obs) -> (action, log_prob, env_action)`.
