@@ -183,3 +183,15 @@ def test_traced_hyperparameters_are_not_validated_but_concrete_ones_are():
     jax.eval_shape(lambda g: ppo.make_train(dataclasses.replace(TINY, gamma=g)).__name__ and g, 0.9)
     with pytest.raises(ValueError, match="gamma"):
         ppo.make_train(dataclasses.replace(TINY, gamma=np.float32(-1.0)))
+
+
+def test_memory_does_not_grow_with_run_length():
+    """Compiled working memory is the same for 4 and 4,000 updates; outputs grow by metrics only."""
+    stats = {}
+    for n in (4, 4000):
+        cfg = dataclasses.replace(TINY, total_timesteps=4 * 16 * n)
+        compiled = jax.jit(ppo.make_train(cfg)).lower(KEYS[0]).compile()
+        stats[n] = compiled.memory_analysis()
+    assert stats[4].temp_size_in_bytes == stats[4000].temp_size_in_bytes
+    per_update = (stats[4000].output_size_in_bytes - stats[4].output_size_in_bytes) / 3996
+    assert per_update <= 4 * 32  # a few dozen float32 scalars per update

@@ -1,0 +1,177 @@
+"""Speed benchmark: SPS (compile excluded) and compile seconds, as ratios to same-run baselines.
+
+    python -m experiments.bench                       # PPO + A2C on Pendulum-v1 and CartPole-v1
+    python -m experiments.bench --peer rejax          # ... next to rejax PPO, run in the same session
+    python -m experiments.bench --envs brax/ant --num-envs 2048 --total-timesteps 5000000 --algos ppo
+
+For every env it times, in one process and one run: the env-only random-action rollout of the same
+env and vector size (the ceiling: what the agent would reach if learning were free), then each
+algorithm on the reference config (16 envs x 128 steps, 10 epochs x 8 minibatches, 64x64 tanh MLP,
+lr 3e-4, 200k steps; A2C on the same rollout with one gradient step per rollout). With
+`--peer rejax` it runs ../shared/bench/rejax_ppo.py (its own venv, made by setup_rejax.sh) right
+after ours on the same env and reports our SPS / theirs and our compile / theirs.
+Results are printed as a table and written as JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+import envs
+from envs.benchmark import random_rollout
+from purejaxrl import a2c, ppo
+
+SHARED_BENCH = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench"
+
+
+def reference_config(algo: str, env: str, num_envs: int, total_timesteps: int):
+    common = dict(
+        env=env,
+        total_timesteps=total_timesteps,
+        num_envs=num_envs,
+        num_steps=128,
+        hidden_sizes=(64, 64),
+        activation="tanh",
+        learning_rate=3e-4,
+        max_grad_norm=0.5,
+        gamma=0.99,
+        gae_lambda=0.95,
+        ent_coef=0.0,
+        vf_coef=0.5,
+    )
+    if algo == "ppo":
+        return ppo, ppo.PPOConfig(update_epochs=10, num_minibatches=8, clip_eps=0.2, **common)
+    if algo == "a2c":
+        return a2c, a2c.A2CConfig(**common)
+    raise ValueError(f"unknown algo {algo!r}: allowed values are ['ppo', 'a2c']")
+
+
+def time_compiled(fn, *args, repeats: int = 2) -> tuple[float, float]:
+    """(best wall seconds per call, compile seconds) of `jax.jit(fn)(*args)`."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best, compile_s
+
+
+def bench_env_only(env_id: str, num_envs: int, total_timesteps: int) -> dict:
+    env, params = envs.make(env_id)
+    steps = max(1, total_timesteps // num_envs)
+    fn = random_rollout(env, params, num_envs, steps)
+    seconds, compile_s = time_compiled(fn, jax.random.key(0))
+    return {"sps": num_envs * steps / seconds, "compile_s": compile_s}
+
+
+def bench_algo(algo: str, env_id: str, num_envs: int, total_timesteps: int, seeds: int) -> dict:
+    module, cfg = reference_config(algo, env_id, num_envs, total_timesteps)
+    train = jax.vmap(module.make_train(cfg))
+    keys = jax.random.split(jax.random.key(0), seeds)
+    seconds, compile_s = time_compiled(train, keys)
+    out = jax.jit(train)(keys)
+    steps = cfg.num_updates * cfg.num_envs * cfg.num_steps * seeds
+    final = float(np.mean(np.asarray(out.metrics["episode_return"])[:, -1]))
+    return {"sps": steps / seconds, "compile_s": compile_s, "final_return": final}
+
+
+def bench_rejax(env_id: str, total_timesteps: int, seeds: int) -> dict | None:
+    setup = SHARED_BENCH / "setup_rejax.sh"
+    script = SHARED_BENCH / "rejax_ppo.py"
+    if not setup.exists():
+        print(f"peer skipped: {setup} not found", file=sys.stderr)
+        return None
+    python = subprocess.run(["bash", str(setup)], capture_output=True, text=True, check=True)
+    cmd = [
+        python.stdout.strip().splitlines()[-1],
+        str(script),
+        "--env",
+        env_id,
+        "--total-timesteps",
+        str(total_timesteps),
+        "--seeds",
+        str(seeds),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "CartPole-v1"])
+    parser.add_argument("--algos", nargs="+", default=["ppo", "a2c"])
+    parser.add_argument("--num-envs", type=int, default=16)
+    parser.add_argument("--total-timesteps", type=int, default=200_000)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--peer", choices=["rejax"], default=None)
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="write results as JSON")
+    args = parser.parse_args(argv)
+
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+    rows = []
+    header = f"{'env':24s} {'what':14s} {'SPS':>12s} {'compile s':>10s} {'x env-only':>11s} {'x peer SPS':>11s} {'x peer compile':>15s}"
+    print(header)
+    for env_id in args.envs:
+        ceiling = bench_env_only(env_id, args.num_envs, args.total_timesteps)
+        rows.append({"env": env_id, "what": "env-only", **ceiling})
+        print(
+            f"{env_id:24s} {'env-only':14s} {ceiling['sps']:>12,.0f} {ceiling['compile_s']:>10.1f}",
+            flush=True,
+        )
+        for algo in args.algos:
+            ours = bench_algo(algo, env_id, args.num_envs, args.total_timesteps, args.seeds)
+            row = {"env": env_id, "what": algo, **ours, "x_env_only": ours["sps"] / ceiling["sps"]}
+            peer = None
+            if args.peer == "rejax" and algo == "ppo" and not env_id.startswith("brax/"):
+                peer = bench_rejax(env_id, args.total_timesteps, args.seeds)
+            if peer is not None:
+                row.update(
+                    peer_sps=peer["sps"],
+                    peer_compile_s=peer["compile_s"],
+                    x_peer_sps=ours["sps"] / peer["sps"],
+                    x_peer_compile=ours["compile_s"] / peer["compile_s"],
+                )
+            rows.append(row)
+            if peer is not None:
+                rows.append(
+                    {
+                        "env": env_id,
+                        "what": "rejax-ppo",
+                        "sps": peer["sps"],
+                        "compile_s": peer["compile_s"],
+                        "final_return": peer["final_return"],
+                    }
+                )
+            line = f"{env_id:24s} {algo:14s} {ours['sps']:>12,.0f} {ours['compile_s']:>10.1f} {row['x_env_only']:>11.3f}"
+            if peer is not None:
+                line += f" {row['x_peer_sps']:>11.2f} {row['x_peer_compile']:>15.2f}"
+                line += f"\n{env_id:24s} {'rejax-ppo':14s} {peer['sps']:>12,.0f} {peer['compile_s']:>10.1f}"
+            print(line, flush=True)
+    if args.out is not None:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "jax": jax.__version__,
+                    "device": str(jax.devices()[0]),
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
