@@ -225,7 +225,7 @@ def _restore(path: Path, **items):
 
 def read_info(directory) -> dict:
     """The JSON info of the newest checkpoint in `directory` (no agent needed)."""
-    path = Path(directory) / str(latest_step(directory))
+    path = Path(directory).absolute() / str(latest_step(directory))
     info = _restore(path, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
     required = {"format", "algo", "config", "num_seeds", "update_step", "shapes", "digest"}
     if not isinstance(info, dict) or not required <= set(info):
@@ -268,7 +268,7 @@ def load(directory, agent_or_config, num_seeds: int | None | str = "saved"):
     Raises CheckpointError (a ValueError) naming the differing fields when the checkpoint was
     saved for another algorithm, config shape or number of seeds; and when it is missing or corrupt.
     """
-    directory = Path(directory)
+    directory = Path(directory).absolute()
     if hasattr(agent_or_config, "init") and hasattr(agent_or_config, "config"):
         agent = agent_or_config
         config = agent.config
@@ -302,8 +302,9 @@ def load(directory, agent_or_config, num_seeds: int | None | str = "saved"):
             for k in differ
         )
         raise CheckpointError(
-            f"checkpoint at {path} holds arrays of other shapes than this agent builds "
-            f"({len(differ)} differ: {listed[:600]})"
+            f"checkpoint at {path} holds arrays of other shapes than this agent builds; was it "
+            f"saved by other agent code (versions {info.get('versions')})? "
+            f"{len(differ)} differ: {listed[:600]}"
         )
     state = _restore(path, **{STATE_ITEM: ocp.args.StandardRestore(abstract)})[STATE_ITEM]
     if digest(state) != info["digest"]:

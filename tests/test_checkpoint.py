@@ -105,6 +105,13 @@ def test_loading_with_another_config_shape_names_the_field(tiny, saved, change, 
     assert isinstance(err.value, ValueError)
 
 
+def test_relative_paths_work(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkpoint.save("ckpt", tiny.half.state, tiny.cfg)
+    state, _ = checkpoint.load("ckpt", tiny.agent)
+    assert tree_equal(state, tiny.half.state)
+
+
 def test_total_timesteps_and_leaf_fields_may_change(tiny, saved):
     longer = dataclasses.replace(tiny.cfg, total_timesteps=tiny.cfg.total_timesteps * 2)
     state, _ = checkpoint.load(saved, dataclasses.replace(longer, learning_rate=3e-4))

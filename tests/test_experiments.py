@@ -144,13 +144,12 @@ def test_a_folder_holding_a_run_is_not_overwritten(trained, tiny_yaml, capsys):
     assert (trained / "metrics.csv").read_bytes() == before
 
 
-def test_resume_extends_the_run(trained, tmp_path):
-    run = tmp_path / "extended"
+def test_resume_extends_the_run(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = Path("extended")  # relative, as a user types it
     shutil.copytree(trained, run)
     old_rows = read_csv(run / "metrics.csv")
-    code = train.main(
-        ["--resume", str(run), f"total_timesteps={8 * UPDATE_STEPS}", "--no-progress"]
-    )
+    code = train.main(["--resume", "extended", f"total_timesteps={8 * UPDATE_STEPS}"])
     assert code == 0
     rows = read_csv(run / "metrics.csv")
     assert [int(r["update"]) for r in rows] == list(range(1, 9))
