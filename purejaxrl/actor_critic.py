@@ -77,21 +77,16 @@ def raw_key(key: jax.Array) -> jax.Array:
 
 def validate(cfg) -> None:
     """Raises ValueError naming the first bad field; numeric leaves only when concrete."""
-    for field in ("total_timesteps", "num_envs", "num_steps"):
-        C.check_positive_int(cfg, field)
-    epochs = getattr(cfg, "update_epochs", 1)
+    for field in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches"):
+        if hasattr(cfg, field):
+            C.check_positive_int(cfg, field)
     minibatches = getattr(cfg, "num_minibatches", 1)
-    if hasattr(cfg, "update_epochs"):
-        C.check_positive_int(cfg, "update_epochs")
-    if hasattr(cfg, "num_minibatches"):
-        C.check_positive_int(cfg, "num_minibatches")
-        batch = cfg.num_envs * cfg.num_steps
-        if batch % minibatches:
-            raise ValueError(
-                f"{type(cfg).__name__}.num_minibatches={minibatches}: num_envs * num_steps = "
-                f"{cfg.num_envs} * {cfg.num_steps} = {batch} must be divisible by num_minibatches"
-            )
-    del epochs
+    batch = cfg.num_envs * cfg.num_steps
+    if batch % minibatches:
+        raise ValueError(
+            f"{type(cfg).__name__}.num_minibatches={minibatches}: num_envs * num_steps = "
+            f"{cfg.num_envs} * {cfg.num_steps} = {batch} must be divisible by num_minibatches"
+        )
     if cfg.total_timesteps < cfg.num_envs * cfg.num_steps:
         raise ValueError(
             f"{type(cfg).__name__}.total_timesteps={cfg.total_timesteps}: must be at least one "
