@@ -1,0 +1,515 @@
+"""Soft actor-critic (continuous actions): tanh-Gaussian actor, twin Q critics, learned temperature.
+
+    cfg = sac.SACConfig(env="Pendulum-v1", total_timesteps=20_000)
+    out = jax.jit(jax.vmap(sac.make_train(cfg)))(jax.random.split(jax.random.key(0), 4))
+
+One update = one vector env step (`num_envs` transitions into the replay buffer) followed by
+`grad_steps = round(utd_ratio * num_envs)` gradient steps, each on a fresh uniform batch of
+`batch_size` transitions. The first `ceil(learning_starts / num_envs)` updates (env steps
+`< learning_starts`) act uniformly at random in [-1, 1] and take no gradient step (a `lax.cond` on
+the update counter: a real branch unbatched, a select under a vmap over seeds). The whole run is a
+`lax.scan` over updates, so `jax.jit(jax.vmap(train))(keys)` is one XLA program.
+
+A gradient step, on a batch (s, a, r, s', terminated) with alpha = exp(log_alpha):
+- critics: y = r + gamma (1 - terminated) (min_i Q_targ_i(s', a') - alpha log pi(a'|s')), a' ~ pi(s');
+  loss = sum_i mean (Q_i(s, a) - y)^2. Truncated episodes bootstrap from the pre-reset s'
+  (`info["final_observation"]`); only termination cuts the bootstrap.
+- actor: mean(alpha log pi(a~|s) - min_i Q_i(s, a~)), a~ reparameterised, critics just updated.
+- temperature (autotune_alpha): loss = -log_alpha mean(log pi(a~|s) + target_entropy), with
+  target_entropy = -target_entropy_scale * action_dim.
+- targets: theta_targ <- tau theta + (1 - tau) theta_targ (Polyak).
+A gradient step whose losses or gradients are not finite is skipped whole (parameters, targets,
+temperature and optimiser states kept) and counted in `metrics["nan_skipped"]`.
+
+The actor acts in [-1, 1]: actions are stored post-tanh in the buffer and reach the env through
+`actor_critic.make_single_env`'s RescaleAction/ClipAction. `state.params` holds actor and critic
+parameters together, so `network.apply(state.params, obs, method=network.actor)` gives the
+`TanhGaussian` head's (mean, log_std) and `purejaxrl.evaluation.evaluate` works unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from envs import spaces
+from purejaxrl import config as C
+from purejaxrl import replay
+from purejaxrl.actor_critic import (
+    Agent,
+    TrainOutput,
+    make_env,
+    make_single_env,
+    raw_key,
+)
+from purejaxrl.distributions import TanhGaussian
+from purejaxrl.networks import ACTIVATIONS, MLP, TwinMLP, _stacked_orthogonal
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@C.dataclass(frozen=True)
+class SACConfig:
+    """SAC settings. Defaults follow rejax's reference SAC (256x256 relu, lr 3e-4, tau 0.005).
+
+    Static (shape-setting): env, env_kwargs, total_timesteps, num_envs, buffer_size, batch_size,
+    learning_starts (warm-up env steps with uniform random actions, no gradient steps), utd_ratio
+    (gradient steps per env step: each update of `num_envs` transitions takes
+    `round(utd_ratio * num_envs)` gradient steps, which must be >= 1), hidden_sizes, activation,
+    autotune_alpha, normalize_obs.
+    Leaves (vmappable): learning_rate (actor, critics and temperature share it), gamma, tau,
+    init_alpha, target_entropy_scale, max_grad_norm (global-norm clip per optimiser; inf = off).
+    """
+
+    env: str = C.static("Pendulum-v1")
+    env_kwargs: tuple = C.static(())
+    total_timesteps: int = C.static(100_000)
+    num_envs: int = C.static(1)
+    buffer_size: int = C.static(100_000)
+    batch_size: int = C.static(256)
+    learning_starts: int = C.static(1000)
+    utd_ratio: float = C.static(1.0)
+    hidden_sizes: tuple = C.static((256, 256))
+    activation: str = C.static("relu")
+    autotune_alpha: bool = C.static(True)
+    normalize_obs: bool = C.static(False)
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    init_alpha: float = 1.0
+    target_entropy_scale: float = 1.0
+    max_grad_norm: float = float("inf")
+
+    # make_env (shared with the on-policy agents and evaluation) reads this; SAC never scales rewards.
+    normalize_reward = False
+
+    def __post_init__(self):
+        if not isinstance(self.env_kwargs, tuple):
+            object.__setattr__(self, "env_kwargs", C.freeze_mapping(self.env_kwargs))
+        if isinstance(self.hidden_sizes, list):
+            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.num_envs
+
+    @property
+    def grad_steps(self) -> int:
+        """Gradient steps per update (per vector env step of `num_envs` transitions)."""
+        return int(round(self.utd_ratio * self.num_envs))
+
+    @property
+    def warmup_updates(self) -> int:
+        """Updates whose env steps all or partly fall below `learning_starts`."""
+        return -(-self.learning_starts // self.num_envs)
+
+
+def validate(cfg: SACConfig) -> None:
+    """Raises ValueError naming the first bad field; numeric leaves only when concrete."""
+    name = type(cfg).__name__
+    for field in ("total_timesteps", "num_envs", "buffer_size", "batch_size"):
+        C.check_positive_int(cfg, field)
+    ls = cfg.learning_starts
+    if isinstance(ls, bool) or not isinstance(ls, int | np.integer) or ls < 0:
+        raise ValueError(f"{name}.learning_starts={ls!r}: must be a non-negative integer")
+    if cfg.total_timesteps < cfg.num_envs:
+        raise ValueError(
+            f"{name}.total_timesteps={cfg.total_timesteps}: must be at least num_envs="
+            f"{cfg.num_envs} (one vector step)"
+        )
+    if cfg.buffer_size < cfg.batch_size:
+        raise ValueError(
+            f"{name}.buffer_size={cfg.buffer_size}: must be at least batch_size={cfg.batch_size}"
+        )
+    if cfg.buffer_size < cfg.num_envs:
+        raise ValueError(
+            f"{name}.buffer_size={cfg.buffer_size}: must hold one vector step, num_envs="
+            f"{cfg.num_envs}"
+        )
+    if cfg.buffer_size < ls:
+        raise ValueError(
+            f"{name}.buffer_size={cfg.buffer_size}: the warm-up, learning_starts={ls}, must fit "
+            "in the buffer"
+        )
+    if ls >= cfg.total_timesteps:
+        raise ValueError(
+            f"{name}.learning_starts={ls}: must be below total_timesteps={cfg.total_timesteps}, "
+            "or no gradient step is ever taken"
+        )
+    utd = cfg.utd_ratio
+    if isinstance(utd, bool) or not isinstance(utd, int | float | np.number) or not utd > 0:
+        raise ValueError(f"{name}.utd_ratio={utd!r}: must be a positive number")
+    if cfg.grad_steps < 1:
+        raise ValueError(
+            f"{name}.utd_ratio={utd!r}: round(utd_ratio * num_envs) = "
+            f"round({utd} * {cfg.num_envs}) = {cfg.grad_steps} gradient steps per update; "
+            "must be >= 1"
+        )
+    C.check_hidden_sizes(cfg)
+    C.check_choice(cfg, "activation", ACTIVATIONS)
+    C.check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)
+    C.check_range(cfg, "gamma", 0.0, 1.0)
+    C.check_range(cfg, "tau", 0.0, 1.0, low_open=True)
+    C.check_range(cfg, "init_alpha", 0.0, np.inf, low_open=True)
+    C.check_range(cfg, "target_entropy_scale", -np.inf, np.inf)
+    value = cfg.max_grad_norm
+    if C.is_concrete(value) and not (np.all(np.asarray(value, np.float64) > 0)):
+        raise ValueError(f"{name}.max_grad_norm={value!r}: must be > 0 (inf turns clipping off)")
+
+
+# --------------------------------------------------------------------------- network
+
+
+class Actor(nn.Module):
+    """obs [B, obs_dim] -> (mean [B, A], log_std [B, A]) of the pre-squash Gaussian; log_std is
+    squashed into [LOG_STD_MIN, LOG_STD_MAX] by a rescaled tanh."""
+
+    action_dim: int
+    hidden_sizes: tuple
+    activation: str
+
+    @nn.compact
+    def __call__(self, obs):
+        h = MLP(tuple(self.hidden_sizes), self.activation)(obs)
+        out = nn.Dense(2 * self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))(h)
+        mean, raw = jnp.split(out, 2, axis=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(raw) + 1.0)
+        return mean, log_std
+
+
+class TwinQ(nn.Module):
+    """(obs [B, obs_dim], action [B, A]) -> Q [2, B]: both critics as one stacked network
+    (networks.TwinMLP torso and a stacked output layer), each layer one batched matmul."""
+
+    hidden_sizes: tuple
+    activation: str
+
+    @nn.compact
+    def __call__(self, obs, action):
+        x = jnp.concatenate([obs, action], axis=-1)
+        h = TwinMLP(tuple(self.hidden_sizes), self.activation)(x)  # [2, B, h]
+        kernel = self.param("q_kernel", _stacked_orthogonal(1.0, 2), (2, h.shape[-1], 1))
+        bias = self.param("q_bias", nn.initializers.zeros, (2, 1))
+        return (jnp.einsum("k...h,kho->k...o", h, kernel) + bias[:, None, :])[..., 0]
+
+
+class SACNetwork(nn.Module):
+    """Actor and twin critics in one parameter tree {"params": {"pi": ..., "q": ...}}.
+
+    `actor(obs)` -> (mean, log_std) for distributions.TanhGaussian; `critic(obs, action)` -> [2, B].
+    """
+
+    action_dim: int
+    hidden_sizes: tuple = (256, 256)
+    activation: str = "relu"
+
+    def setup(self):
+        self.pi = Actor(self.action_dim, tuple(self.hidden_sizes), self.activation)
+        self.q = TwinQ(tuple(self.hidden_sizes), self.activation)
+
+    def actor(self, obs):
+        return self.pi(obs)
+
+    def critic(self, obs, action):
+        return self.q(obs, action)
+
+    def __call__(self, obs, action):
+        return self.actor(obs), self.critic(obs, action)
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def td_target(reward, terminated, next_q_min, next_log_prob, alpha, gamma):
+    """Soft TD target `[B]`: r + gamma (1 - terminated) (min Q_targ(s', a') - alpha log pi(a'|s')).
+
+    Truncation is not passed in: a truncated step bootstraps like any non-terminal one.
+    """
+    not_done = 1.0 - terminated.astype(jnp.float32)
+    return reward + gamma * not_done * (next_q_min - alpha * next_log_prob)
+
+
+def polyak(online, target, tau):
+    """tau * online + (1 - tau) * target, leaf by leaf."""
+    return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
+
+
+@struct.dataclass
+class SACTrainState:
+    """Everything a SAC run carries between updates (a pytree; leading seed axis under vmap).
+
+    params: {"params": {"pi", "q"}} (SACNetwork variables); target_critic: the critic's
+    Polyak-averaged copy; opt_state: (actor, critic, alpha) optimiser states; buffer: replay.Buffer.
+    """
+
+    params: Any
+    target_critic: Any
+    log_alpha: jax.Array  # float32 []
+    opt_state: Any
+    buffer: replay.Buffer
+    env_state: Any
+    obs: jax.Array  # [num_envs, obs_dim]
+    rng: jax.Array  # raw uint32 key [2]
+    update_step: jax.Array  # int32 []
+    last_return: jax.Array  # float32 []
+    last_length: jax.Array  # float32 []
+
+
+LOSS_KEYS = ("q_loss", "actor_loss", "alpha_loss", "alpha", "log_pi", "entropy", "q_mean")
+
+
+def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, progress_every=None):
+    """Builds the SAC agent for `cfg` (an actor_critic.Agent; `train(key) -> TrainOutput`).
+
+    progress_fn(update_step, metrics) runs on the host every `progress_every` updates (default:
+    ~100 calls per run) through `jax.debug.callback`; None compiles no callback.
+    """
+    if not isinstance(cfg, SACConfig):
+        raise TypeError(f"sac.make_agent needs a SACConfig, got {type(cfg).__name__}")
+    validate(cfg)
+    single_env, env_params = make_single_env(cfg, env, env_params)
+    action_space = single_env.action_space(env_params)
+    if spaces.is_discrete(action_space):
+        raise ValueError(
+            f"{type(cfg).__name__}.env={cfg.env!r}: SAC needs a continuous (Box) action space, "
+            f"got {action_space}"
+        )
+    env = make_env(cfg, single_env, cfg.num_envs)
+    action_dim = spaces.action_dim(action_space)
+    head = TanhGaussian(action_dim)
+    network = SACNetwork(action_dim, tuple(cfg.hidden_sizes), cfg.activation)
+    num_envs, batch_size, grad_steps = cfg.num_envs, cfg.batch_size, cfg.grad_steps
+    num_updates = cfg.num_updates
+    warmup_updates = cfg.warmup_updates
+    target_entropy = -cfg.target_entropy_scale * action_dim
+    # Flattened: clipping and Adam run on one vector instead of one kernel set per leaf.
+    optimizer = optax.flatten(
+        optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam())
+    )
+    if progress_every is None:
+        progress_every = max(1, num_updates // 100)
+
+    def variables(actor, critic):
+        return {"params": {"pi": actor, "q": critic}}
+
+    def init(key) -> SACTrainState:
+        key = raw_key(key)
+        k_params, k_env, k_run = jax.random.split(key, 3)
+        obs, env_state = env.reset(k_env, env_params)
+        action = jnp.zeros((num_envs, action_dim), jnp.float32)
+        params = network.init(k_params, obs, action)
+        actor, critic = params["params"]["pi"], params["params"]["q"]
+        log_alpha = jnp.log(jnp.asarray(cfg.init_alpha, jnp.float32))
+        example = {
+            "obs": obs[0],
+            "action": action[0],
+            "reward": jnp.zeros((), jnp.float32),
+            "next_obs": obs[0],
+            "terminated": jnp.zeros((), jnp.float32),
+        }
+        return SACTrainState(
+            params=params,
+            target_critic=critic,
+            log_alpha=log_alpha,
+            opt_state=(optimizer.init(actor), optimizer.init(critic), optimizer.init(log_alpha)),
+            buffer=replay.init(example, cfg.buffer_size),
+            env_state=env_state,
+            obs=obs,
+            rng=k_run,
+            update_step=jnp.zeros((), jnp.int32),
+            last_return=jnp.zeros((), jnp.float32),
+            last_length=jnp.zeros((), jnp.float32),
+        )
+
+    def sample_action(actor, critic, key, obs):
+        """Reparameterised a = tanh(u) in (-1, 1) `[B, A]` and log pi(a|s) `[B]`."""
+        out = network.apply(variables(actor, critic), obs, method=SACNetwork.actor)
+        u, log_prob = head.sample_and_log_prob(key, out)
+        return jnp.tanh(u), log_prob
+
+    def q_values(actor, critic, obs, action):
+        return network.apply(variables(actor, critic), obs, action, method=SACNetwork.critic)
+
+    def critic_loss(critic, actor, target_critic, alpha, batch, key):
+        next_action, next_log_prob = sample_action(actor, critic, key, batch["next_obs"])
+        next_q = q_values(actor, target_critic, batch["next_obs"], next_action).min(axis=0)
+        y = td_target(batch["reward"], batch["terminated"], next_q, next_log_prob, alpha, cfg.gamma)
+        y = jax.lax.stop_gradient(y)
+        q = q_values(actor, critic, batch["obs"], batch["action"])  # [2, B]
+        loss = jnp.sum(jnp.mean((q - y) ** 2, axis=-1))
+        return loss, jnp.mean(q)
+
+    def actor_loss(actor, critic, alpha, obs, key):
+        action, log_prob = sample_action(actor, critic, key, obs)
+        q = q_values(actor, critic, obs, action).min(axis=0)
+        return jnp.mean(alpha * log_prob - q), jnp.mean(log_prob)
+
+    critic_grad = jax.value_and_grad(critic_loss, has_aux=True)
+    actor_grad = jax.value_and_grad(actor_loss, has_aux=True)
+
+    def apply_updates(params, grads, opt_state):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = jax.tree.map(lambda p, u: p - cfg.learning_rate * u, params, updates)
+        return params, opt_state
+
+    def grad_step(carry, key):
+        params, target_critic, log_alpha, opt_state, buffer = carry
+        actor, critic = params["params"]["pi"], params["params"]["q"]
+        opt_actor, opt_critic, opt_alpha = opt_state
+        k_batch, k_next, k_pi = jax.random.split(key, 3)
+        batch = replay.sample(buffer, k_batch, batch_size)
+        alpha = jnp.exp(log_alpha)
+
+        (q_loss, q_mean), g_critic = critic_grad(critic, actor, target_critic, alpha, batch, k_next)
+        new_critic, new_opt_critic = apply_updates(critic, g_critic, opt_critic)
+        (a_loss, log_pi), g_actor = actor_grad(actor, new_critic, alpha, batch["obs"], k_pi)
+        new_actor, new_opt_actor = apply_updates(actor, g_actor, opt_actor)
+        if cfg.autotune_alpha:
+            entropy_gap = jax.lax.stop_gradient(log_pi + target_entropy)
+            alpha_loss, g_alpha = jax.value_and_grad(lambda la: -la * entropy_gap)(log_alpha)
+            new_log_alpha, new_opt_alpha = apply_updates(log_alpha, g_alpha, opt_alpha)
+        else:
+            alpha_loss, g_alpha = jnp.zeros(()), jnp.zeros(())
+            new_log_alpha, new_opt_alpha = log_alpha, opt_alpha
+        new_target = polyak(new_critic, target_critic, cfg.tau)
+
+        norms = [optax.global_norm(g) for g in (g_critic, g_actor, g_alpha)]
+        ok = jnp.isfinite(q_loss) & jnp.isfinite(a_loss) & jnp.isfinite(alpha_loss)
+        for n in norms:
+            ok = ok & jnp.isfinite(n)
+        new = (variables(new_actor, new_critic), new_target, new_log_alpha)
+        new = (*new, (new_opt_actor, new_opt_critic, new_opt_alpha), buffer)
+        carry = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, carry)
+        stats = dict(
+            q_loss=q_loss,
+            actor_loss=a_loss,
+            alpha_loss=alpha_loss,
+            alpha=alpha,
+            log_pi=log_pi,
+            entropy=-log_pi,
+            q_mean=q_mean,
+        )
+        stats = jax.tree.map(lambda x: jnp.where(ok, x, 0.0), stats)
+        return carry, (stats, ok)
+
+    def learn(state: SACTrainState, buffer, key):
+        """`grad_steps` gradient steps on `buffer`; per-update means of the losses."""
+        carry = (state.params, state.target_critic, state.log_alpha, state.opt_state, buffer)
+        carry, (stats, ok) = jax.lax.scan(grad_step, carry, jax.random.split(key, grad_steps))
+        num_ok = jnp.sum(ok)
+        metrics = {k: jnp.sum(v) / jnp.maximum(num_ok, 1) for k, v in stats.items()}
+        metrics["nan_skipped"] = (grad_steps - num_ok).astype(jnp.int32)
+        return carry[:4], metrics
+
+    def no_learning(state: SACTrainState, buffer, key):
+        metrics = {k: jnp.zeros((), jnp.float32) for k in LOSS_KEYS}
+        metrics["alpha"] = jnp.exp(state.log_alpha)
+        metrics["nan_skipped"] = jnp.zeros((), jnp.int32)
+        return (state.params, state.target_critic, state.log_alpha, state.opt_state), metrics
+
+    def update(state: SACTrainState):
+        rng, k_act, k_env, k_learn = jax.random.split(state.rng, 4)
+        warm = state.update_step < warmup_updates
+
+        def random_action():
+            return jax.random.uniform(k_act, (num_envs, action_dim), minval=-1.0, maxval=1.0)
+
+        def policy_action():
+            actor = state.params["params"]["pi"]
+            critic = state.params["params"]["q"]
+            return sample_action(actor, critic, k_act, state.obs)[0]
+
+        action = jax.lax.cond(warm, random_action, policy_action)
+        obs, env_state, reward, terminated, _, info = env.step(
+            k_env, state.env_state, action, env_params
+        )
+        transitions = {
+            "obs": state.obs,
+            "action": action,
+            "reward": reward.astype(jnp.float32),
+            "next_obs": info["final_observation"],
+            "terminated": terminated.astype(jnp.float32),
+        }
+        buffer = replay.add(state.buffer, transitions)
+        (params, target_critic, log_alpha, opt_state), metrics = jax.lax.cond(
+            warm, no_learning, learn, state, buffer, k_learn
+        )
+
+        finished = info["episode_done"] & jnp.isfinite(info["episode_return"])
+        count = jnp.sum(finished)
+        mean_of = lambda x: jnp.sum(jnp.where(finished, x, 0.0)) / jnp.maximum(count, 1)
+        last_return = jnp.where(count > 0, mean_of(info["episode_return"]), state.last_return)
+        last_length = jnp.where(count > 0, mean_of(info["episode_length"]), state.last_length)
+        update_step = state.update_step + 1
+        metrics.update(
+            episode_return=last_return,
+            episode_length=last_length,
+            episodes_finished=count,
+            env_steps=update_step * num_envs,
+        )
+        new_state = SACTrainState(
+            params=params,
+            target_critic=target_critic,
+            log_alpha=log_alpha,
+            opt_state=opt_state,
+            buffer=buffer,
+            env_state=env_state,
+            obs=obs,
+            rng=rng,
+            update_step=update_step,
+            last_return=last_return.astype(jnp.float32),
+            last_length=last_length.astype(jnp.float32),
+        )
+        return new_state, metrics
+
+    def run(state: SACTrainState, num_updates: int = num_updates) -> TrainOutput:
+        def body(state, i):
+            state, metrics = update(state)
+            if progress_fn is not None:
+                report = ((i + 1) % progress_every == 0) | (i + 1 == num_updates)
+                jax.lax.cond(
+                    report,
+                    lambda: jax.debug.callback(progress_fn, state.update_step, metrics),
+                    lambda: None,
+                )
+            return state, metrics
+
+        state, metrics = jax.lax.scan(body, state, jnp.arange(num_updates))
+        return TrainOutput(state=state, metrics=metrics)
+
+    def train(key) -> TrainOutput:
+        return run(init(key), num_updates)
+
+    return Agent(
+        config=cfg,
+        env=env,
+        single_env=single_env,
+        env_params=env_params,
+        network=network,
+        head=head,
+        num_updates=num_updates,
+        init=init,
+        update=update,
+        run=run,
+        train=train,
+    )
+
+
+def make_train(cfg: SACConfig, **kwargs):
+    """`train(key) -> TrainOutput`; kwargs: env, env_params, progress_fn, progress_every."""
+    return make_agent(cfg, **kwargs).train
+
+
+def _register() -> None:
+    from purejaxrl import checkpoint
+
+    checkpoint.register_algo("sac", SACConfig, make_agent)
+
+
+_register()
