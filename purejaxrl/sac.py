@@ -358,8 +358,8 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         params = jax.tree.map(lambda p, u: p - cfg.learning_rate * u, params, updates)
         return params, opt_state
 
-    def grad_step(carry, key):
-        params, target_critic, log_alpha, opt_state, buffer = carry
+    def grad_step(buffer, carry, key):
+        params, target_critic, log_alpha, opt_state = carry
         actor, critic = params["params"]["pi"], params["params"]["q"]
         opt_actor, opt_critic, opt_alpha = opt_state
         k_batch, k_next, k_pi = jax.random.split(key, 3)
@@ -384,7 +384,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         for n in norms:
             ok = ok & jnp.isfinite(n)
         new = (variables(new_actor, new_critic), new_target, new_log_alpha)
-        new = (*new, (new_opt_actor, new_opt_critic, new_opt_alpha), buffer)
+        new = (*new, (new_opt_actor, new_opt_critic, new_opt_alpha))
         carry = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, carry)
         stats = dict(
             q_loss=q_loss,
@@ -400,12 +400,13 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
 
     def learn(state: SACTrainState, buffer, key):
         """`grad_steps` gradient steps on `buffer`; per-update means of the losses."""
-        carry = (state.params, state.target_critic, state.log_alpha, state.opt_state, buffer)
-        carry, (stats, ok) = jax.lax.scan(grad_step, carry, jax.random.split(key, grad_steps))
+        carry = (state.params, state.target_critic, state.log_alpha, state.opt_state)
+        step = lambda c, k: grad_step(buffer, c, k)  # the buffer is read, never carried
+        carry, (stats, ok) = jax.lax.scan(step, carry, jax.random.split(key, grad_steps))
         num_ok = jnp.sum(ok)
         metrics = {k: jnp.sum(v) / jnp.maximum(num_ok, 1) for k, v in stats.items()}
         metrics["nan_skipped"] = (grad_steps - num_ok).astype(jnp.int32)
-        return carry[:4], metrics
+        return carry, metrics
 
     def no_learning(state: SACTrainState, buffer, key):
         metrics = {k: jnp.zeros((), jnp.float32) for k in LOSS_KEYS}
