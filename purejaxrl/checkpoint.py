@@ -310,3 +310,6 @@ def load(directory, agent_or_config, num_seeds: int | None | str = "saved"):
     if digest(state) != info["digest"]:
         raise CheckpointError(f"corrupt checkpoint at {path}: array contents fail their checksum")
     return state, info
+
+
+from purejaxrl import sac  # noqa: E402, F401  (registers "sac" in ALGOS; sac imports us back)

@@ -88,6 +88,8 @@ class SACConfig:
 
     # make_env (shared with the on-policy agents and evaluation) reads this; SAC never scales rewards.
     normalize_reward = False
+    # One update is one vector env step: env steps per update = num_envs * num_steps (experiments).
+    num_steps = 1
 
     def __post_init__(self):
         if not isinstance(self.env_kwargs, tuple):
