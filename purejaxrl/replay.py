@@ -10,10 +10,10 @@ among the `size` filled slots. Everything is pure and jittable, and `size`/`pos`
 buffer vmaps over seeds like the rest of the train state.
 
 Why not flashbax: `flashbax` 0.1.3 installs and runs with jax 0.10.2 (its item buffer does the
-same job), but it adds a dependency (and chex) for ~40 lines of code, and in a jitted micro-
-benchmark on this machine (capacity 100k, add 1 + sample 256 per step) it was not faster than this
-buffer (see the SAC report); the hand-written one also keeps the state a plain pytree whose
-fields the checkpoint fingerprint names readably.
+same job), but it adds a dependency for ~40 lines of code and was not faster: in a jitted scan of
+5000 x (add 1 transition + sample 256) into a 100k buffer of Pendulum transitions on 2 CPU cores,
+this buffer did ~48k steps/s and flashbax's item buffer ~40k steps/s. This one is also a plain
+pytree whose fields the checkpoint fingerprint names readably.
 """
 
 from __future__ import annotations
