@@ -360,12 +360,12 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         params = jax.tree.map(lambda p, u: p - cfg.learning_rate * u, params, updates)
         return params, opt_state
 
-    def grad_step(buffer, carry, key):
+    def grad_step(carry, inputs):
+        batch, key = inputs
         params, target_critic, log_alpha, opt_state = carry
         actor, critic = params["params"]["pi"], params["params"]["q"]
         opt_actor, opt_critic, opt_alpha = opt_state
-        k_batch, k_next, k_pi = jax.random.split(key, 3)
-        batch = replay.sample(buffer, k_batch, batch_size)
+        k_next, k_pi = jax.random.split(key)
         alpha = jnp.exp(log_alpha)
 
         (q_loss, q_mean), g_critic = critic_grad(critic, actor, target_critic, alpha, batch, k_next)
@@ -400,24 +400,25 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         stats = jax.tree.map(lambda x: jnp.where(ok, x, 0.0), stats)
         return carry, (stats, ok)
 
-    def learn(state: SACTrainState, buffer, key):
-        """`grad_steps` gradient steps on `buffer`; per-update means of the losses."""
-        carry = (state.params, state.target_critic, state.log_alpha, state.opt_state)
-        step = lambda c, k: grad_step(buffer, c, k)  # the buffer is read, never carried
-        carry, (stats, ok) = jax.lax.scan(step, carry, jax.random.split(key, grad_steps))
+    def learn(learner, batches, key):
+        """`grad_steps` gradient steps, one per batch (leaves `[grad_steps, batch_size, ...]`);
+        `learner` = (params, target_critic, log_alpha, opt_state). Per-update means of the losses.
+        """
+        keys = jax.random.split(key, grad_steps)
+        learner, (stats, ok) = jax.lax.scan(grad_step, learner, (batches, keys))
         num_ok = jnp.sum(ok)
         metrics = {k: jnp.sum(v) / jnp.maximum(num_ok, 1) for k, v in stats.items()}
         metrics["nan_skipped"] = (grad_steps - num_ok).astype(jnp.int32)
-        return carry, metrics
+        return learner, metrics
 
-    def no_learning(state: SACTrainState, buffer, key):
+    def no_learning(learner, batches, key):
         metrics = {k: jnp.zeros((), jnp.float32) for k in LOSS_KEYS}
-        metrics["alpha"] = jnp.exp(state.log_alpha)
+        metrics["alpha"] = jnp.exp(learner[2])
         metrics["nan_skipped"] = jnp.zeros((), jnp.int32)
-        return (state.params, state.target_critic, state.log_alpha, state.opt_state), metrics
+        return learner, metrics
 
     def update(state: SACTrainState):
-        rng, k_act, k_env, k_learn = jax.random.split(state.rng, 4)
+        rng, k_act, k_env, k_batch, k_learn = jax.random.split(state.rng, 5)
         warm = state.update_step < warmup_updates
 
         def random_action():
@@ -440,9 +441,15 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
             "terminated": terminated.astype(jnp.float32),
         }
         buffer = replay.add(state.buffer, transitions)
-        (params, target_critic, log_alpha, opt_state), metrics = jax.lax.cond(
-            warm, no_learning, learn, state, buffer, k_learn
+        # All of this update's batches in one gather, outside the cond: the buffer never enters
+        # the branch, so XLA updates it in place instead of keeping (copying) the old one alive.
+        batches = jax.tree.map(
+            lambda x: x.reshape(grad_steps, batch_size, *x.shape[1:]),
+            replay.sample(buffer, k_batch, grad_steps * batch_size),
         )
+        learner = (state.params, state.target_critic, state.log_alpha, state.opt_state)
+        learner, metrics = jax.lax.cond(warm, no_learning, learn, learner, batches, k_learn)
+        params, target_critic, log_alpha, opt_state = learner
 
         finished = info["episode_done"] & jnp.isfinite(info["episode_return"])
         count = jnp.sum(finished)

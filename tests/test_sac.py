@@ -163,7 +163,9 @@ def test_vmap_over_seeds_equals_separate_runs(single, over_seeds):
 def test_vmap_over_learning_rates_equals_separate_runs(single, over_lrs):
     for i in range(2):
         one = single(KEYS[0], LRS[i])
-        assert_trees_close(jax.tree.map(lambda x, i=i: x[i], over_lrs.metrics), one.metrics)
+        # a batched learning rate reorders float ops: ~1e-5 relative drift after 170 Adam steps
+        got = jax.tree.map(lambda x, i=i: x[i], over_lrs.metrics)
+        assert_trees_close(got, one.metrics, rtol=1e-4, atol=1e-5)
     assert not np.allclose(over_lrs.metrics["q_loss"][0], over_lrs.metrics["q_loss"][1])
 
 
