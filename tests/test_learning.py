@@ -14,12 +14,23 @@ import pytest
 
 from experiments import runs
 from purejaxrl import checkpoint
+from tests.isolated import run_isolated
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
-def train_config(name: str, num_seeds: int = 4, **overrides):
-    spec = runs.build_spec({**runs.load_yaml(CONFIGS / name), **overrides})
+def train_config(name: str, num_seeds: int = 4, timeout_s: float = 900.0):
+    """Trains in a fresh process (see tests/isolated.py); returns (final per seed, env steps)."""
+    final, steps, seconds = run_isolated(_train, name, num_seeds, timeout_s=timeout_s)
+    print(
+        f"\n{name}: final return per seed {np.round(final, 1).tolist()}, mean {final.mean():.1f}, "
+        f"{steps} env steps per seed, {seconds:.0f} s incl. compile"
+    )
+    return final, steps
+
+
+def _train(name: str, num_seeds: int):
+    spec = runs.build_spec(runs.load_yaml(CONFIGS / name))
     agent = checkpoint.make_agent(spec.algo, spec.config)
     keys = jax.random.split(jax.random.key(0), num_seeds)
     start = time.perf_counter()
@@ -29,11 +40,7 @@ def train_config(name: str, num_seeds: int = 4, **overrides):
     tail = max(1, returns.shape[1] // 20)
     final = returns[:, -tail:].mean(axis=1)
     steps = int(np.asarray(out.metrics["env_steps"])[0, -1])
-    print(
-        f"\n{name}: final return per seed {np.round(final, 1).tolist()}, mean {final.mean():.1f}, "
-        f"{steps} env steps per seed, {seconds:.0f} s incl. compile"
-    )
-    return final, steps
+    return final, steps, seconds
 
 
 @pytest.mark.slow
