@@ -1,15 +1,20 @@
-"""Run a long JAX computation in a fresh process, with a time limit and one retry.
+"""Run a long JAX computation in a fresh process, restarting it if it hangs.
 
-Three times on this 2-core machine, under CPU contention, a freshly compiled multi-seed training
-program never finished its first execution: XLA:CPU's thunk executor waited on a task that no
-worker ran (every worker idle). It was not reproducible on demand (16 clean runs in a row). The
-long learning checks therefore run in a child process: a hang costs one `timeout_s` and a rerun,
-not a red CI, and a real failure still fails.
+Several times on this 2-core machine a freshly compiled multi-seed training program never finished
+its first execution: XLA:CPU's executor waited on a task that no worker ran (every worker idle,
+the main thread in `CpuPjRtRawLoadedExecutable::Execute` -> `BlockUntilReady`). It was seen with
+and without async dispatch, mostly under CPU contention, and was not reproducible on demand. The
+long learning checks therefore run in a child process that is watched: a child whose CPU time
+stops advancing for `stall_s` seconds is hung (a working JAX process, compiling or running, keeps
+a core busy), so it is killed and started again. A real failure still fails.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import queue as queue_lib
+import time
 import traceback
 from collections.abc import Callable
 
@@ -21,27 +26,55 @@ def _child(queue, fn, args):
         queue.put(("error", traceback.format_exc()))
 
 
-def run_isolated(fn: Callable, *args, timeout_s: float = 600.0, attempts: int = 2):
-    """`fn(*args)` in a spawned process (fn must be importable, its result picklable).
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    A run that produces no result within `timeout_s` is killed and started again, up to
-    `attempts` times; an exception in the child is re-raised here as RuntimeError with its
-    traceback.
+
+def run_isolated(
+    fn: Callable, *args, timeout_s: float = 1800.0, stall_s: float = 90.0, attempts: int = 3
+):
+    """`fn(*args)` in a spawned process (fn importable, result picklable).
+
+    The child is restarted (up to `attempts` runs) when it uses no CPU for `stall_s` seconds or
+    gives no result within `timeout_s`; an exception in the child is re-raised here as
+    RuntimeError with its traceback.
     """
     ctx = mp.get_context("spawn")
     for attempt in range(1, attempts + 1):
         queue = ctx.Queue()
         proc = ctx.Process(target=_child, args=(queue, fn, args), daemon=True)
         proc.start()
-        try:
-            status, value = queue.get(timeout=timeout_s)
-        except Exception:  # queue.Empty: no result in time
+        start = last_progress = time.monotonic()
+        last_cpu = -1.0
+        result = None
+        while result is None:
+            try:
+                result = queue.get(timeout=min(10.0, stall_s / 3))
+                break
+            except queue_lib.Empty:
+                pass
+            now = time.monotonic()
+            try:
+                cpu = _cpu_seconds(proc.pid)
+            except (OSError, IndexError):  # the child died without a result
+                break
+            if cpu > last_cpu + 0.5:
+                last_cpu, last_progress = cpu, now
+            if now - last_progress > stall_s or now - start > timeout_s:
+                break
+        if result is None:
             proc.kill()
             proc.join()
-            print(f"run_isolated: no result after {timeout_s:.0f} s (attempt {attempt}), killed")
+            print(
+                f"run_isolated: attempt {attempt} hung or died after {time.monotonic() - start:.0f} s, restarting"
+            )
             continue
         proc.join()
+        status, value = result
         if status == "error":
             raise RuntimeError(f"isolated run failed:\n{value}")
         return value
-    raise TimeoutError(f"no result in {attempts} attempts of {timeout_s:.0f} s each")
+    raise TimeoutError(f"no result in {attempts} attempts")

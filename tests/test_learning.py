@@ -19,7 +19,7 @@ from tests.isolated import run_isolated
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
-def train_config(name: str, num_seeds: int = 4, timeout_s: float = 900.0):
+def train_config(name: str, num_seeds: int = 4, timeout_s: float = 1800.0):
     """Trains in a fresh process (see tests/isolated.py); returns (final per seed, env steps)."""
     final, steps, seconds = run_isolated(_train, name, num_seeds, timeout_s=timeout_s)
     print(
