@@ -75,6 +75,29 @@ def raw_key(key: jax.Array) -> jax.Array:
     return key
 
 
+def scan_updates(update, state, num_updates: int, progress_fn=None, progress_every: int = 1):
+    """`lax.scan` of `update(state) -> (state, metrics)` for `num_updates` steps -> TrainOutput.
+
+    With `progress_fn`, calls it on the host every `progress_every` updates and at the last one
+    (`jax.debug.callback` inside a `lax.cond` on the unbatched scan index, so under a vmap over
+    seeds it stays a cond).
+    """
+
+    def body(state, i):
+        state, metrics = update(state)
+        if progress_fn is not None:
+            report = ((i + 1) % progress_every == 0) | (i + 1 == num_updates)
+            jax.lax.cond(
+                report,
+                lambda: jax.debug.callback(progress_fn, state.update_step, metrics),
+                lambda: None,
+            )
+        return state, metrics
+
+    state, metrics = jax.lax.scan(body, state, jnp.arange(num_updates))
+    return TrainOutput(state=state, metrics=metrics)
+
+
 def validate(cfg) -> None:
     """Raises ValueError naming the first bad field; numeric leaves only when concrete."""
     for field in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches"):
@@ -301,19 +324,7 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         return new_state, metrics
 
     def run(state: TrainState, num_updates: int = num_updates) -> TrainOutput:
-        def body(state, i):
-            state, metrics = update(state)
-            if progress_fn is not None:
-                report = ((i + 1) % progress_every == 0) | (i + 1 == num_updates)
-                jax.lax.cond(
-                    report,
-                    lambda: jax.debug.callback(progress_fn, state.update_step, metrics),
-                    lambda: None,
-                )
-            return state, metrics
-
-        state, metrics = jax.lax.scan(body, state, jnp.arange(num_updates))
-        return TrainOutput(state=state, metrics=metrics)
+        return scan_updates(update, state, num_updates, progress_fn, progress_every)
 
     def train(key) -> TrainOutput:
         return run(init(key), num_updates)

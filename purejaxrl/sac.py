@@ -47,6 +47,7 @@ from purejaxrl.actor_critic import (
     make_env,
     make_single_env,
     raw_key,
+    scan_updates,
 )
 from purejaxrl.distributions import TanhGaussian
 from purejaxrl.networks import ACTIVATIONS, MLP, TwinMLP, _stacked_orthogonal
@@ -481,19 +482,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         return new_state, metrics
 
     def run(state: SACTrainState, num_updates: int = num_updates) -> TrainOutput:
-        def body(state, i):
-            state, metrics = update(state)
-            if progress_fn is not None:
-                report = ((i + 1) % progress_every == 0) | (i + 1 == num_updates)
-                jax.lax.cond(
-                    report,
-                    lambda: jax.debug.callback(progress_fn, state.update_step, metrics),
-                    lambda: None,
-                )
-            return state, metrics
-
-        state, metrics = jax.lax.scan(body, state, jnp.arange(num_updates))
-        return TrainOutput(state=state, metrics=metrics)
+        return scan_updates(update, state, num_updates, progress_fn, progress_every)
 
     def train(key) -> TrainOutput:
         return run(init(key), num_updates)
