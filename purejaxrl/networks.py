@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from purejaxrl.initializers import orthogonal, stacked_orthogonal
+
 ACTIVATIONS = {
     "tanh": nn.tanh,
     "relu": nn.relu,
@@ -39,21 +41,11 @@ class MLP(nn.Module):
     def __call__(self, x):
         act = ACTIVATIONS[self.activation]
         for size in self.hidden_sizes:
-            x = nn.Dense(size, kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)))(x)
+            x = nn.Dense(size, kernel_init=orthogonal(np.sqrt(2.0)))(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = act(x)
         return x
-
-
-def _stacked_orthogonal(scale: float, members: int):
-    """Initialiser for [members, fan_in, fan_out] kernels: each member orthogonal(scale)."""
-    base = nn.initializers.orthogonal(scale)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jnp.stack([base(k, shape[1:], dtype) for k in jax.random.split(key, members)])
-
-    return init
 
 
 class TwinMLP(nn.Module):
@@ -72,7 +64,7 @@ class TwinMLP(nn.Module):
         for i, size in enumerate(self.hidden_sizes):
             fan_in = x.shape[-1]
             kernel = self.param(
-                f"kernel_{i}", _stacked_orthogonal(np.sqrt(2.0), 2), (2, fan_in, size)
+                f"kernel_{i}", stacked_orthogonal(np.sqrt(2.0), 2), (2, fan_in, size)
             )
             bias = self.param(f"bias_{i}", nn.initializers.zeros, (2, size))
             if member is not None:
@@ -105,7 +97,11 @@ class ActorCritic(nn.Module):
 
     head_kind: "categorical" -> logits [..., action_dim];
                "gaussian" -> (mean, log_std), each [..., action_dim], log_std a
-               state-independent parameter initialised to `init_log_std`.
+               state-independent parameter initialised to `init_log_std`;
+               "mixture" -> (logits [..., K], mean [..., K, action_dim], log_std [..., K, action_dim])
+               for `num_experts` = K Gaussian experts (distributions.GaussianMixture): means from
+               one output layer, a state-independent log-std per expert, mixing logits from their
+               own linear layer (none for K = 1: logits 0, so one expert is the Gaussian head).
     """
 
     action_dim: int
@@ -115,21 +111,33 @@ class ActorCritic(nn.Module):
     layer_norm: bool = False
     shared: bool = False
     init_log_std: float = 0.0
+    num_experts: int = 1
 
     def setup(self):
         torso_cls = MLP if self.shared else TwinMLP
         self.torso = torso_cls(tuple(self.hidden_sizes), self.activation, self.layer_norm)
-        self.policy_out = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))
-        self.value_out = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))
+        experts = self.num_experts if self.head_kind == "mixture" else 1
+        self.policy_out = nn.Dense(experts * self.action_dim, kernel_init=orthogonal(0.01))
+        self.value_out = nn.Dense(1, kernel_init=orthogonal(1.0))
         if self.head_kind != "categorical":
-            self.log_std = self.param(
-                "log_std", lambda _, shape: jnp.full(shape, self.init_log_std), (self.action_dim,)
+            shape = (
+                (experts, self.action_dim) if self.head_kind == "mixture" else (self.action_dim,)
             )
+            self.log_std = self.param(
+                "log_std", lambda _, shape: jnp.full(shape, self.init_log_std), shape
+            )
+        if self.head_kind == "mixture" and experts > 1:
+            self.mixture_logits = nn.Dense(experts, kernel_init=orthogonal(0.01))
 
     def _policy(self, h):
         out = self.policy_out(h)
         if self.head_kind == "categorical":
             return out
+        if self.head_kind == "mixture":
+            k = self.num_experts
+            mean = out.reshape(*out.shape[:-1], k, self.action_dim)
+            logits = self.mixture_logits(h) if k > 1 else jnp.zeros((*out.shape[:-1], 1))
+            return logits, mean, jnp.broadcast_to(self.log_std, mean.shape)
         return out, jnp.broadcast_to(self.log_std, out.shape)
 
     def actor(self, obs):
@@ -143,3 +151,15 @@ class ActorCritic(nn.Module):
         h = self.torso(obs)
         h_actor, h_critic = (h, h) if self.shared else (h[0], h[1])
         return self._policy(h_actor), self.value_out(h_critic)[..., 0]
+
+
+class ActionValue(nn.Module):
+    """Q(s, a): MLP on concat(obs [B, obs_dim], action [B, A]) -> [B] (PPO's mixture critic)."""
+
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs, action):
+        h = MLP(tuple(self.hidden_sizes), self.activation)(jnp.concatenate([obs, action], -1))
+        return nn.Dense(1, kernel_init=orthogonal(1.0))(h)[..., 0]

@@ -50,7 +50,8 @@ from purejaxrl.actor_critic import (
     scan_updates,
 )
 from purejaxrl.distributions import TanhGaussian
-from purejaxrl.networks import ACTIVATIONS, MLP, TwinMLP, _stacked_orthogonal
+from purejaxrl.initializers import orthogonal, stacked_orthogonal
+from purejaxrl.networks import ACTIVATIONS, MLP, TwinMLP
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -180,7 +181,7 @@ class Actor(nn.Module):
     @nn.compact
     def __call__(self, obs):
         h = MLP(tuple(self.hidden_sizes), self.activation)(obs)
-        out = nn.Dense(2 * self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))(h)
+        out = nn.Dense(2 * self.action_dim, kernel_init=orthogonal(0.01))(h)
         mean, raw = jnp.split(out, 2, axis=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(raw) + 1.0)
         return mean, log_std
@@ -200,7 +201,7 @@ class TwinQ(nn.Module):
         # Stacked weights, one plain matmul per member: on XLA:CPU the batched (einsum) form of
         # TwinMLP made the whole SAC step ~1.4x slower at 256x256, batch 256.
         h = jnp.stack([torso(x, member=0), torso(x, member=1)])  # [2, B, h]
-        kernel = self.param("q_kernel", _stacked_orthogonal(1.0, 2), (2, h.shape[-1], 1))
+        kernel = self.param("q_kernel", stacked_orthogonal(1.0, 2), (2, h.shape[-1], 1))
         bias = self.param("q_bias", nn.initializers.zeros, (2, 1))
         return (jnp.einsum("k...h,kho->k...o", h, kernel) + bias[:, None, :])[..., 0]
 

@@ -1,12 +1,13 @@
 """Run a long JAX computation in a fresh process, restarting it if it hangs.
 
-Several times on this 2-core machine a freshly compiled multi-seed training program never finished
-its first execution: XLA:CPU's executor waited on a task that no worker ran (every worker idle,
-the main thread in `CpuPjRtRawLoadedExecutable::Execute` -> `BlockUntilReady`). It was seen with
-and without async dispatch, mostly under CPU contention, and was not reproducible on demand. The
-long learning checks therefore run in a child process that is watched: a child whose CPU time
-stops advancing for `stall_s` seconds is hung (a working JAX process, compiling or running, keeps
-a core busy), so it is killed and started again. A real failure still fails.
+Several freshly compiled multi-seed training programs once never finished their first execution on
+this 2-core machine. The cause, found with gdb: jaxlib's batched LAPACK QR (from flax's orthogonal
+init under `vmap`) splits its batch over XLA's 2-thread intra-op pool and blocks both threads
+waiting for sub-tasks nobody can run. `purejaxrl/initializers.py` now builds orthogonal matrices
+without LAPACK, which removed the hang. The long learning checks still run in a watched child
+process, so that any future hang of this kind fails fast instead of eating CI's time limit: a child
+whose CPU time stops advancing for `stall_s` seconds is hung (a working JAX process, compiling or
+running, keeps a core busy), so it is killed and started again. A real failure still fails.
 """
 
 from __future__ import annotations
