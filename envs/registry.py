@@ -207,3 +207,20 @@ for _id in GYMNAX_IDS:
     register(_id, _gymnax_factory(_id))
 for _name in BRAX_NAMES:
     register(f"brax/{_name}", _brax_factory(_name))
+
+
+# ---------------------------------------------------------------------------------------------
+# our own JAX envs
+
+
+def _multimodal_factory(env_id: str):
+    def factory(**overrides):
+        from envs import multimodal
+
+        return multimodal.make(env_id, **overrides)
+
+    return factory
+
+
+for _id in ("multimodal/bandit", "multimodal/pointmass"):
+    register(_id, _multimodal_factory(_id))

@@ -7,6 +7,15 @@ updates inside `train(key)`, so `jax.jit(jax.vmap(train))(keys)` is one XLA prog
 
 Any minibatch whose loss or gradient is not finite is skipped (parameters and optimiser state kept)
 and counted in `metrics["nan_skipped"]`.
+
+With `policy="pmoe"` and `num_experts` K > 1 the policy is a Gaussian mixture (PMOE). An extra
+action-value network Q(s, a) (`params["params"]["mixture_q"]`, trained on the GAE return targets
+with weight `vf_coef`) scores one reparameterised proposal per expert, and `mixture_grad` decides
+how the mixture is credited (purejaxrl/pmoe.py): "pmoe" sends the surrogate's gradient through
+the best-scoring expert only and regresses the weights onto one_hot(k*); "gumbel" and "score"
+send the surrogate's gradient to every expert and train the weights to raise the (batch
+normalised) Q of the chosen expert's proposal, by Gumbel-softmax relaxation or by REINFORCE.
+The probability ratio always uses the exact mixture likelihood. K = 1 is the Gaussian policy.
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ from flax import struct
 import envs
 from envs import spaces, wrappers
 from purejaxrl import config as C
-from purejaxrl.distributions import HEADS, make_head
+from purejaxrl import pmoe
+from purejaxrl.distributions import HEADS, GaussianMixture, make_head
 from purejaxrl.gae import gae
 from purejaxrl.losses import value_loss
-from purejaxrl.networks import ACTIVATIONS, ActorCritic
+from purejaxrl.networks import ACTIVATIONS, ActionValue, ActorCritic
 from purejaxrl.rollout import rollout
 
 
@@ -118,6 +128,7 @@ def validate(cfg) -> None:
     C.check_hidden_sizes(cfg)
     C.check_choice(cfg, "activation", ACTIVATIONS)
     C.check_choice(cfg, "policy", ("auto", *HEADS))
+    pmoe.check_mixture_fields(cfg)
     C.check_range(cfg, "gamma", 0.0, 1.0)
     C.check_range(cfg, "gae_lambda", 0.0, 1.0)
     C.check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)
@@ -176,16 +187,21 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
     single_env, env_params = make_single_env(cfg, env, env_params)
     env = make_env(cfg, single_env, cfg.num_envs)
     action_space = env.action_space(env_params)
-    head = make_head(resolve_policy(cfg, action_space), action_space)
+    head = make_head(resolve_policy(cfg, action_space), action_space, cfg.num_experts)
+    is_mixture = isinstance(head, GaussianMixture)
     network = ActorCritic(
         action_dim=spaces.action_dim(action_space),
-        head_kind="categorical" if head.discrete else "gaussian",
+        head_kind="categorical" if head.discrete else ("mixture" if is_mixture else "gaussian"),
+        num_experts=cfg.num_experts,
         hidden_sizes=tuple(cfg.hidden_sizes),
         activation=cfg.activation,
         layer_norm=cfg.layer_norm,
         shared=cfg.shared_torso,
         init_log_std=cfg.init_log_std,
     )
+    # A mixture of K > 1 experts needs a critic of actions to score each expert's proposal.
+    use_q = is_mixture and cfg.num_experts > 1
+    q_network = ActionValue(tuple(cfg.hidden_sizes), cfg.activation)
     num_envs, num_steps = cfg.num_envs, cfg.num_steps
     batch_size = num_envs * num_steps
     num_updates = cfg.total_timesteps // batch_size
@@ -205,6 +221,10 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         k_params, k_env, k_run = jax.random.split(key, 3)
         obs, env_state = env.reset(k_env, env_params)
         params = network.init(k_params, obs)
+        if use_q:
+            actions = jnp.zeros((num_envs, spaces.action_dim(action_space)))
+            q_params = q_network.init(jax.random.fold_in(k_params, 1), obs, actions)
+            params = {"params": {**params["params"], "mixture_q": q_params["params"]}}
         return TrainState(
             params=params,
             opt_state=optimizer.init(params),
@@ -221,9 +241,50 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         action, log_prob = head.sample_and_log_prob(key, out)
         return action, log_prob, head.to_env(action)
 
+    def mixture_terms(params, out, batch):
+        """K > 1 experts: (head outputs for the surrogate, extra loss, aux metrics); see the top."""
+        q_params = {"params": params["params"]["mixture_q"]}
+        q_taken = q_network.apply(q_params, batch["obs"], head.to_env(batch["action"]))
+        q_loss = 0.5 * jnp.mean((q_taken - batch["targets"]) ** 2)
+        frozen_q = jax.lax.stop_gradient(q_params)
+        k_proposal, k_choice = jax.random.split(batch["key"])
+        proposals, _ = head.sample_experts(k_proposal, jax.lax.stop_gradient(out))  # [B, K, d]
+        b, k = proposals.shape[:2]
+        obs_k = jnp.broadcast_to(batch["obs"][:, None], (b, k, batch["obs"].shape[-1]))
+        scores = q_network.apply(
+            frozen_q, obs_k.reshape(b * k, -1), head.to_env(proposals).reshape(b * k, -1)
+        ).reshape(b, k)
+        logits = out[0]
+        if cfg.mixture_grad == "pmoe":
+            best = pmoe.best_expert(scores)
+            surrogate_out = pmoe.only_expert(out, best)
+            weight_loss = pmoe.weight_regression_loss(logits, best)
+        else:
+            surrogate_out = pmoe.frozen_weights(out)
+            scale = jax.lax.stop_gradient(scores.std() + 1e-8)
+            center = jax.lax.stop_gradient(scores.mean())
+            if cfg.mixture_grad == "gumbel":
+                y = pmoe.gumbel_softmax(k_choice, logits, cfg.gumbel_temperature)
+                relaxed = pmoe.relaxed_action(y, proposals)
+                q = q_network.apply(frozen_q, batch["obs"], head.to_env(relaxed))
+                weight_loss = -jnp.mean((q - center) / scale)
+            else:
+                chosen = head.sample_expert_index(k_choice, out)
+                weight_loss = -pmoe.score_function_term(logits, chosen, (scores - center) / scale)
+        extra = cfg.vf_coef * q_loss + cfg.mixture_coef * weight_loss
+        aux = {
+            "q_loss": q_loss,
+            "weight_loss": weight_loss,
+            "weight_max": jnp.mean(jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)),
+        }
+        return surrogate_out, extra, aux
+
     def loss_fn(params, batch, progress):
         out, values = network.apply(params, batch["obs"])
-        log_prob = head.log_prob(out, batch["action"])
+        surrogate_out, extra, mixture_aux = out, 0.0, {}
+        if use_q:
+            surrogate_out, extra, mixture_aux = mixture_terms(params, out, batch)
+        log_prob = head.log_prob(surrogate_out, batch["action"])
         entropy = head.entropy(out)
         advantages = batch["advantages"]
         if cfg.normalize_advantages:
@@ -233,8 +294,9 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         )
         v_loss = value_loss(values, batch["values"], batch["targets"], value_clip)
         ent = jnp.mean(entropy)
-        total = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
-        return total, {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent, **aux}
+        total = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent + extra
+        aux = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent, **aux, **mixture_aux}
+        return total, aux
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -291,6 +353,10 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
             jax.random.split(k_perm, epochs)
         ).reshape(epochs * num_minibatches, minibatch_size)
         minibatches = jax.tree.map(lambda x: x[perms], data)
+        if use_q:
+            minibatches["key"] = jax.random.split(
+                jax.random.fold_in(k_perm, 1), epochs * num_minibatches
+            )
         (params, opt_state, _, _), (stats, ok) = jax.lax.scan(
             sgd_step, (state.params, state.opt_state, lr, progress), minibatches
         )
@@ -350,7 +416,7 @@ class OnPolicyConfig:
 
     Static (shape-setting): env, env_kwargs, sizes, counts, network and head choices, switches.
     Leaves (vmappable): learning_rate, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm,
-    init_log_std.
+    init_log_std, gumbel_temperature, mixture_coef.
     """
 
     env: str = C.static("CartPole-v1")
@@ -364,7 +430,9 @@ class OnPolicyConfig:
     activation: str = C.static("tanh")
     layer_norm: bool = C.static(False)
     shared_torso: bool = C.static(False)
-    policy: str = C.static("auto")  # auto | categorical | gaussian | tanh_gaussian
+    policy: str = C.static("auto")  # auto | categorical | gaussian | tanh_gaussian | pmoe
+    num_experts: int = C.static(1)  # mixture experts K (policy="pmoe")
+    mixture_grad: str = C.static("pmoe")  # pmoe | gumbel | score (purejaxrl/pmoe.py)
     anneal_lr: bool = C.static(False)
     normalize_advantages: bool = C.static(True)
     normalize_obs: bool = C.static(False)
@@ -376,6 +444,8 @@ class OnPolicyConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     init_log_std: float = 0.0
+    gumbel_temperature: float = 0.5  # mixture_grad="gumbel"
+    mixture_coef: float = 1.0  # weight of the mixing weights' loss
 
     def __post_init__(self):
         if not isinstance(self.env_kwargs, tuple):

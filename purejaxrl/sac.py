@@ -21,6 +21,20 @@ A gradient step, on a batch (s, a, r, s', terminated) with alpha = exp(log_alpha
 A gradient step whose losses or gradients are not finite is skipped whole (parameters, targets,
 temperature and optimiser states kept) and counted in `metrics["nan_skipped"]`.
 
+Mixture policies (`policy="pmoe"`, `num_experts` K): K tanh-squashed Gaussian experts from one
+torso plus a softmax weight head (distributions.GaussianMixture). Acting and the critic's next
+action pick k ~ Categorical(w) and sample that expert; the soft target uses the exact mixture
+log-density. Every actor step samples one reparameterised action u_k per expert, scores each with
+min_i Q_i, and `mixture_grad` (purejaxrl/pmoe.py) sets the actor loss:
+- "pmoe": k* = argmax_k Q(s, a_k); loss = mean(alpha log pi_k*(a_k*) - Q(s, a_k*)) (only expert
+  k* gets actor gradient) + mixture_coef * mean ||w(s) - one_hot(k*)||^2; alpha is tuned on
+  log pi_k*(a_k*).
+- "gumbel": u = sum_k y_k u_k, y = gumbel_softmax(logits, gumbel_temperature);
+  loss = mean(alpha log pi(u) - Q(s, tanh u)) with the mixture density pi.
+- "score": k ~ w; f_k = alpha log pi(u_k) - Q(s, a_k); loss = mean(f_k) plus the REINFORCE term
+  stop_grad(f_k - sum_j w_j f_j) log w_k for the weights.
+With K = 1 (any estimator reduces to it) the mixture is the tanh-Gaussian policy.
+
 The actor acts in [-1, 1]: actions are stored post-tanh in the buffer and reach the env through
 `actor_critic.make_single_env`'s RescaleAction/ClipAction. `state.params` holds actor and critic
 parameters together, so `network.apply(state.params, obs, method=network.actor)` gives the
@@ -40,7 +54,7 @@ from flax import struct
 
 from envs import spaces
 from purejaxrl import config as C
-from purejaxrl import replay
+from purejaxrl import pmoe, replay
 from purejaxrl.actor_critic import (
     Agent,
     TrainOutput,
@@ -49,7 +63,7 @@ from purejaxrl.actor_critic import (
     raw_key,
     scan_updates,
 )
-from purejaxrl.distributions import TanhGaussian
+from purejaxrl.distributions import GaussianMixture, TanhGaussian
 from purejaxrl.initializers import orthogonal, stacked_orthogonal
 from purejaxrl.networks import ACTIVATIONS, MLP, TwinMLP
 
@@ -64,9 +78,10 @@ class SACConfig:
     learning_starts (warm-up env steps with uniform random actions, no gradient steps), utd_ratio
     (gradient steps per env step: each update of `num_envs` transitions takes
     `round(utd_ratio * num_envs)` gradient steps, which must be >= 1), hidden_sizes, activation,
-    autotune_alpha, normalize_obs.
+    autotune_alpha, normalize_obs, policy ("tanh_gaussian" or "pmoe"), num_experts, mixture_grad.
     Leaves (vmappable): learning_rate (actor, critics and temperature share it), gamma, tau,
-    init_alpha, target_entropy_scale, max_grad_norm (global-norm clip per optimiser; inf = off).
+    init_alpha, target_entropy_scale, max_grad_norm (global-norm clip per optimiser; inf = off),
+    gumbel_temperature, mixture_coef.
     """
 
     env: str = C.static("Pendulum-v1")
@@ -81,12 +96,17 @@ class SACConfig:
     activation: str = C.static("relu")
     autotune_alpha: bool = C.static(True)
     normalize_obs: bool = C.static(False)
+    policy: str = C.static("tanh_gaussian")  # tanh_gaussian | pmoe
+    num_experts: int = C.static(1)  # mixture experts K (policy="pmoe")
+    mixture_grad: str = C.static("pmoe")  # pmoe | gumbel | score (purejaxrl/pmoe.py)
     learning_rate: float = 3e-4
     gamma: float = 0.99
     tau: float = 0.005
     init_alpha: float = 1.0
     target_entropy_scale: float = 1.0
     max_grad_norm: float = float("inf")
+    gumbel_temperature: float = 0.5  # mixture_grad="gumbel"
+    mixture_coef: float = 1.0  # weight of PMOE's weight-regression loss
 
     # make_env (shared with the on-policy agents and evaluation) reads this; SAC never scales rewards.
     normalize_reward = False
@@ -157,6 +177,8 @@ def validate(cfg: SACConfig) -> None:
         )
     C.check_hidden_sizes(cfg)
     C.check_choice(cfg, "activation", ACTIVATIONS)
+    C.check_choice(cfg, "policy", ("tanh_gaussian", "pmoe"))
+    pmoe.check_mixture_fields(cfg)
     C.check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)
     C.check_range(cfg, "gamma", 0.0, 1.0)
     C.check_range(cfg, "tau", 0.0, 1.0, low_open=True)
@@ -172,19 +194,33 @@ def validate(cfg: SACConfig) -> None:
 
 class Actor(nn.Module):
     """obs [B, obs_dim] -> (mean [B, A], log_std [B, A]) of the pre-squash Gaussian; log_std is
-    squashed into [LOG_STD_MIN, LOG_STD_MAX] by a rescaled tanh."""
+    squashed into [LOG_STD_MIN, LOG_STD_MAX] by a rescaled tanh.
+
+    With `num_experts` = K (a mixture): (logits [B, K], mean [B, K, A], log_std [B, K, A]), the
+    experts' means and log-stds from one output layer, the logits from their own layer (K > 1; for
+    K = 1 the logits are 0 and the parameters are the Gaussian actor's)."""
 
     action_dim: int
     hidden_sizes: tuple
     activation: str
+    num_experts: int | None = None  # None: the plain Gaussian actor
 
     @nn.compact
     def __call__(self, obs):
         h = MLP(tuple(self.hidden_sizes), self.activation)(obs)
-        out = nn.Dense(2 * self.action_dim, kernel_init=orthogonal(0.01))(h)
+        k = 1 if self.num_experts is None else self.num_experts
+        out = nn.Dense(k * 2 * self.action_dim, kernel_init=orthogonal(0.01))(h)
+        if self.num_experts is not None:
+            out = out.reshape(*out.shape[:-1], k, 2 * self.action_dim)
         mean, raw = jnp.split(out, 2, axis=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(raw) + 1.0)
-        return mean, log_std
+        if self.num_experts is None:
+            return mean, log_std
+        if k > 1:
+            logits = nn.Dense(k, kernel_init=orthogonal(0.01), name="mixture_logits")(h)
+        else:
+            logits = jnp.zeros((*out.shape[:-2], 1))
+        return logits, mean, log_std
 
 
 class TwinQ(nn.Module):
@@ -209,15 +245,19 @@ class TwinQ(nn.Module):
 class SACNetwork(nn.Module):
     """Actor and twin critics in one parameter tree {"params": {"pi": ..., "q": ...}}.
 
-    `actor(obs)` -> (mean, log_std) for distributions.TanhGaussian; `critic(obs, action)` -> [2, B].
+    `actor(obs)` -> (mean, log_std) for distributions.TanhGaussian (or the mixture's
+    (logits, mean, log_std) with `num_experts`); `critic(obs, action)` -> [2, B].
     """
 
     action_dim: int
     hidden_sizes: tuple = (256, 256)
     activation: str = "relu"
+    num_experts: int | None = None
 
     def setup(self):
-        self.pi = Actor(self.action_dim, tuple(self.hidden_sizes), self.activation)
+        self.pi = Actor(
+            self.action_dim, tuple(self.hidden_sizes), self.activation, self.num_experts
+        )
         self.q = TwinQ(tuple(self.hidden_sizes), self.activation)
 
     def actor(self, obs):
@@ -247,6 +287,42 @@ def polyak(online, target, tau):
     return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
 
 
+def mixture_actor_loss(cfg, head, out, min_q, alpha, key):
+    """SAC's actor loss for a mixture head (see the module docstring for the three estimators).
+
+    out: GaussianMixture outputs (logits [B, K], mean [B, K, A], log_std [B, K, A]);
+    min_q(pre-squash actions [B, n, A]) -> min_i Q_i(s, tanh u) [B, n].
+    Returns (loss [], (mean log pi for the temperature [], {"weight_loss", "weight_max"})).
+    """
+    logits = out[0]
+    u, own_log_prob = head.sample_experts(key, out)  # [B, K, A], [B, K]
+    weight_loss = jnp.zeros(())
+    if cfg.mixture_grad == "pmoe":
+        q = min_q(u)
+        best = pmoe.best_expert(q)
+        log_prob = pmoe.select(own_log_prob, best)
+        loss = jnp.mean(alpha * log_prob - pmoe.select(q, best))
+        weight_loss = pmoe.weight_regression_loss(logits, best)
+        loss = loss + cfg.mixture_coef * weight_loss
+    elif cfg.mixture_grad == "gumbel":
+        y = pmoe.gumbel_softmax(jax.random.fold_in(key, 2), logits, cfg.gumbel_temperature)
+        relaxed = pmoe.relaxed_action(y, u)
+        log_prob = head.log_prob(out, relaxed)
+        loss = jnp.mean(alpha * log_prob - min_q(relaxed[:, None])[:, 0])
+    elif cfg.mixture_grad == "score":
+        chosen = head.sample_expert_index(key, out)
+        mixture_log_prob = jax.vmap(head.log_prob, in_axes=(None, 1), out_axes=1)(out, u)
+        f = alpha * mixture_log_prob - min_q(u)  # [B, K]
+        log_prob = pmoe.select(mixture_log_prob, chosen)
+        loss = jnp.mean(pmoe.select(f, chosen)) + pmoe.score_function_term(logits, chosen, f)
+    else:
+        raise ValueError(
+            f"mixture_grad={cfg.mixture_grad!r}: allowed values are {pmoe.MIXTURE_GRADS}"
+        )
+    weight_max = jnp.mean(jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1))
+    return loss, (jnp.mean(log_prob), {"weight_loss": weight_loss, "weight_max": weight_max})
+
+
 @struct.dataclass
 class SACTrainState:
     """Everything a SAC run carries between updates (a pytree; leading seed axis under vmap).
@@ -269,6 +345,7 @@ class SACTrainState:
 
 
 LOSS_KEYS = ("q_loss", "actor_loss", "alpha_loss", "alpha", "log_pi", "entropy", "q_mean")
+MIXTURE_KEYS = ("weight_loss", "weight_max")
 
 
 def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, progress_every=None):
@@ -289,8 +366,18 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         )
     env = make_env(cfg, single_env, cfg.num_envs)
     action_dim = spaces.action_dim(action_space)
-    head = TanhGaussian(action_dim)
-    network = SACNetwork(action_dim, tuple(cfg.hidden_sizes), cfg.activation)
+    is_mixture = cfg.policy == "pmoe"
+    if is_mixture:
+        head = GaussianMixture(action_dim, cfg.num_experts, squash=True)
+    else:
+        head = TanhGaussian(action_dim)
+    network = SACNetwork(
+        action_dim,
+        tuple(cfg.hidden_sizes),
+        cfg.activation,
+        cfg.num_experts if is_mixture else None,
+    )
+    loss_keys = LOSS_KEYS + (MIXTURE_KEYS if is_mixture else ())
     num_envs, batch_size, grad_steps = cfg.num_envs, cfg.batch_size, cfg.grad_steps
     num_updates = cfg.num_updates
     warmup_updates = cfg.warmup_updates
@@ -352,9 +439,20 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         return loss, jnp.mean(q)
 
     def actor_loss(actor, critic, alpha, obs, key):
-        action, log_prob = sample_action(actor, critic, key, obs)
-        q = q_values(actor, critic, obs, action).min(axis=0)
-        return jnp.mean(alpha * log_prob - q), jnp.mean(log_prob)
+        """(loss, (mean log pi used for the temperature, mixture metrics))."""
+        if not is_mixture:
+            action, log_prob = sample_action(actor, critic, key, obs)
+            q = q_values(actor, critic, obs, action).min(axis=0)
+            return jnp.mean(alpha * log_prob - q), (jnp.mean(log_prob), {})
+        out = network.apply(variables(actor, critic), obs, method=SACNetwork.actor)
+
+        def min_q(pre_squash):  # [B, n, A] -> [B, n]
+            b, n = pre_squash.shape[:2]
+            flat_obs = jnp.broadcast_to(obs[:, None], (b, n, obs.shape[-1])).reshape(b * n, -1)
+            q = q_values(actor, critic, flat_obs, jnp.tanh(pre_squash).reshape(b * n, -1))
+            return q.min(axis=0).reshape(b, n)
+
+        return mixture_actor_loss(cfg, head, out, min_q, alpha, key)
 
     critic_grad = jax.value_and_grad(critic_loss, has_aux=True)
     actor_grad = jax.value_and_grad(actor_loss, has_aux=True)
@@ -374,7 +472,9 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
 
         (q_loss, q_mean), g_critic = critic_grad(critic, actor, target_critic, alpha, batch, k_next)
         new_critic, new_opt_critic = apply_updates(critic, g_critic, opt_critic)
-        (a_loss, log_pi), g_actor = actor_grad(actor, new_critic, alpha, batch["obs"], k_pi)
+        (a_loss, (log_pi, mixture_stats)), g_actor = actor_grad(
+            actor, new_critic, alpha, batch["obs"], k_pi
+        )
         new_actor, new_opt_actor = apply_updates(actor, g_actor, opt_actor)
         if cfg.autotune_alpha:
             entropy_gap = jax.lax.stop_gradient(log_pi + target_entropy)
@@ -400,6 +500,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
             log_pi=log_pi,
             entropy=-log_pi,
             q_mean=q_mean,
+            **mixture_stats,
         )
         stats = jax.tree.map(lambda x: jnp.where(ok, x, 0.0), stats)
         return carry, (stats, ok)
@@ -416,7 +517,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         return learner, metrics
 
     def no_learning(learner, batches, key):
-        metrics = {k: jnp.zeros((), jnp.float32) for k in LOSS_KEYS}
+        metrics = {k: jnp.zeros((), jnp.float32) for k in loss_keys}
         metrics["alpha"] = jnp.exp(learner[2])
         metrics["nan_skipped"] = jnp.zeros((), jnp.int32)
         return learner, metrics

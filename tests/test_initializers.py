@@ -46,5 +46,7 @@ def test_vmapped_network_init_has_no_lapack_custom_call():
     """Batched LAPACK QR deadlocked XLA:CPU's 2-thread pool (see initializers.py)."""
     net = networks.ActorCritic(action_dim=2, head_kind="gaussian")
     obs = jnp.zeros((1, 3))
-    hlo = jax.jit(jax.vmap(lambda k: net.init(k, obs))).lower(jax.random.split(jax.random.key(0), 4))
+    hlo = jax.jit(jax.vmap(lambda k: net.init(k, obs))).lower(
+        jax.random.split(jax.random.key(0), 4)
+    )
     assert "custom_call" not in hlo.as_text()
