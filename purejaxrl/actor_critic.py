@@ -265,9 +265,7 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
             center = jax.lax.stop_gradient(scores.mean())
             if cfg.mixture_grad == "gumbel":
                 y = pmoe.gumbel_softmax(k_choice, logits, cfg.gumbel_temperature)
-                relaxed = pmoe.relaxed_action(y, proposals)
-                q = q_network.apply(frozen_q, batch["obs"], head.to_env(relaxed))
-                weight_loss = -jnp.mean((q - center) / scale)
+                weight_loss = -jnp.mean(pmoe.relaxed_choice(y, (scores - center) / scale))
             else:
                 chosen = head.sample_expert_index(k_choice, out)
                 weight_loss = -pmoe.score_function_term(logits, chosen, (scores - center) / scale)

@@ -10,8 +10,9 @@ from purejaxrl.actor_critic import Agent, TrainState, make_env, raw_key
 
 
 def episode_horizon(env_params) -> int:
-    """The env's time limit in steps (gymnax `max_steps_in_episode`, brax `episode_length`)."""
-    for field in ("max_steps_in_episode", "episode_length"):
+    """The env's time limit in steps (gymnax `max_steps_in_episode`, brax `episode_length`,
+    multimodal `max_steps` / `horizon`)."""
+    for field in ("max_steps_in_episode", "episode_length", "max_steps", "horizon"):
         value = getattr(env_params, field, None)
         if value is not None:
             return int(value)

@@ -71,6 +71,23 @@ def orthogonal(scale: float = 1.0):
     return init
 
 
+def spread_expert_means(num_experts: int, action_dim: int, width: int | None = None, scale=1.0):
+    """Bias initialiser for a layer whose outputs are `num_experts` blocks of `width` (default
+    `action_dim`) whose first `action_dim` entries are an expert's mean: the means start
+    uniform in [-scale, scale] (pre-squash), the rest at 0. Breaks the symmetry between experts
+    that all start at mean ~0 otherwise; use it only for K > 1 (K = 1 keeps the zero bias)."""
+    width = action_dim if width is None else width
+
+    def init(key, shape, dtype=jnp.float32):
+        if shape != (num_experts * width,):
+            raise ValueError(f"expert bias shape {shape}: expected ({num_experts * width},)")
+        means = jax.random.uniform(key, (num_experts, action_dim), dtype, -scale, scale)
+        rest = jnp.zeros((num_experts, width - action_dim), dtype)
+        return jnp.concatenate([means, rest], axis=-1).reshape(shape)
+
+    return init
+
+
 def stacked_orthogonal(scale: float, members: int):
     """Initialiser for `[members, fan_in, fan_out]` kernels: each member `orthogonal(scale)`."""
     base = orthogonal(scale)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxrl.initializers import orthogonal, stacked_orthogonal
+from purejaxrl.initializers import orthogonal, spread_expert_means, stacked_orthogonal
 
 ACTIVATIONS = {
     "tanh": nn.tanh,
@@ -117,7 +117,12 @@ class ActorCritic(nn.Module):
         torso_cls = MLP if self.shared else TwinMLP
         self.torso = torso_cls(tuple(self.hidden_sizes), self.activation, self.layer_norm)
         experts = self.num_experts if self.head_kind == "mixture" else 1
-        self.policy_out = nn.Dense(experts * self.action_dim, kernel_init=orthogonal(0.01))
+        bias_init = nn.initializers.zeros
+        if experts > 1:  # experts start at different means (K = 1 stays the Gaussian head)
+            bias_init = spread_expert_means(experts, self.action_dim)
+        self.policy_out = nn.Dense(
+            experts * self.action_dim, kernel_init=orthogonal(0.01), bias_init=bias_init
+        )
         self.value_out = nn.Dense(1, kernel_init=orthogonal(1.0))
         if self.head_kind != "categorical":
             shape = (

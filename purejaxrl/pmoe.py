@@ -8,9 +8,13 @@ critic, and the agents (SAC, PPO) build their losses from these pieces:
 - "pmoe" (the paper's frequency-approximate gradient): k* = argmax_k Q(s, u_k); only expert k*
   receives the actor gradient (`only_expert`), and the weights regress onto one_hot(k*)
   (`weight_regression_loss`), so E[w_k(s)] is the frequency with which expert k wins at s.
-- "gumbel": the expert choice relaxed by Gumbel-softmax, u = sum_k y_k u_k with
-  y = softmax((logits + g) / temperature) (`gumbel_softmax`); gradients flow through y. Biased for
-  temperature > 0 (the bias vanishes as temperature -> 0, where the variance grows).
+- "gumbel": the one-hot expert choice relaxed by Gumbel-softmax, y = softmax((logits + g) /
+  temperature) (`gumbel_softmax`), weighting the experts' objectives: sum_k y_k f(u_k)
+  (`relaxed_choice`); gradients reach the weights through y. Biased for temperature > 0 (the bias
+  vanishes as temperature -> 0, where the variance grows). The choice is relaxed, not the action:
+  a blend sum_k y_k u_k of the experts' samples lands between the modes, where it is no sample of
+  the policy and -log pi there is no entropy estimate (SAC then pushes the experts apart without
+  bound: measured, it collapsed onto the box edges with zero return on multimodal/bandit).
 - "score": k ~ w, and the score-function (REINFORCE) term stop_grad(f_k - b) log w_k with the
   baseline b = sum_j w_j f_j over all experts' proposals (`score_function_term`); unbiased.
 
@@ -65,9 +69,9 @@ def gumbel_softmax(key: jax.Array, logits: jax.Array, temperature) -> jax.Array:
     return jax.nn.softmax((logits + g) / temperature, axis=-1)
 
 
-def relaxed_action(y: jax.Array, proposals: jax.Array) -> jax.Array:
-    """sum_k y_k u_k: y `[B, K]`, proposals `[B, K, d]` -> `[B, d]`."""
-    return jnp.einsum("bk,bkd->bd", y, proposals)
+def relaxed_choice(y: jax.Array, values: jax.Array) -> jax.Array:
+    """sum_k y_k values_k per state: y `[B, K]` relaxed one-hot, values `[B, K]` -> `[B]`."""
+    return jnp.sum(y * values, axis=-1)
 
 
 def score_function_term(logits: jax.Array, k: jax.Array, f: jax.Array) -> jax.Array:

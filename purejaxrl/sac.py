@@ -28,9 +28,11 @@ log-density. Every actor step samples one reparameterised action u_k per expert,
 min_i Q_i, and `mixture_grad` (purejaxrl/pmoe.py) sets the actor loss:
 - "pmoe": k* = argmax_k Q(s, a_k); loss = mean(alpha log pi_k*(a_k*) - Q(s, a_k*)) (only expert
   k* gets actor gradient) + mixture_coef * mean ||w(s) - one_hot(k*)||^2; alpha is tuned on
-  log pi_k*(a_k*).
-- "gumbel": u = sum_k y_k u_k, y = gumbel_softmax(logits, gumbel_temperature);
-  loss = mean(alpha log pi(u) - Q(s, tanh u)) with the mixture density pi.
+  log pi_k*(a_k*). That is the paper's expert density (`pmoe_log_prob="expert"`);
+  `pmoe_log_prob="mixture"` uses the mixture's density log pi(a_k*) instead (still only expert k*
+  gets gradient), which credits the mixture with the entropy of holding several modes.
+- "gumbel": y = gumbel_softmax(logits, gumbel_temperature); f_k = alpha log pi(u_k) - Q(s, a_k)
+  with the mixture density pi; loss = mean(sum_k y_k f_k).
 - "score": k ~ w; f_k = alpha log pi(u_k) - Q(s, a_k); loss = mean(f_k) plus the REINFORCE term
   stop_grad(f_k - sum_j w_j f_j) log w_k for the weights.
 With K = 1 (any estimator reduces to it) the mixture is the tanh-Gaussian policy.
@@ -64,7 +66,7 @@ from purejaxrl.actor_critic import (
     scan_updates,
 )
 from purejaxrl.distributions import GaussianMixture, TanhGaussian
-from purejaxrl.initializers import orthogonal, stacked_orthogonal
+from purejaxrl.initializers import orthogonal, spread_expert_means, stacked_orthogonal
 from purejaxrl.networks import ACTIVATIONS, MLP, TwinMLP
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -99,6 +101,7 @@ class SACConfig:
     policy: str = C.static("tanh_gaussian")  # tanh_gaussian | pmoe
     num_experts: int = C.static(1)  # mixture experts K (policy="pmoe")
     mixture_grad: str = C.static("pmoe")  # pmoe | gumbel | score (purejaxrl/pmoe.py)
+    pmoe_log_prob: str = C.static("expert")  # "pmoe" entropy term: expert | mixture density
     learning_rate: float = 3e-4
     gamma: float = 0.99
     tau: float = 0.005
@@ -178,6 +181,7 @@ def validate(cfg: SACConfig) -> None:
     C.check_hidden_sizes(cfg)
     C.check_choice(cfg, "activation", ACTIVATIONS)
     C.check_choice(cfg, "policy", ("tanh_gaussian", "pmoe"))
+    C.check_choice(cfg, "pmoe_log_prob", ("expert", "mixture"))
     pmoe.check_mixture_fields(cfg)
     C.check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)
     C.check_range(cfg, "gamma", 0.0, 1.0)
@@ -209,7 +213,12 @@ class Actor(nn.Module):
     def __call__(self, obs):
         h = MLP(tuple(self.hidden_sizes), self.activation)(obs)
         k = 1 if self.num_experts is None else self.num_experts
-        out = nn.Dense(k * 2 * self.action_dim, kernel_init=orthogonal(0.01))(h)
+        bias_init = nn.initializers.zeros
+        if k > 1:  # experts start at different means (K = 1 stays the Gaussian actor)
+            bias_init = spread_expert_means(k, self.action_dim, width=2 * self.action_dim)
+        out = nn.Dense(k * 2 * self.action_dim, kernel_init=orthogonal(0.01), bias_init=bias_init)(
+            h
+        )
         if self.num_experts is not None:
             out = out.reshape(*out.shape[:-1], k, 2 * self.action_dim)
         mean, raw = jnp.split(out, 2, axis=-1)
@@ -300,15 +309,20 @@ def mixture_actor_loss(cfg, head, out, min_q, alpha, key):
     if cfg.mixture_grad == "pmoe":
         q = min_q(u)
         best = pmoe.best_expert(q)
-        log_prob = pmoe.select(own_log_prob, best)
+        if cfg.pmoe_log_prob == "expert":
+            log_prob = pmoe.select(own_log_prob, best)
+        else:  # the mixture's density at a_k*, differentiable in expert k*'s parameters only
+            masked = pmoe.only_expert(out, best)
+            log_prob = head.log_prob(masked, pmoe.select(u, best))
         loss = jnp.mean(alpha * log_prob - pmoe.select(q, best))
         weight_loss = pmoe.weight_regression_loss(logits, best)
         loss = loss + cfg.mixture_coef * weight_loss
     elif cfg.mixture_grad == "gumbel":
         y = pmoe.gumbel_softmax(jax.random.fold_in(key, 2), logits, cfg.gumbel_temperature)
-        relaxed = pmoe.relaxed_action(y, u)
-        log_prob = head.log_prob(out, relaxed)
-        loss = jnp.mean(alpha * log_prob - min_q(relaxed[:, None])[:, 0])
+        mixture_log_prob = jax.vmap(head.log_prob, in_axes=(None, 1), out_axes=1)(out, u)
+        f = alpha * mixture_log_prob - min_q(u)  # [B, K]
+        log_prob = pmoe.relaxed_choice(jax.lax.stop_gradient(y), mixture_log_prob)
+        loss = jnp.mean(pmoe.relaxed_choice(y, f))
     elif cfg.mixture_grad == "score":
         chosen = head.sample_expert_index(key, out)
         mixture_log_prob = jax.vmap(head.log_prob, in_axes=(None, 1), out_axes=1)(out, u)

@@ -205,7 +205,7 @@ def test_gumbel_softmax_gradient_converges_to_the_true_gradient_as_temperature_f
         def per_sample(logits, u_i, key):
             def value(lg):
                 y = pmoe.gumbel_softmax(key, lg[None], temperature)
-                return f(pmoe.relaxed_action(y, u_i[None, :, None])[0, 0])
+                return pmoe.relaxed_choice(y, f(u_i)[None])[0]
 
             return jax.grad(value)(logits)
 
