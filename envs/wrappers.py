@@ -3,7 +3,8 @@
 All state lives in the env-state pytree, so every wrapper works under `jax.jit`, `lax.scan` and
 `jax.vmap` (e.g. a vmap over seeds on top of a `VecEnv`). Stateful wrappers keep the wrapped env's
 state in `state.env_state` of their own flax.struct dataclass; stateless wrappers (`AutoReset`,
-`VecEnv`, `ClipAction`, `RescaleAction`, `FlattenObservation`) pass the inner state through.
+`VecEnv`, `ClipAction`, `RescaleAction`, `FlattenObservation`, `ObservationNoise`) pass the inner
+state through.
 
 Wrappers that look at observations or rewards work both below and above `VecEnv`: they infer the
 leading batch axes from the per-env observation space, so e.g. `NormalizeObservation(VecEnv(...))`
@@ -455,16 +456,150 @@ def reward_norm_stats(state: Any) -> RunningMeanStd:
     return _find_state(state, NormalizeRewardState).stats
 
 
+# ---------------------------------------------------------------------------------------------
+# policy smoothing (Kumar et al., ICLR 2022): noisy observations and frame stacking
+
+_NOISE_SALT = 0x6E6F6973  # fold_in data for the noise key; far above any split count in use
+
+
+class ObservationNoise(Wrapper):
+    """Adds i.i.d. `N(0, sigma^2 I)` noise to every observation the agent sees.
+
+    Noised: the reset observation, each step's observation (after auto-reset, so also a new
+    episode's first observation) and `info["final_observation"]`. On steps that do not end an
+    episode the final observation gets the *same* noise as `obs` (so the envs.core contract
+    `final_observation == obs` still holds); where `terminated | truncated` it gets an independent
+    draw. A truncated episode therefore bootstraps from a noisy final observation, consistent with
+    an agent that only ever sees noisy observations.
+
+    `sigma` (float, in observation units) may be a tracer: under `jax.vmap` over sigmas the
+    draws are shared (common random numbers) and only their scale differs. The noise key is
+    `fold_in(key, const)` and the wrapped env receives `key` itself, so the wrapped env's
+    randomness is untouched and `sigma == 0` returns exactly the unwrapped env's outputs (a
+    select, bit for bit). Works below or above `VecEnv` (each obs element gets its own draw).
+    The observation space becomes unbounded (Gaussian noise leaves any box); its shape is kept.
+    Non-float observations are cast to float32.
+    """
+
+    def __init__(self, env: Environment, sigma: float | jax.Array):
+        super().__init__(env)
+        self.sigma = sigma
+
+    def _noise(self, key, obs, num_draws: int):
+        """(`obs` as float, `num_draws` independent noise draws `[num_draws, *obs.shape]`)."""
+        obs = jnp.asarray(obs)
+        if not jnp.issubdtype(obs.dtype, jnp.floating):
+            obs = obs.astype(jnp.float32)
+        key = jax.random.fold_in(key, _NOISE_SALT)
+        eps = jax.random.normal(key, (num_draws, *obs.shape), obs.dtype)
+        return obs, jnp.asarray(self.sigma, obs.dtype) * eps
+
+    def _add(self, obs, noise):
+        return jnp.where(jnp.asarray(self.sigma) == 0, obs, obs + noise)
+
+    def reset(self, key, params):
+        obs, state = self.env.reset(key, params)
+        obs, noise = self._noise(key, obs, 1)
+        return self._add(obs, noise[0]), state
+
+    def step(self, key, state, action, params):
+        obs, state, reward, terminated, truncated, info = self.env.step(key, state, action, params)
+        obs, noise = self._noise(key, obs, 2)
+        if "final_observation" in info:
+            final = jnp.asarray(info["final_observation"], obs.dtype)
+            done = jnp.logical_or(terminated, truncated)
+            info = {
+                **info,
+                "final_observation": self._add(final, _select(done, noise[1], noise[0])),
+            }
+        return self._add(obs, noise[0]), state, reward, terminated, truncated, info
+
+    def observation_space(self, params) -> spaces.Box:
+        return spaces.Box(-np.inf, np.inf, tuple(self.env.observation_space(params).shape))
+
+
+@struct.dataclass
+class FrameStackState:
+    env_state: Any
+    frames: jax.Array  # [*batch, num_frames, obs_size]: the last observations, oldest first
+
+
+class FrameStack(Wrapper):
+    """The observation is the last `num_frames` observations, flattened and concatenated.
+
+    Per env: `[num_frames * obs_size]` (oldest first, `obs_size` = the flat size of one
+    observation). A reset fills the stack with the first observation. Over an auto-resetting env
+    (one that returns `info["final_observation"]`), a step that ends an episode returns a fresh
+    stack of the new episode's first observation as `obs`, and `info["final_observation"]` is the
+    old stack shifted by the episode's final observation. Without `final_observation` in `info`
+    the stack just shifts (the caller resets). Put it above `ObservationNoise` so each frame
+    carries its own noise, as in Kumar et al. Works below or above `VecEnv`.
+    """
+
+    def __init__(self, env: Environment, num_frames: int):
+        super().__init__(env)
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int | np.integer):
+            raise ValueError(f"FrameStack: num_frames={num_frames!r} must be a positive integer")
+        if num_frames < 1:
+            raise ValueError(f"FrameStack: num_frames={num_frames!r} must be a positive integer")
+        self.num_frames = int(num_frames)
+        self._obs_ndim = _obs_ndim(env)
+
+    def _frame(self, obs):
+        """One observation -> `[*batch, 1, obs_size]`."""
+        batch = _batch_shape(obs, self._obs_ndim)
+        return obs.reshape(batch + (1, -1))
+
+    def _flat(self, frames):
+        return frames.reshape(frames.shape[:-2] + (-1,))
+
+    def reset(self, key, params):
+        obs, env_state = self.env.reset(key, params)
+        frame = self._frame(obs)
+        frames = jnp.repeat(frame, self.num_frames, axis=-2)
+        return self._flat(frames), FrameStackState(env_state, frames)
+
+    def step(self, key, state, action, params):
+        obs, env_state, reward, terminated, truncated, info = self.env.step(
+            key, state.env_state, action, params
+        )
+        kept = state.frames[..., 1:, :]
+        frames = jnp.concatenate([kept, self._frame(obs).astype(kept.dtype)], axis=-2)
+        if "final_observation" in info:
+            final_frame = self._frame(info["final_observation"]).astype(kept.dtype)
+            final_frames = jnp.concatenate([kept, final_frame], axis=-2)
+            fresh = jnp.repeat(self._frame(obs).astype(kept.dtype), self.num_frames, axis=-2)
+            frames = _select(jnp.logical_or(terminated, truncated), fresh, frames)
+            info = {**info, "final_observation": self._flat(final_frames)}
+        return (
+            self._flat(frames),
+            FrameStackState(env_state, frames),
+            reward,
+            terminated,
+            truncated,
+            info,
+        )
+
+    def observation_space(self, params) -> spaces.Box:
+        space = self.env.observation_space(params)
+        low = np.tile(np.asarray(space.low).reshape(-1), self.num_frames)
+        high = np.tile(np.asarray(space.high).reshape(-1), self.num_frames)
+        return spaces.Box(low, high, (low.size,), space.dtype)
+
+
 __all__ = [
     "AutoReset",
     "ClipAction",
     "EpisodeStatistics",
     "EpisodeStatisticsState",
     "FlattenObservation",
+    "FrameStack",
+    "FrameStackState",
     "NormalizeObservation",
     "NormalizeObservationState",
     "NormalizeReward",
     "NormalizeRewardState",
+    "ObservationNoise",
     "RescaleAction",
     "RunningMeanStd",
     "VecEnv",

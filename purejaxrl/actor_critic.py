@@ -137,13 +137,18 @@ def validate(cfg) -> None:
     C.check_range(cfg, "vf_coef", 0.0, np.inf)
     if hasattr(cfg, "clip_eps"):
         C.check_range(cfg, "clip_eps", 0.0, np.inf, low_open=True)
+    C.check_range(cfg, "obs_noise_sigma", 0.0, np.inf)
+    C.check_positive_int(cfg, "frame_stack")
 
 
 def make_single_env(cfg, env=None, env_params=None):
     """One env as the agent sees it: the agent acts in [-1, 1] on continuous action spaces.
 
-    make(cfg.env) [-> RescaleAction -> ClipAction] -> EpisodeStatistics. Pass `env`/`env_params`
-    to use a custom single env (it must auto-reset and follow envs.core's API).
+    make(cfg.env) [-> RescaleAction -> ClipAction] [-> ObservationNoise(obs_noise_sigma)]
+    [-> FrameStack(frame_stack)] -> EpisodeStatistics. Pass `env`/`env_params` to use a custom
+    single env (it must auto-reset and follow envs.core's API). The noise wrapper is left out
+    when `obs_noise_sigma` is a concrete 0 (a tracer always gets it: sigma = 0 is then exact),
+    the frame stack when `frame_stack` is 1. Evaluation reuses this env, so it sees the same noise.
     """
     if env is None:
         env, env_params = envs.make(cfg.env, **dict(cfg.env_kwargs))
@@ -154,6 +159,11 @@ def make_single_env(cfg, env=None, env_params=None):
         if space.bounded and not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
             env = wrappers.RescaleAction(env, -1.0, 1.0)
         env = wrappers.ClipAction(env)
+    sigma = cfg.obs_noise_sigma
+    if not C.is_concrete(sigma) or np.any(np.asarray(sigma) != 0):
+        env = wrappers.ObservationNoise(env, sigma)
+    if cfg.frame_stack > 1:
+        env = wrappers.FrameStack(env, cfg.frame_stack)
     return wrappers.EpisodeStatistics(env), env_params
 
 
@@ -412,9 +422,11 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
 class OnPolicyConfig:
     """Fields every on-policy actor-critic config shares (PPO, A2C).
 
-    Static (shape-setting): env, env_kwargs, sizes, counts, network and head choices, switches.
+    Static (shape-setting): env, env_kwargs, sizes, counts, network and head choices, switches,
+    frame_stack (the policy sees the last `frame_stack` observations, concatenated).
     Leaves (vmappable): learning_rate, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm,
-    init_log_std, gumbel_temperature, mixture_coef.
+    init_log_std, gumbel_temperature, mixture_coef, obs_noise_sigma (std of the Gaussian noise
+    added to every observation in training and evaluation: policy smoothing, Kumar et al. 2022).
     """
 
     env: str = C.static("CartPole-v1")
@@ -435,6 +447,7 @@ class OnPolicyConfig:
     normalize_advantages: bool = C.static(True)
     normalize_obs: bool = C.static(False)
     normalize_reward: bool = C.static(False)
+    frame_stack: int = C.static(1)  # observations stacked (envs.wrappers.FrameStack)
     learning_rate: float = 3e-4
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -444,6 +457,7 @@ class OnPolicyConfig:
     init_log_std: float = 0.0
     gumbel_temperature: float = 0.5  # mixture_grad="gumbel"
     mixture_coef: float = 1.0  # weight of the mixing weights' loss
+    obs_noise_sigma: float = 0.0  # observation noise std (envs.wrappers.ObservationNoise)
 
     def __post_init__(self):
         if not isinstance(self.env_kwargs, tuple):

@@ -80,10 +80,12 @@ class SACConfig:
     learning_starts (warm-up env steps with uniform random actions, no gradient steps), utd_ratio
     (gradient steps per env step: each update of `num_envs` transitions takes
     `round(utd_ratio * num_envs)` gradient steps, which must be >= 1), hidden_sizes, activation,
-    autotune_alpha, normalize_obs, policy ("tanh_gaussian" or "pmoe"), num_experts, mixture_grad.
+    autotune_alpha, normalize_obs, policy ("tanh_gaussian" or "pmoe"), num_experts, mixture_grad,
+    frame_stack (observations stacked).
     Leaves (vmappable): learning_rate (actor, critics and temperature share it), gamma, tau,
     init_alpha, target_entropy_scale, max_grad_norm (global-norm clip per optimiser; inf = off),
-    gumbel_temperature, mixture_coef.
+    gumbel_temperature, mixture_coef, obs_noise_sigma (observation noise std, training and
+    evaluation: policy smoothing; see actor_critic.make_single_env).
     """
 
     env: str = C.static("Pendulum-v1")
@@ -102,6 +104,7 @@ class SACConfig:
     num_experts: int = C.static(1)  # mixture experts K (policy="pmoe")
     mixture_grad: str = C.static("pmoe")  # pmoe | gumbel | score (purejaxrl/pmoe.py)
     pmoe_log_prob: str = C.static("expert")  # "pmoe" entropy term: expert | mixture density
+    frame_stack: int = C.static(1)  # observations stacked (envs.wrappers.FrameStack)
     learning_rate: float = 3e-4
     gamma: float = 0.99
     tau: float = 0.005
@@ -110,6 +113,7 @@ class SACConfig:
     max_grad_norm: float = float("inf")
     gumbel_temperature: float = 0.5  # mixture_grad="gumbel"
     mixture_coef: float = 1.0  # weight of PMOE's weight-regression loss
+    obs_noise_sigma: float = 0.0  # observation noise std (envs.wrappers.ObservationNoise)
 
     # make_env (shared with the on-policy agents and evaluation) reads this; SAC never scales rewards.
     normalize_reward = False
@@ -191,6 +195,8 @@ def validate(cfg: SACConfig) -> None:
     value = cfg.max_grad_norm
     if C.is_concrete(value) and not (np.all(np.asarray(value, np.float64) > 0)):
         raise ValueError(f"{name}.max_grad_norm={value!r}: must be > 0 (inf turns clipping off)")
+    C.check_range(cfg, "obs_noise_sigma", 0.0, np.inf)
+    C.check_positive_int(cfg, "frame_stack")
 
 
 # --------------------------------------------------------------------------- network
