@@ -1,0 +1,282 @@
+"""Adaptive l2 attack on a smoothed policy with a total budget over the episode.
+
+Threat model (policy smoothing, Kumar, Levine, Feizi, ICLR 2022): at each step t the adversary
+sees the clean observation and the history, and adds eps_t to the raw observation before the
+smoothing noise (and before frame stacking), with sqrt(sum_t ||eps_t||^2) <= B over the episode
+(observation units). The policy then acts on obs_t + eps_t + N(0, sigma^2 I), fresh noise.
+
+Greedy with carried-over budget, as the paper's attack code: the episode starts with B^2 left; at
+step t the attacker searches eps_t in the l2 ball of radius sqrt(left) by projected,
+normalised-gradient steps (eps <- proj(eps -/+ step_size * g / ||g||), at most
+`num_steps_per_attack` steps), then left <- left - ||eps_t||^2. The target at step t is the
+smoothed policy, estimated by `num_noise_draws` noise draws z_j ~ N(0, sigma^2 I) drawn once per
+time step and shared by all of that step's gradient steps (a fixed Monte-Carlo objective).
+
+Objectives:
+- Discrete (categorical head): smoothed scores s(eps) = mean_j log_softmax(logits(obs + eps + z_j))
+  `[A]`, the analogue of the paper's smoothed Q (mean over draws); a0 = argmax s(0). PPO has no
+  Q(s, a), so the policy's own smoothed scores stand in for action values: the target is the
+  action with the lowest smoothed score other than a0 (for two actions, the other one), and the
+  steps ascend s_target - s_a0. The first iterate on the path whose smoothed argmax is not a0 is
+  kept ("stop at the first flip": the path grows from 0 in steps of `step_size`, so that is the
+  smallest flipping perturbation on it, to within one step); no flip within the ball: eps_t = 0,
+  nothing spent.
+- Continuous, SAC (a twin critic `critic(obs, action) -> [2, B]`): minimise
+  mean_j min_i Q_i(x, a(obs + eps + z_j)), x the clean (unperturbed, noise-free) observation
+  (with frame stacking: the earlier noisy frames and the clean current one) and a the policy's
+  deterministic action; the iterate with the lowest objective on the path (0
+  included) is kept, so eps_t = 0 unless it lowers the smoothed Q.
+- Continuous without a Q (PPO's Gaussian heads): minimise mean_j log pi(a_clean | obs + eps + z_j),
+  a_clean the mode of the policy on the clean observation: push the smoothed policy away from the
+  action it would take unattacked (the value critic V(obs + eps) is not used: it changes nothing
+  the env sees). Kept as for SAC.
+Each continuous step spends at most (num_steps_per_attack * step_size)^2, so the budget is spread
+over the episode rather than thrown at the first step.
+
+With budget 0, the same key and the same sigma, the attacked run is `montecarlo.smoothed_returns`
+bit for bit: same env, noise and action keys (the attacker's draws use their own key).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from purejaxrl.actor_critic import Agent
+from purejaxrl.robust import montecarlo as mc
+
+OBJECTIVES = ("auto", "scores", "q", "log_prob")
+_SHRINK = 1.0 - 1e-6  # projection radius margin: float32 rounding never overspends the budget
+
+
+def _has_twin_q(agent: Agent) -> bool:
+    from purejaxrl.sac import SACNetwork
+
+    return isinstance(agent.network, SACNetwork)
+
+
+def resolve_objective(agent: Agent, objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r}: allowed values are {list(OBJECTIVES)}")
+    discrete = agent.head.discrete
+    if objective == "auto":
+        return "scores" if discrete else ("q" if _has_twin_q(agent) else "log_prob")
+    if (objective == "scores") != discrete:
+        kind = "discrete" if discrete else "continuous"
+        raise ValueError(f"objective={objective!r} does not apply to this {kind}-action agent")
+    if objective == "q" and not _has_twin_q(agent):
+        raise ValueError("objective='q' needs a SAC agent (a twin critic Q(obs, action))")
+    return objective
+
+
+def project(eps: jax.Array, radius: jax.Array) -> jax.Array:
+    """`eps` scaled into the l2 ball of `radius` (all axes of one perturbation)."""
+    norm = jnp.sqrt(jnp.sum(eps**2))
+    scale = jnp.where(norm > radius, radius / jnp.maximum(norm, 1e-30), 1.0)
+    return eps * scale
+
+
+def _unit(g: jax.Array) -> jax.Array:
+    g = jnp.where(jnp.isfinite(g), g, 0.0)
+    return g / jnp.maximum(jnp.sqrt(jnp.sum(g**2)), 1e-20)
+
+
+def make_step_attack(agent, smoothing, state, objective, num_draws, num_steps, sigma, step_size):
+    """`attack(obs, frames, first, radius, key) -> eps` for one episode's current step.
+
+    obs `[*obs_shape]` (clean), frames `[k, *obs_shape]` (the previous noisy frames), first `[]`,
+    radius `[]` (sqrt of the budget left; 0: no attack); returns eps `[*obs_shape]`, ||eps|| <=
+    radius.
+    """
+    s, head, network = smoothing, agent.head, agent.network
+    push_draws = jax.vmap(s.push, in_axes=(None, 0, None))
+
+    def attack(obs, frames, first, radius, key):
+        z = sigma * jax.random.normal(key, (num_draws, *obs.shape), obs.dtype)
+
+        def draws_input(eps):  # [M, *input_shape]
+            return s.features(push_draws(frames, obs + eps + z, first))
+
+        clean_x = s.features(s.push(frames, obs, first))[None]  # [1, *input_shape]
+
+        if objective == "scores":
+
+            def scores(eps):
+                return jnp.mean(jax.nn.log_softmax(s.actor(draws_input(eps)), axis=-1), axis=0)
+
+            s0 = scores(jnp.zeros_like(obs))
+            a0 = jnp.argmax(s0)
+            target = jnp.argmin(jnp.where(jnp.arange(s0.shape[-1]) == a0, jnp.inf, s0))
+
+            def margin(eps):
+                sc = scores(eps)
+                return sc[target] - sc[a0], sc
+
+            grad = jax.grad(margin, has_aux=True)
+
+            def cond(c):
+                i, _, found = c
+                return (i <= num_steps) & ~found & (radius > 0)
+
+            def body(c):
+                i, eps, _ = c
+                g, sc = grad(eps)
+                flipped = jnp.argmax(sc) != a0
+                moved = project(eps + step_size * _unit(g), radius)
+                return i + 1, jnp.where(flipped, eps, moved), flipped
+
+            init = (jnp.zeros((), jnp.int32), jnp.zeros_like(obs), jnp.zeros((), bool))
+            _, eps, found = jax.lax.while_loop(cond, body, init)
+            return jnp.where(found, eps, 0.0)
+
+        if objective == "q":
+            clean_rep = jnp.broadcast_to(clean_x, (num_draws, *clean_x.shape[1:]))
+
+            def loss(eps):
+                action = head.to_env(head.mode(s.actor(draws_input(eps))))
+                q = network.apply(state.params, clean_rep, action, method=network.critic)
+                return jnp.mean(jnp.min(q, axis=0))
+
+        else:  # log_prob
+            clean_action = jax.lax.stop_gradient(head.mode(s.actor(clean_x)))  # [1, d]
+
+            def loss(eps):
+                return jnp.mean(head.log_prob(s.actor(draws_input(eps)), clean_action))
+
+        value_and_grad = jax.value_and_grad(loss)
+
+        def cond_c(c):
+            return (c[0] <= num_steps) & (radius > 0)
+
+        def body_c(c):
+            i, eps, best_value, best_eps = c
+            value, g = value_and_grad(eps)
+            better = value < best_value
+            best_value = jnp.where(better, value, best_value)
+            best_eps = jnp.where(better, eps, best_eps)
+            return i + 1, project(eps - step_size * _unit(g), radius), best_value, best_eps
+
+        zeros = jnp.zeros_like(obs)
+        init = (jnp.zeros((), jnp.int32), zeros, jnp.asarray(jnp.inf, jnp.float32), zeros)
+        return jax.lax.while_loop(cond_c, body_c, init)[3]
+
+    return attack
+
+
+def make_attacked_returns(
+    agent: Agent,
+    num_episodes: int,
+    num_noise_draws: int = 128,
+    num_steps_per_attack: int = 100,
+    deterministic: bool = True,
+    max_steps: int | None = None,
+    objective: str = "auto",
+):
+    """jitted `fn(state, key, sigma, budget, step_size) -> (returns [n], spent_budget_sq [n])`;
+    sigma, budget and step_size are traced (one compile for a sweep over them)."""
+    mc.check_positive_int("num_episodes", num_episodes)
+    mc.check_positive_int("num_noise_draws", num_noise_draws)
+    mc.check_positive_int("num_steps_per_attack", num_steps_per_attack)
+    mc.check_max_steps(max_steps)
+    objective = resolve_objective(agent, objective)
+    horizon = mc.resolve_horizon(agent, max_steps)
+
+    def fn(state, key, sigma, budget, step_size):
+        smoothing = mc.make_smoothing(agent, state)
+        sigma = jnp.asarray(sigma, jnp.float32)
+        step_attack = make_step_attack(
+            agent,
+            smoothing,
+            state,
+            objective,
+            num_noise_draws,
+            num_steps_per_attack,
+            sigma,
+            jnp.asarray(step_size, jnp.float32),
+        )
+        batched = jax.vmap(step_attack)
+
+        def perturb(obs, frames, first, active, carry, key):
+            left, spent = carry  # [n], [n]: squared budget left and spent
+            radius = jnp.where(active, jnp.sqrt(left) * _SHRINK, 0.0)
+            eps = batched(obs, frames, first, radius, jax.random.split(key, num_episodes))
+            # Belt and braces: never spend more than is left, whatever rounding did.
+            axes = tuple(range(1, eps.ndim))
+            sq = jnp.sum(eps**2, axis=axes)
+            over = sq > left
+            shrink = jnp.where(over, jnp.sqrt(left / jnp.maximum(sq, 1e-30)) * _SHRINK, 1.0)
+            eps = eps * shrink.reshape(-1, *([1] * (eps.ndim - 1)))
+            sq = jnp.sum(eps**2, axis=axes)
+            return eps, (jnp.maximum(left - sq, 0.0), spent + sq)
+
+        budget_sq = jnp.asarray(budget, jnp.float32) ** 2
+        carry = (jnp.full((num_episodes,), budget_sq), jnp.zeros((num_episodes,), jnp.float32))
+        returns, (_, spent) = mc.run_episodes(
+            agent, smoothing, key, sigma, num_episodes, horizon, deterministic, perturb, carry
+        )
+        return returns, spent
+
+    return jax.jit(fn)
+
+
+def attacked_returns(
+    agent: Agent,
+    state,
+    key: jax.Array,
+    sigma: float,
+    budget: float,
+    num_episodes: int,
+    num_noise_draws: int = 128,
+    num_steps_per_attack: int = 100,
+    step_size: float = 0.01,
+    deterministic: bool = True,
+    max_steps: int | None = None,
+    objective: str = "auto",
+) -> tuple[jax.Array, jax.Array]:
+    """Total rewards `[num_episodes]` of the smoothed policy (as `montecarlo.smoothed_returns`,
+    same keys) under the greedy adaptive attack with total l2 budget `budget` (observation units),
+    and each episode's spent squared budget sum_t ||eps_t||^2 `[num_episodes]` (<= budget^2).
+
+    num_noise_draws: noise draws per step for the attacker's smoothed objective (the paper: 128);
+    num_steps_per_attack, step_size: projected normalised-gradient steps per time step (the
+    paper's step: 0.01); objective: "auto" (discrete: "scores"; SAC: "q"; other continuous:
+    "log_prob"), see the module docstring. Only the first episode of each env is attacked and
+    counted. Compiled once per (agent, sizes, objective); sigma, budget and step_size are traced.
+    Raises ValueError naming a bad argument (sigma < 0, budget < 0, step_size <= 0, counts <= 0).
+    """
+    mc.check_nonnegative("sigma", sigma)
+    mc.check_nonnegative("budget", budget)
+    mc.check_nonnegative("step_size", step_size)
+    if not isinstance(step_size, jax.core.Tracer) and not step_size > 0:
+        raise ValueError(f"step_size={step_size!r}: must be > 0")
+    for name, value in (
+        ("num_episodes", num_episodes),
+        ("num_noise_draws", num_noise_draws),
+        ("num_steps_per_attack", num_steps_per_attack),
+    ):
+        mc.check_positive_int(name, value)
+    mc.check_max_steps(max_steps)
+    objective = resolve_objective(agent, objective)
+    settings = (
+        "attacked_returns",
+        num_episodes,
+        num_noise_draws,
+        num_steps_per_attack,
+        bool(deterministic),
+        max_steps,
+        objective,
+    )
+    fn = mc.cached(
+        agent,
+        settings,
+        lambda: make_attacked_returns(
+            agent,
+            num_episodes,
+            num_noise_draws,
+            num_steps_per_attack,
+            deterministic,
+            max_steps,
+            objective,
+        ),
+    )
+    return fn(state, key, sigma, budget, step_size)
