@@ -1,0 +1,104 @@
+"""experiments/smoothing.py: train, certify and attack smoothed PPO into a complete run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from experiments import smoothing
+
+TINY = [
+    "--envs",
+    "CartPole-v1",
+    "--sigmas",
+    "0.2",
+    "--budgets",
+    "0.2",
+    "1.0",
+    "--steps",
+    "8192",
+    "--certify-episodes",
+    "200",
+    "--attack-episodes",
+    "4",
+    "--noise-draws",
+    "4",
+    "--attack-steps",
+    "5",
+    "--no-progress",
+    "hidden_sizes=[16,16]",
+    "update_epochs=2",
+]
+
+
+def _finite(values) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def test_smoothing_experiment_writes_run_folder(tmp_path):
+    out = tmp_path / "run"
+    assert smoothing.main(TINY + ["--out", str(out)]) == 0
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "certificate_CartPole-v1.png",
+        "thresholds_CartPole-v1.png",
+    ):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"final_return_mean", "final_return_per_seed", "sps", "compile_s", "wall_s"} <= set(
+        summary
+    )
+    entry = summary["results"]["CartPole-v1"]
+    assert entry["horizon"] == 200 and entry["low"] == 0.0
+    r = entry["smoothed"]["sigma=0.2"]
+    undefended = entry["undefended"]
+    for run in (r, undefended):
+        assert (out / run["train"]["checkpoint"]).is_dir()
+        assert len(run["attacked_return_mean"]) == 2 and _finite(run["attacked_return_mean"])
+        assert run["attacked_episodes"] == 4
+        assert run["attack_s_per_episode"] > 0 and run["train"]["sps"] > 0
+        assert 0 <= run["clean_return_mean"] <= 200
+    assert r["clean_episodes"] == 200 and r["certify_s"] > 0
+    bounds = r["certified_expected_reward"]
+    assert len(bounds) == 2 and _finite(bounds)
+    # The clean lower confidence bound lies below the clean mean; bounds fall with the budget.
+    assert r["certified_clean_lower_bound"] <= r["clean_return_mean"]
+    assert 0 <= bounds[1] <= bounds[0] <= r["certified_clean_lower_bound"]
+    assert len(r["threshold_bound"]) == 3 and len(r["threshold_bound"][0]) == 200
+    # Each budget's mean spent l2 norm stays within it.
+    for b, spent in zip(summary["budgets"], r["attacked_spent_budget_mean"], strict=True):
+        assert spent <= b + 1e-5
+    check = summary["certificate_check"]
+    assert check["bound_below_attacked_everywhere"] == (not check["violations"])
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header == "env,sigma,update,env_steps,episode_return,episode_length"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sigmas", "0"], "sigma > 0"),
+        (["--sigmas", "-0.2"], "sigma > 0"),
+        (["--budgets", "-0.1"], ">= 0"),
+        (["--alpha", "1.5"], "(0, 1)"),
+        (["--alpha", "0"], "(0, 1)"),
+        (["--attack-episodes", "0"], "--attack-episodes"),
+        (["--certify-episodes", "10"], "need at least 12"),
+        (["--envs", "Acrobot-v1"], "allowed values"),
+        (["--method", "wilson"], "allowed values"),
+        (["obs_noise_sigma=0.3"], "set by the experiment"),
+        (["learning_rat=0.1"], "unknown key"),
+    ],
+)
+def test_smoothing_experiment_rejects_bad_input(tmp_path, capsys, extra, message):
+    out = tmp_path / "bad"
+    argv = ["--envs", "CartPole-v1", "--no-progress", "--out", str(out), *extra]
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        smoothing.prepare(smoothing.parse_args(argv))
+    assert smoothing.main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
