@@ -108,6 +108,18 @@ def scan_updates(update, state, num_updates: int, progress_fn=None, progress_eve
     return TrainOutput(state=state, metrics=metrics)
 
 
+def episode_metrics(done, episode_return, episode_length, state):
+    """Mean return and length `[]` of the episodes finished in this update (`done`, any shape),
+    carried forward from `state.last_return` / `state.last_length` when none finished; and the
+    number finished. Non-finite returns are left out."""
+    finished = done & jnp.isfinite(episode_return)
+    count = jnp.sum(finished)
+    mean_of = lambda x: jnp.sum(jnp.where(finished, x, 0.0)) / jnp.maximum(count, 1)
+    last_return = jnp.where(count > 0, mean_of(episode_return), state.last_return)
+    last_length = jnp.where(count > 0, mean_of(episode_length), state.last_length)
+    return last_return, last_length, count
+
+
 def validate(cfg) -> None:
     """Raises ValueError naming the first bad field; numeric leaves only when concrete."""
     for field in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches"):
@@ -371,11 +383,9 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         num_ok = jnp.sum(ok)
         metrics = {k: jnp.sum(v) / jnp.maximum(num_ok, 1) for k, v in stats.items()}
 
-        finished = traj.episode_done & jnp.isfinite(traj.episode_return)
-        count = jnp.sum(finished)
-        mean_of = lambda x: jnp.sum(jnp.where(finished, x, 0.0)) / jnp.maximum(count, 1)
-        last_return = jnp.where(count > 0, mean_of(traj.episode_return), state.last_return)
-        last_length = jnp.where(count > 0, mean_of(traj.episode_length), state.last_length)
+        last_return, last_length, count = episode_metrics(
+            traj.episode_done, traj.episode_return, traj.episode_length, state
+        )
         update_step = state.update_step + 1
         metrics.update(
             episode_return=last_return,

@@ -60,6 +60,7 @@ from purejaxrl import pmoe, replay
 from purejaxrl.actor_critic import (
     Agent,
     TrainOutput,
+    episode_metrics,
     make_env,
     make_single_env,
     raw_key,
@@ -576,11 +577,9 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         learner, metrics = jax.lax.cond(warm, no_learning, learn, learner, batches, k_learn)
         params, target_critic, log_alpha, opt_state = learner
 
-        finished = info["episode_done"] & jnp.isfinite(info["episode_return"])
-        count = jnp.sum(finished)
-        mean_of = lambda x: jnp.sum(jnp.where(finished, x, 0.0)) / jnp.maximum(count, 1)
-        last_return = jnp.where(count > 0, mean_of(info["episode_return"]), state.last_return)
-        last_length = jnp.where(count > 0, mean_of(info["episode_length"]), state.last_length)
+        last_return, last_length, count = episode_metrics(
+            info["episode_done"], info["episode_return"], info["episode_length"], state
+        )
         update_step = state.update_step + 1
         metrics.update(
             episode_return=last_return,
