@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import pmoe as pmoe_experiment
 from experiments import runs
 from purejaxrl import checkpoint
 from tests.isolated import run_isolated
@@ -72,17 +73,8 @@ def test_ppo_brax_inverted_pendulum_reaches_800():
     assert final.mean() >= 800
 
 
-MULTIMODAL_SAC = dict(
-    env="multimodal/bandit",
-    total_timesteps=5000,
-    num_envs=4,
-    buffer_size=20_000,
-    batch_size=128,
-    learning_starts=500,
-    utd_ratio=0.5,
-    hidden_sizes=(64, 64),
-    learning_rate=1e-3,
-)
+# The experiment's own base config (experiments/pmoe.py), so the check tests what it reports.
+MULTIMODAL_SAC = dict(pmoe_experiment.SAC_BANDIT, env="multimodal/bandit")
 CONTEXTS = ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))  # open, left blocked, right blocked
 
 
