@@ -94,3 +94,29 @@ class GymnaxEnv(Environment):
 
     def __repr__(self) -> str:
         return f"GymnaxEnv({self._name!r})"
+
+    def with_transition_gradients(self) -> GymnaxEnv:
+        """A copy whose transitions are differentiable (gymnax >= 1.0 detaches observations and
+        states by default). Raises ValueError for a gymnax env without differentiable dynamics."""
+        if not self._env.supports_transition_gradients:
+            raise ValueError(
+                f"env {self._name!r}: gymnax does not implement differentiable transitions for it"
+            )
+        return GymnaxEnv(self._env.with_transition_gradients(), self._name, self._default_params)
+
+
+def with_transition_gradients(env):
+    """`env` (any wrapper chain) with every gymnax env in it made differentiable; other envs
+    (brax, envs.multimodal) are pure JAX and differentiable as they are. The wrappers are
+    shallow-copied; `env` itself is unchanged. Raises ValueError when a gymnax env cannot be."""
+    import copy
+
+    from envs.core import Wrapper
+
+    if isinstance(env, GymnaxEnv):
+        return env.with_transition_gradients()
+    if isinstance(env, Wrapper):
+        new = copy.copy(env)
+        new.env = with_transition_gradients(env.env)
+        return new
+    return env

@@ -2,8 +2,9 @@
 
     python -m experiments.smoothing [--envs CartPole-v1 Pendulum-v1] [--sigmas 0.2 0.4]
         [--budgets 0.2 0.4 0.6 0.8 1.0] [--certify-episodes 10000] [--attack-episodes N]
-        [--scale cpu|paper] [--noise-draws 128] [--attack-steps 100] [--step-size 0.01]
-        [--alpha 0.05] [--method auto|clopper_pearson|dkw] [--seed S] [--steps N] [--out DIR]
+        [--scale cpu|paper] [--noise-draws M] [--attack-steps S] [--step-sizes 0.01 ...]
+        [--objectives auto|scores|lookahead|log_prob ...] [--lookahead H] [--alpha 0.05]
+        [--method auto|clopper_pearson|dkw] [--seed S] [--steps N] [--out DIR]
         [key=value ...]
 
 For each env, PPO is trained once per sigma with `obs_noise_sigma = sigma` (the smoothing noise,
@@ -22,8 +23,15 @@ N(0, sigma^2 I) on every raw observation, training and evaluation alike), plus o
   returns are continuous, so `--method auto` uses the DKW band there (no Bonferroni), and
   Clopper-Pearson over the distinct returns if asked.
 - Attack: the greedy adaptive attack of purejaxrl/robust/attack.py at each budget on the same
-  smoothed policy (`--noise-draws` draws per step, `--attack-steps` normalised-gradient steps of
-  `--step-size`), over `--attack-episodes` episodes; the undefended policy is attacked at the
+  smoothed policy (`--noise-draws` draws per step, `--attack-steps` normalised-gradient steps),
+  over `--attack-episodes` episodes, once per attack setting (objective x step size; as the paper
+  reports the min over its q_thresholds, the reported attacked return per budget is the lowest
+  mean over the settings, and every setting's numbers are kept in summary.json). Defaults per env:
+  CartPole: objective "scores", 128 draws x 100 steps of 0.01 (the paper's); Pendulum:
+  objectives "lookahead" (H = `--lookahead` = 10 simulated steps through the differentiable
+  dynamics, then the critic) and "log_prob", step sizes 0.005, 0.01 and 0.02 (at most 0.1, 0.2,
+  0.4 of l2 per time step), 16 draws x 20 steps (the lookahead's cost is H times a policy step
+  per draw; smaller per-step caps were stronger on Pendulum than larger ones). The undefended policy is attacked at the
   same budgets with sigma = 0 (one noise draw: there is no noise). Every budget uses the same
   key, so episodes differ only by the attack. `--attack-episodes` defaults to 100 on CPU
   (`--scale cpu`, about 1 s per CartPole episode on 2 loaded CPU cores at 128 draws x 100 steps),
@@ -78,6 +86,17 @@ ENVS = ("CartPole-v1", "Pendulum-v1")
 SCALES = ("cpu", "paper")
 METHODS = ("auto", *certify.METHODS)
 ATTACK_EPISODES = {"cpu": 100, "paper": 1000}
+OBJECTIVES = ("auto", "scores", "lookahead", "log_prob")
+# Attack settings per env: noise draws, gradient steps per time step, step sizes, objectives.
+ATTACK_DEFAULTS = {
+    "CartPole-v1": dict(noise_draws=128, attack_steps=100, step_sizes=[0.01], objectives=["auto"]),
+    "Pendulum-v1": dict(
+        noise_draws=16,
+        attack_steps=20,
+        step_sizes=[0.005, 0.01, 0.02],
+        objectives=["lookahead", "log_prob"],
+    ),
+}
 CARTPOLE_STEPS = 200  # the paper's CartPole horizon (CartPole-v0)
 # Pendulum-v1's reward is -(theta^2 + 0.1 thetadot^2 + 0.001 u^2), |theta| <= pi, |thetadot| <= 8,
 # |u| <= 2: at least -(pi^2 + 0.1 * 64 + 0.001 * 4) per step.
@@ -140,9 +159,11 @@ class Plan:
     budgets: list[float]
     certify_episodes: int
     attack_episodes: int
-    noise_draws: int
-    attack_steps: int
-    step_size: float
+    noise_draws: int | None  # None: per env (ATTACK_DEFAULTS)
+    attack_steps: int | None
+    step_sizes: list[float] | None
+    objectives: list[str] | None
+    lookahead: int
     alpha: float
     method: str
     scale: str
@@ -169,9 +190,13 @@ def parse_args(argv):
     p.add_argument("--certify-episodes", type=int, default=10_000, help="clean episodes n")
     p.add_argument("--attack-episodes", type=int, help="attacked episodes per budget")
     p.add_argument("--scale", default="cpu", help=f"one of {SCALES}: default attack episodes")
-    p.add_argument("--noise-draws", type=int, default=128, help="attacker's noise draws per step")
-    p.add_argument("--attack-steps", type=int, default=100, help="gradient steps per time step")
-    p.add_argument("--step-size", type=float, default=0.01, help="attack step size (l2)")
+    p.add_argument("--noise-draws", type=int, help="attacker's noise draws per step (per env)")
+    p.add_argument("--attack-steps", type=int, help="gradient steps per time step (per env)")
+    p.add_argument("--step-sizes", nargs="+", type=float, help="attack step sizes (l2; per env)")
+    p.add_argument("--objectives", nargs="+", help=f"attack objectives from {OBJECTIVES} (per env)")
+    p.add_argument(
+        "--lookahead", type=int, default=10, help="steps the lookahead objective simulates"
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="certificate failure probability")
     p.add_argument("--method", default="auto", help=f"one of {METHODS}")
     p.add_argument("--seed", type=int, default=0, help="base seed of the keys")
@@ -256,12 +281,20 @@ def prepare(args) -> Plan:
     )
     _positive_int("--attack-episodes", attack_episodes)
     _positive_int("--certify-episodes", args.certify_episodes)
-    _positive_int("--noise-draws", args.noise_draws)
-    _positive_int("--attack-steps", args.attack_steps)
+    for flag, value in (("--noise-draws", args.noise_draws), ("--attack-steps", args.attack_steps)):
+        if value is not None:
+            _positive_int(flag, value)
+    _positive_int("--lookahead", args.lookahead)
     if args.steps is not None:
         _positive_int("--steps", args.steps)
-    if not (math.isfinite(args.step_size) and args.step_size > 0):
-        raise ValueError(f"--step-size={args.step_size!r}: must be a finite number > 0")
+    for step_size in args.step_sizes or []:
+        if not (math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"--step-sizes {step_size!r}: must be a finite number > 0")
+    if args.step_sizes is not None and not args.step_sizes:
+        raise ValueError("--step-sizes: give at least one value")
+    for objective in args.objectives or []:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"--objectives {objective!r}: allowed values are {list(OBJECTIVES)}")
 
     overrides = runs.parse_overrides(args.overrides)
     for key in ("algo", "env", "obs_noise_sigma", "seed", "num_seeds"):
@@ -280,6 +313,12 @@ def prepare(args) -> Plan:
             progress = Progress(enabled=show)
             agent = checkpoint.make_agent("ppo", config, progress_fn=progress.callback)
             plan_runs.append(Run(run_name(env, sigma), env, sigma, config, agent, progress))
+        objectives = args.objectives or ATTACK_DEFAULTS[env]["objectives"]
+        for objective in objectives:
+            try:
+                attack.resolve_objective(plan_runs[-1].agent, objective)
+            except ValueError as err:
+                raise ValueError(f"--objectives {objective!r} on {env}: {err}") from None
         steps = horizon(plan_runs[-1].config)
         method = resolve_method(args.method, env)
         grid = levels(env, steps)
@@ -309,7 +348,9 @@ def prepare(args) -> Plan:
         attack_episodes=attack_episodes,
         noise_draws=args.noise_draws,
         attack_steps=args.attack_steps,
-        step_size=args.step_size,
+        step_sizes=args.step_sizes,
+        objectives=args.objectives,
+        lookahead=args.lookahead,
         alpha=args.alpha,
         method=args.method,
         scale=args.scale,
@@ -376,35 +417,86 @@ def clean_returns(run: Run, plan: Plan, state, key, num_episodes: int) -> tuple[
     return returns, {"compile_s": compile_s, "run_s": time.perf_counter() - t}
 
 
-def attacked(run: Run, plan: Plan, state, key, bar) -> dict:
-    """The attack at every budget over `plan.attack_episodes` episodes (same key per budget)."""
-    draws = plan.noise_draws if run.sigma > 0 else 1  # no noise: one draw is exact
-    fn = attack.make_attacked_returns(run.agent, plan.attack_episodes, draws, plan.attack_steps)
-    args = (np.float32(run.sigma), np.float32(0.0), np.float32(plan.step_size))
-    t = time.perf_counter()
-    compiled = fn.lower(state, key, *args).compile()
-    compile_s = time.perf_counter() - t
-    means, stds, spent, seconds = [], [], [], 0.0
-    for budget in plan.budgets:
-        t = time.perf_counter()
-        returns, sq = compiled(state, key, args[0], np.float32(budget), args[2])
-        returns = np.asarray(jax.block_until_ready(returns), np.float64)
-        seconds += time.perf_counter() - t
-        means.append(float(returns.mean()))
-        stds.append(float(returns.std()))
-        spent.append(float(np.sqrt(np.asarray(sq, np.float64)).mean()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{run.name} B={budget:g}: {means[-1]:.1f}", refresh=False)
+def attack_settings(plan: Plan, env: str) -> dict:
+    """The attack settings for `env`: the command line's where given, else ATTACK_DEFAULTS."""
+    d = ATTACK_DEFAULTS[env]
+    pick = lambda given, name: given if given is not None else d[name]
     return {
-        "attacked_return_mean": means,
-        "attacked_return_std": stds,
+        "noise_draws": pick(plan.noise_draws, "noise_draws"),
+        "attack_steps": pick(plan.attack_steps, "attack_steps"),
+        "step_sizes": list(pick(plan.step_sizes, "step_sizes")),
+        "objectives": list(pick(plan.objectives, "objectives")),
+        "lookahead": plan.lookahead,
+    }
+
+
+def attacked(run: Run, plan: Plan, state, key, bar) -> dict:
+    """The attack at every budget over `plan.attack_episodes` episodes (same key per budget), once
+    per setting (objective x step size); per budget the strongest setting's (lowest) mean."""
+    settings = attack_settings(plan, run.env)
+    draws = settings["noise_draws"] if run.sigma > 0 else 1  # no noise: one draw is exact
+    per_setting, compile_s, seconds = [], 0.0, 0.0
+    for objective in settings["objectives"]:
+        resolved = attack.resolve_objective(run.agent, objective)
+        lookahead = settings["lookahead"] if resolved == "lookahead" else 1
+        fn = attack.make_attacked_returns(
+            run.agent,
+            plan.attack_episodes,
+            draws,
+            settings["attack_steps"],
+            objective=resolved,
+            lookahead=lookahead,
+        )
+        sigma = np.float32(run.sigma)
+        t = time.perf_counter()
+        compiled = fn.lower(state, key, sigma, np.float32(0.0), np.float32(0.01)).compile()
+        compile_s += time.perf_counter() - t
+        for step_size in settings["step_sizes"]:
+            means, stds, spent = [], [], []
+            for budget in plan.budgets:
+                t = time.perf_counter()
+                returns, sq = compiled(state, key, sigma, np.float32(budget), np.float32(step_size))
+                returns = np.asarray(jax.block_until_ready(returns), np.float64)
+                seconds += time.perf_counter() - t
+                means.append(float(returns.mean()))
+                stds.append(float(returns.std()))
+                spent.append(float(np.sqrt(np.asarray(sq, np.float64)).mean()))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(
+                        f"{run.name} {resolved} {step_size:g} B={budget:g}: {means[-1]:.1f}",
+                        refresh=False,
+                    )
+            per_setting.append(
+                {
+                    "objective": resolved,
+                    "step_size": step_size,
+                    "lookahead": lookahead,
+                    "attacked_return_mean": means,
+                    "attacked_return_std": stds,
+                    "attacked_spent_budget_mean": spent,
+                }
+            )
+    strongest = [
+        int(np.argmin([p["attacked_return_mean"][i] for p in per_setting]))
+        for i in range(len(plan.budgets))
+    ]
+    pick = lambda field: [per_setting[j][field][i] for i, j in enumerate(strongest)]
+    num_runs = plan.attack_episodes * len(plan.budgets) * len(per_setting)
+    return {
+        "attacked_return_mean": pick("attacked_return_mean"),
+        "attacked_return_std": pick("attacked_return_std"),
         "attacked_episodes": plan.attack_episodes,
-        "attacked_spent_budget_mean": spent,
+        "attacked_spent_budget_mean": pick("attacked_spent_budget_mean"),
+        "attacked_strongest_setting": [
+            {k: per_setting[j][k] for k in ("objective", "step_size")} for j in strongest
+        ],
+        "attack_settings": per_setting,
         "attack_noise_draws": draws,
+        "attack_steps": settings["attack_steps"],
         "attack_compile_s": compile_s,
         "attack_s": seconds,
-        "attack_s_per_episode": seconds / (plan.attack_episodes * len(plan.budgets)),
+        "attack_s_per_episode": seconds / num_runs,
     }
 
 
@@ -464,9 +556,7 @@ def write_config(plan: Plan) -> None:
         "budgets": plan.budgets,
         "certify_episodes": plan.certify_episodes,
         "attack_episodes": plan.attack_episodes,
-        "noise_draws": plan.noise_draws,
-        "attack_steps": plan.attack_steps,
-        "step_size": plan.step_size,
+        "attack": {env: attack_settings(plan, env) for env in plan.envs},
         "alpha": plan.alpha,
         "method": plan.method,
         "scale": plan.scale,
@@ -504,11 +594,7 @@ def make_summary(plan: Plan, results: dict, check: dict | None, wall_s: float) -
         "alpha": plan.alpha,
         "certify_episodes": plan.certify_episodes,
         "attack_episodes": plan.attack_episodes,
-        "attack": {
-            "noise_draws": plan.noise_draws,
-            "steps_per_attack": plan.attack_steps,
-            "step_size": plan.step_size,
-        },
+        "attack": {env: attack_settings(plan, env) for env in plan.envs},
         "final_return_runs": [f"{env}/{name}" for env, name, _ in trained],
         "final_return_per_seed": [t["final_return"] for _, _, t in trained],
         "final_return_mean": float(np.mean([t["final_return"] for _, _, t in trained]))
@@ -528,12 +614,15 @@ def make_summary(plan: Plan, results: dict, check: dict | None, wall_s: float) -
             "adaptive attack with total l2 budget B (observation units), valid with prob. "
             ">= 1 - alpha over the clean episodes; certified_clean_lower_bound is B = 0",
             "attacked_return": "greedy adaptive attack (purejaxrl/robust/attack.py) at each "
-            "budget, same episodes' keys for every budget; mean/std over attacked_episodes",
+            "budget, same episodes' keys for every budget; mean/std over attacked_episodes of "
+            "the strongest setting (objective x step size) at that budget; all settings in "
+            "attack_settings",
             "low": "the smallest possible episode return used by the bound: CartPole 0; "
             "Pendulum -16.2736044 per step (-(pi^2 + 0.1 * 8^2 + 0.001 * 2^2)) x 200 steps",
             "certify_s": "seconds of the one jitted call producing the clean returns "
             "(compile excluded, in certify_compile_s)",
-            "attack_s_per_episode": "attack seconds / (episodes x budgets), compile excluded",
+            "attack_s_per_episode": "attack seconds / (episodes x budgets x settings), compile "
+            "excluded",
             "sps": "mean over runs of training env steps / train_s (compile excluded)",
         },
         "results": results,
@@ -640,7 +729,11 @@ def execute(plan: Plan) -> dict:
     if plan.show_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(plan.runs) * len(plan.budgets), desc="attacks", unit="budget")
+        total = 0
+        for run in plan.runs:
+            settings = attack_settings(plan, run.env)
+            total += len(plan.budgets) * len(settings["objectives"]) * len(settings["step_sizes"])
+        bar = tqdm(total=total, desc="attacks", unit="budget")
     try:
         for run in plan.runs:
             state, train_stats, curves[run.name] = train(run, plan, train_key)

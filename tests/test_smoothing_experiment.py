@@ -78,6 +78,32 @@ def test_smoothing_experiment_writes_run_folder(tmp_path):
     assert header == "env,sigma,update,env_steps,episode_return,episode_length"
 
 
+def test_pendulum_reports_the_strongest_attack_setting(tmp_path):
+    """Continuous actions: every (objective, step size) setting is run and kept; the reported
+    attacked return per budget is the lowest setting mean."""
+    out = tmp_path / "pend"
+    argv = [
+        "--envs", "Pendulum-v1", "--sigmas", "0.2", "--budgets", "0.5", "--steps", "4096",
+        "--certify-episodes", "200", "--attack-episodes", "3", "--noise-draws", "2",
+        "--attack-steps", "3", "--lookahead", "2", "--no-progress", "--out", str(out),
+        "hidden_sizes=[16,16]", "update_epochs=1", "num_minibatches=4",
+    ]  # fmt: skip
+    assert smoothing.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["attack"]["Pendulum-v1"]["objectives"] == ["lookahead", "log_prob"]
+    for r in (summary["results"]["Pendulum-v1"]["smoothed"]["sigma=0.2"],
+              summary["results"]["Pendulum-v1"]["undefended"]):  # fmt: skip
+        settings = r["attack_settings"]
+        assert [(p["objective"], p["step_size"]) for p in settings] == [
+            (objective, step) for objective in ("lookahead", "log_prob")
+            for step in (0.005, 0.01, 0.02)
+        ]  # fmt: skip
+        lowest = min(p["attacked_return_mean"][0] for p in settings)
+        assert r["attacked_return_mean"] == [lowest] and _finite(r["attacked_return_mean"])
+        assert r["attacked_spent_budget_mean"][0] <= 0.5 + 1e-5
+        assert r["attacked_strongest_setting"][0]["objective"] in ("lookahead", "log_prob")
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -92,6 +118,10 @@ def test_smoothing_experiment_writes_run_folder(tmp_path):
         (["--method", "wilson"], "allowed values"),
         (["obs_noise_sigma=0.3"], "set by the experiment"),
         (["learning_rat=0.1"], "unknown key"),
+        (["--objectives", "lookahead"], "lookahead"),
+        (["--objectives", "worst"], "allowed values"),
+        (["--step-sizes", "0"], "--step-sizes"),
+        (["--lookahead", "0"], "--lookahead"),
     ],
 )
 def test_smoothing_experiment_rejects_bad_input(tmp_path, capsys, extra, message):

@@ -26,12 +26,22 @@ Objectives:
   (with frame stacking: the earlier noisy frames and the clean current one) and a the policy's
   deterministic action; the iterate with the lowest objective on the path (0
   included) is kept, so eps_t = 0 unless it lowers the smoothed Q.
-- Continuous without a Q (PPO's Gaussian heads): minimise mean_j log pi(a_clean | obs + eps + z_j),
-  a_clean the mode of the policy on the clean observation: push the smoothed policy away from the
-  action it would take unattacked (the value critic V(obs + eps) is not used: it changes nothing
-  the env sees). Kept as for SAC.
+- Continuous with a state-value critic (PPO, A2C; "lookahead", their default when the env's
+  dynamics are differentiable: gymnax Pendulum / MountainCarContinuous, brax, envs.multimodal):
+  minimise the smoothed policy's predicted return from here, mean_j [sum_{h<H} gamma^h r_h +
+  gamma^H V(x_H)], simulated from the true env state (white-box) with the perturbed observation at
+  h = 0 and the smoothed policy's mode on noisy clean observations after it; V in reward units
+  (times the frozen reward-normalisation std). The gradient flows through the env's dynamics
+  (gymnax >= 1.0 detaches transitions unless asked, see envs.gymnax_env.with_transition_gradients).
+  `lookahead` = H sets how far it looks before trusting the critic. Kept as for SAC.
+- Continuous, "log_prob" (the fallback for non-differentiable envs): minimise
+  mean_j log pi(a_clean | obs + eps + z_j), a_clean the mode on the clean observation: push the
+  smoothed policy away from the action it would take unattacked. Kept as for SAC.
 Each continuous step spends at most (num_steps_per_attack * step_size)^2, so the budget is spread
-over the episode rather than thrown at the first step.
+over the episode rather than thrown at the first step, and only when the best iterate lowers the
+objective by at least `min_gain` (objective units, traced; the paper's q_threshold plays this
+role): a threshold keeps the budget for the steps where it does damage. The experiment reports the
+strongest of several (step_size, min_gain) settings, as the paper reports the min over thresholds.
 
 With budget 0, the same key and the same sigma, the attacked run is `montecarlo.smoothed_returns`
 bit for bit: same env, noise and action keys (the attacker's draws use their own key).
@@ -42,10 +52,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from envs.gymnax_env import with_transition_gradients
 from purejaxrl.actor_critic import Agent
 from purejaxrl.robust import montecarlo as mc
 
-OBJECTIVES = ("auto", "scores", "q", "log_prob")
+OBJECTIVES = ("auto", "scores", "q", "lookahead", "log_prob")
 _SHRINK = 1.0 - 1e-6  # projection radius margin: float32 rounding never overspends the budget
 
 
@@ -60,13 +71,42 @@ def resolve_objective(agent: Agent, objective: str) -> str:
         raise ValueError(f"objective={objective!r}: allowed values are {list(OBJECTIVES)}")
     discrete = agent.head.discrete
     if objective == "auto":
-        return "scores" if discrete else ("q" if _has_twin_q(agent) else "log_prob")
+        if discrete:
+            return "scores"
+        if _has_twin_q(agent):
+            return "q"
+        return "lookahead" if _differentiable(agent) else "log_prob"
     if (objective == "scores") != discrete:
         kind = "discrete" if discrete else "continuous"
         raise ValueError(f"objective={objective!r} does not apply to this {kind}-action agent")
     if objective == "q" and not _has_twin_q(agent):
         raise ValueError("objective='q' needs a SAC agent (a twin critic Q(obs, action))")
+    if objective == "lookahead":
+        if _has_twin_q(agent):
+            raise ValueError("objective='lookahead' needs a state-value critic V(obs) (PPO, A2C)")
+        with_transition_gradients(mc.clean_single_env(agent))  # raises, naming the env
     return objective
+
+
+def _differentiable(agent: Agent) -> bool:
+    try:
+        with_transition_gradients(mc.clean_single_env(agent))
+    except ValueError:
+        return False
+    return True
+
+
+def value_scale(agent: Agent, state) -> jax.Array:
+    """Reward units per unit of the critic's V: sqrt(var + eps) of the frozen `NormalizeReward`
+    statistics when the agent trained on normalised rewards (V then predicts scaled returns), else
+    1. The clip of normalised rewards at +-10 is ignored (V is the unclipped scale's estimate)."""
+    from envs import wrappers
+
+    if not agent.config.normalize_reward:
+        return jnp.ones((), jnp.float32)
+    stats = wrappers.reward_norm_stats(state.env_state)
+    eps = agent.env.epsilon if isinstance(agent.env, wrappers.NormalizeReward) else 1e-8
+    return jnp.sqrt(stats.var + eps)
 
 
 def project(eps: jax.Array, radius: jax.Array) -> jax.Array:
@@ -81,18 +121,86 @@ def _unit(g: jax.Array) -> jax.Array:
     return g / jnp.maximum(jnp.sqrt(jnp.sum(g**2)), 1e-20)
 
 
-def make_step_attack(agent, smoothing, state, objective, num_draws, num_steps, sigma, step_size):
-    """`attack(obs, frames, first, radius, key) -> eps` for one episode's current step.
+def make_lookahead(agent, smoothing, state, horizon: int):
+    """`value(eps, obs, frames, first, env_state, z, env_keys) -> []`: the smoothed policy's
+    discounted reward over the next `horizon` steps plus the discounted critic value after them,
+    when the current observation is perturbed by `eps`, averaged over noise draws.
+
+    z `[M, horizon, *obs_shape]`: the noise of each draw at each lookahead step (the first on the
+    perturbed observation, the rest on the clean ones: the attacker plans one perturbation at a
+    time); env_keys `[M, horizon]`. Draw j: a_0 = mode(actor(obs + eps + z_j0)), then the env steps
+    from the true env state (the attacker is white-box), acting with the smoothed policy's mode
+    on later steps; value = sum_h gamma^h r_h alive_h + gamma^H alive_H V_raw(x_H), alive_h = 0
+    after the episode ended (its later rewards do not count towards this episode's total). V_raw:
+    the critic in reward units (`value_scale`). Differentiable in eps through the env's dynamics
+    (gymnax classic control and brax are pure JAX).
+    """
+    s, head, network = smoothing, agent.head, agent.network
+    env = with_transition_gradients(s.env)
+    gamma = jnp.asarray(agent.config.gamma, jnp.float32)
+    scale = value_scale(agent, state)
+
+    def one_draw(eps, obs, frames, first, env_state, z, env_keys):
+        def step(carry, inputs):
+            env_state, obs, frames, first, alive, total, discount, pert = carry
+            z_h, key_h = inputs
+            frames = s.push(frames, obs + pert + z_h, first)
+            action = head.to_env(head.mode(s.actor(s.features(frames))))
+            obs, env_state, reward, term, trunc, _ = env.step(
+                key_h, env_state, action, s.env_params
+            )
+            total = total + discount * alive * reward
+            alive = alive * (1.0 - jnp.logical_or(term, trunc).astype(jnp.float32))
+            not_first = jnp.zeros_like(first)
+            carry = (env_state, obs, frames, not_first, alive, total, discount * gamma, 0.0 * pert)
+            return carry, None
+
+        one = jnp.ones((), jnp.float32)
+        init = (env_state, obs, frames, first, one, 0.0 * one, one, eps)
+        carry, _ = jax.lax.scan(step, init, (z, env_keys))
+        _, obs, frames, _, alive, total, discount, _ = carry
+        x = s.features(s.push(frames, obs, jnp.zeros_like(first)))
+        value = network.apply(state.params, x, method=network.critic) * scale
+        return total + discount * alive * value
+
+    draws = jax.vmap(one_draw, in_axes=(None, None, None, None, None, 0, 0))
+
+    def value(eps, obs, frames, first, env_state, z, env_keys):
+        return jnp.mean(draws(eps, obs, frames, first, env_state, z, env_keys))
+
+    return value
+
+
+def make_step_attack(
+    agent,
+    smoothing,
+    state,
+    objective,
+    num_draws,
+    num_steps,
+    sigma,
+    step_size,
+    lookahead=1,
+    min_gain=0.0,
+):
+    """`attack(obs, frames, first, radius, key, env_state) -> eps` for one episode's current step.
 
     obs `[*obs_shape]` (clean), frames `[k, *obs_shape]` (the previous noisy frames), first `[]`,
-    radius `[]` (sqrt of the budget left; 0: no attack); returns eps `[*obs_shape]`, ||eps|| <=
-    radius.
+    radius `[]` (sqrt of the budget left; 0: no attack), env_state (the true state, used by the
+    "lookahead" objective); returns eps `[*obs_shape]`, ||eps|| <= radius.
     """
     s, head, network = smoothing, agent.head, agent.network
     push_draws = jax.vmap(s.push, in_axes=(None, 0, None))
+    if objective == "lookahead":
+        lookahead_value = make_lookahead(agent, smoothing, state, lookahead)
 
-    def attack(obs, frames, first, radius, key):
-        z = sigma * jax.random.normal(key, (num_draws, *obs.shape), obs.dtype)
+    def attack(obs, frames, first, radius, key, env_state):
+        if objective == "lookahead":
+            noise_key, env_key = jax.random.split(key)
+            z = sigma * jax.random.normal(noise_key, (num_draws, lookahead, *obs.shape), obs.dtype)
+            env_keys = jax.random.split(env_key, (num_draws, lookahead))
+        else:
+            z = sigma * jax.random.normal(key, (num_draws, *obs.shape), obs.dtype)
 
         def draws_input(eps):  # [M, *input_shape]
             return s.features(push_draws(frames, obs + eps + z, first))
@@ -137,6 +245,11 @@ def make_step_attack(agent, smoothing, state, objective, num_draws, num_steps, s
                 q = network.apply(state.params, clean_rep, action, method=network.critic)
                 return jnp.mean(jnp.min(q, axis=0))
 
+        elif objective == "lookahead":
+
+            def loss(eps):
+                return lookahead_value(eps, obs, frames, first, env_state, z, env_keys)
+
         else:  # log_prob
             clean_action = jax.lax.stop_gradient(head.mode(s.actor(clean_x)))  # [1, d]
 
@@ -157,8 +270,18 @@ def make_step_attack(agent, smoothing, state, objective, num_draws, num_steps, s
             return i + 1, project(eps - step_size * _unit(g), radius), best_value, best_eps
 
         zeros = jnp.zeros_like(obs)
-        init = (jnp.zeros((), jnp.int32), zeros, jnp.asarray(jnp.inf, jnp.float32), zeros)
-        return jax.lax.while_loop(cond_c, body_c, init)[3]
+        value0 = loss(zeros)
+        start = zeros
+        if objective == "log_prob":
+            # eps = 0 is the log-density's maximum (a stationary point: zero gradient without
+            # noise), so the path starts one step away, in a random direction.
+            direction = jax.random.normal(jax.random.fold_in(key, 7), obs.shape, obs.dtype)
+            start = project(step_size * _unit(direction), radius)
+        init = (jnp.ones((), jnp.int32), start, value0, zeros)
+        _, _, best_value, best_eps = jax.lax.while_loop(cond_c, body_c, init)
+        # best_value <= value(0) (eps = 0 is the starting best): spend only for a gain of at
+        # least min_gain (objective units; the paper's q_threshold plays this role).
+        return jnp.where(value0 - best_value >= min_gain, best_eps, zeros)
 
     return attack
 
@@ -171,17 +294,20 @@ def make_attacked_returns(
     deterministic: bool = True,
     max_steps: int | None = None,
     objective: str = "auto",
+    lookahead: int = 1,
 ):
-    """jitted `fn(state, key, sigma, budget, step_size) -> (returns [n], spent_budget_sq [n])`;
-    sigma, budget and step_size are traced (one compile for a sweep over them)."""
+    """jitted `fn(state, key, sigma, budget, step_size, min_gain=0.0) -> (returns [n],
+    spent_budget_sq [n])`; sigma, budget, step_size and min_gain are traced (one compile for a
+    sweep over them). min_gain: continuous objectives only (see the module docstring)."""
     mc.check_positive_int("num_episodes", num_episodes)
     mc.check_positive_int("num_noise_draws", num_noise_draws)
     mc.check_positive_int("num_steps_per_attack", num_steps_per_attack)
+    mc.check_positive_int("lookahead", lookahead)
     mc.check_max_steps(max_steps)
     objective = resolve_objective(agent, objective)
     horizon = mc.resolve_horizon(agent, max_steps)
 
-    def fn(state, key, sigma, budget, step_size):
+    def fn(state, key, sigma, budget, step_size, min_gain=0.0):
         smoothing = mc.make_smoothing(agent, state)
         sigma = jnp.asarray(sigma, jnp.float32)
         step_attack = make_step_attack(
@@ -193,13 +319,16 @@ def make_attacked_returns(
             num_steps_per_attack,
             sigma,
             jnp.asarray(step_size, jnp.float32),
+            lookahead,
+            jnp.asarray(min_gain, jnp.float32),
         )
         batched = jax.vmap(step_attack)
 
-        def perturb(obs, frames, first, active, carry, key):
+        def perturb(obs, frames, first, active, carry, key, env_state):
             left, spent = carry  # [n], [n]: squared budget left and spent
             radius = jnp.where(active, jnp.sqrt(left) * _SHRINK, 0.0)
-            eps = batched(obs, frames, first, radius, jax.random.split(key, num_episodes))
+            keys = jax.random.split(key, num_episodes)
+            eps = batched(obs, frames, first, radius, keys, env_state)
             # Belt and braces: never spend more than is left, whatever rounding did.
             axes = tuple(range(1, eps.ndim))
             sq = jnp.sum(eps**2, axis=axes)
@@ -232,6 +361,8 @@ def attacked_returns(
     deterministic: bool = True,
     max_steps: int | None = None,
     objective: str = "auto",
+    lookahead: int = 1,
+    min_gain: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """Total rewards `[num_episodes]` of the smoothed policy (as `montecarlo.smoothed_returns`,
     same keys) under the greedy adaptive attack with total l2 budget `budget` (observation units),
@@ -240,19 +371,24 @@ def attacked_returns(
     num_noise_draws: noise draws per step for the attacker's smoothed objective (the paper: 128);
     num_steps_per_attack, step_size: projected normalised-gradient steps per time step (the
     paper's step: 0.01); objective: "auto" (discrete: "scores"; SAC: "q"; other continuous:
-    "log_prob"), see the module docstring. Only the first episode of each env is attacked and
-    counted. Compiled once per (agent, sizes, objective); sigma, budget and step_size are traced.
+    "lookahead"), see the module docstring; lookahead: env steps simulated by the "lookahead"
+    objective before bootstrapping with the critic; min_gain: the least drop of a continuous
+    objective worth spending budget on (traced). Only the first episode of each env is attacked
+    and counted. Compiled once per (agent, sizes, objective, lookahead); sigma, budget and
+    step_size are traced.
     Raises ValueError naming a bad argument (sigma < 0, budget < 0, step_size <= 0, counts <= 0).
     """
     mc.check_nonnegative("sigma", sigma)
     mc.check_nonnegative("budget", budget)
     mc.check_nonnegative("step_size", step_size)
+    mc.check_nonnegative("min_gain", min_gain)
     if not isinstance(step_size, jax.core.Tracer) and not step_size > 0:
         raise ValueError(f"step_size={step_size!r}: must be > 0")
     for name, value in (
         ("num_episodes", num_episodes),
         ("num_noise_draws", num_noise_draws),
         ("num_steps_per_attack", num_steps_per_attack),
+        ("lookahead", lookahead),
     ):
         mc.check_positive_int(name, value)
     mc.check_max_steps(max_steps)
@@ -265,6 +401,7 @@ def attacked_returns(
         bool(deterministic),
         max_steps,
         objective,
+        lookahead,
     )
     fn = mc.cached(
         agent,
@@ -277,6 +414,7 @@ def attacked_returns(
             deterministic,
             max_steps,
             objective,
+            lookahead,
         ),
     )
-    return fn(state, key, sigma, budget, step_size)
+    return fn(state, key, sigma, budget, step_size, min_gain)

@@ -164,8 +164,9 @@ def make_smoothing(agent: Agent, state) -> Smoothing:
 
 # ------------------------------------------------------------------------------ the episode loop
 
-# perturb(obs [n, *obs_shape], frames [n, k, *obs_shape], first [n], active [n], carry, key)
-#   -> (eps [n, *obs_shape], carry): the attacker's move before the noise; None: no attacker.
+# perturb(obs [n, *obs_shape], frames [n, k, *obs_shape], first [n], active [n], carry, key,
+#         env_state [n, ...]) -> (eps [n, *obs_shape], carry): the attacker's move before the
+#   noise (it sees the true env state: a white-box adversary); None: no attacker.
 Perturb = Callable[..., tuple[jax.Array, Any]]
 
 
@@ -199,7 +200,7 @@ def run_episodes(
             eps = jnp.zeros_like(obs)
         else:
             eps, extra = perturb(
-                obs, frames, first, ~finished, extra, jax.random.fold_in(act_key, 2)
+                obs, frames, first, ~finished, extra, jax.random.fold_in(act_key, 2), env_state
             )
         noise = sigma * jax.random.normal(jax.random.fold_in(act_key, 1), obs.shape, obs.dtype)
         frames = push(frames, obs + eps + noise, first)
