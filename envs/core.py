@@ -13,6 +13,7 @@ Every `info` has the same keys on every step (so `lax.scan` can stack it).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
@@ -81,3 +82,16 @@ class Wrapper(Environment):
         if attr == "env":
             raise AttributeError(attr)
         return getattr(self.env, attr)
+
+
+def map_chain(env: Environment, fn) -> Environment:
+    """`env`'s wrapper chain rebuilt bottom-up with `fn(node) -> node` applied to every node (the
+    base env first; each wrapper after its inner env was mapped). A wrapper whose inner env
+    changed is shallow-copied; `env` itself is never modified. `fn` may drop a wrapper by returning
+    its (mapped) `.env`."""
+    if isinstance(env, Wrapper):
+        inner = map_chain(env.env, fn)
+        if inner is not env.env:
+            env = copy.copy(env)
+            env.env = inner
+    return fn(env)

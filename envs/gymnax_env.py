@@ -17,7 +17,7 @@ import numpy as np
 from gymnax.environments import spaces as gspaces
 
 from envs import spaces
-from envs.core import Environment
+from envs.core import Environment, map_chain
 
 
 def convert_space(space) -> spaces.Discrete | spaces.Box:
@@ -109,14 +109,6 @@ def with_transition_gradients(env):
     """`env` (any wrapper chain) with every gymnax env in it made differentiable; other envs
     (brax, envs.multimodal) are pure JAX and differentiable as they are. The wrappers are
     shallow-copied; `env` itself is unchanged. Raises ValueError when a gymnax env cannot be."""
-    import copy
-
-    from envs.core import Wrapper
-
-    if isinstance(env, GymnaxEnv):
-        return env.with_transition_gradients()
-    if isinstance(env, Wrapper):
-        new = copy.copy(env)
-        new.env = with_transition_gradients(env.env)
-        return new
-    return env
+    return map_chain(
+        env, lambda e: e.with_transition_gradients() if isinstance(e, GymnaxEnv) else e
+    )

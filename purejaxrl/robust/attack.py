@@ -52,6 +52,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from envs import wrappers
 from envs.gymnax_env import with_transition_gradients
 from purejaxrl.actor_critic import Agent
 from purejaxrl.robust import montecarlo as mc
@@ -100,13 +101,11 @@ def value_scale(agent: Agent, state) -> jax.Array:
     """Reward units per unit of the critic's V: sqrt(var + eps) of the frozen `NormalizeReward`
     statistics when the agent trained on normalised rewards (V then predicts scaled returns), else
     1. The clip of normalised rewards at +-10 is ignored (V is the unclipped scale's estimate)."""
-    from envs import wrappers
-
     if not agent.config.normalize_reward:
         return jnp.ones((), jnp.float32)
+    # actor_critic.make_env puts NormalizeReward outermost on the training env.
     stats = wrappers.reward_norm_stats(state.env_state)
-    eps = agent.env.epsilon if isinstance(agent.env, wrappers.NormalizeReward) else 1e-8
-    return jnp.sqrt(stats.var + eps)
+    return jnp.sqrt(stats.var + agent.env.epsilon)
 
 
 def project(eps: jax.Array, radius: jax.Array) -> jax.Array:

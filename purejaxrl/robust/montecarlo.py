@@ -20,7 +20,6 @@ returns are `evaluate`'s (same reset keys, same env keys).
 from __future__ import annotations
 
 import collections
-import copy
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs import wrappers
-from envs.core import Wrapper
+from envs.core import map_chain
 from purejaxrl.actor_critic import Agent, raw_key
 from purejaxrl.evaluation import episode_horizon
 
@@ -63,24 +62,8 @@ def check_max_steps(max_steps) -> None:
 # ------------------------------------------------------------------------------ the smoothed agent
 
 
-def _wrapper_types() -> tuple[type, ...]:
-    """The observation wrappers the evaluator replaces by its own noise and frame buffer."""
-    names = ("ObservationNoise", "FrameStack")
-    return tuple(t for t in (getattr(wrappers, n, None) for n in names) if isinstance(t, type))
-
-
-def _strip(env, drop: tuple[type, ...]):
-    """`env` with every wrapper of a type in `drop` removed (the others shallow-copied)."""
-    if not isinstance(env, Wrapper):
-        return env
-    inner = _strip(env.env, drop)
-    if drop and isinstance(env, drop):
-        return inner
-    if inner is env.env:
-        return env
-    new = copy.copy(env)
-    new.env = inner
-    return new
+# The observation wrappers the evaluator replaces by its own noise and frame buffer.
+_OBSERVATION_WRAPPERS = (wrappers.ObservationNoise, wrappers.FrameStack)
 
 
 def clean_single_env(agent: Agent):
@@ -89,7 +72,8 @@ def clean_single_env(agent: Agent):
     env = agent.single_env
     if isinstance(env, wrappers.EpisodeStatistics):
         env = env.env
-    return wrappers.EpisodeStatistics(_strip(env, _wrapper_types()))
+    drop = lambda e: e.env if isinstance(e, _OBSERVATION_WRAPPERS) else e
+    return wrappers.EpisodeStatistics(map_chain(env, drop))
 
 
 def stack_frames(frames: jax.Array, frame_shape: tuple, stacked_shape: tuple) -> jax.Array:
