@@ -21,7 +21,9 @@ config and silently builds its 64x64 default (checked on its parameters), so "sa
 config at 64x64) is the like-for-like comparison with that script and "sac" the issue's.
 "pmoe-sac" / "pmoe-ppo": the same SAC / PPO reference configs with a K=4 PMOE mixture
 (`mixture_grad="pmoe"`); their "x baseline" column is our time per update relative to the
-Gaussian agent of the same run (the mixture overhead).
+Gaussian agent (the mixture overhead), timed in pairs: the two compiled programs are called in
+alternation, `--repeats` times each, and the best calls are compared, so load that comes and goes
+on a shared machine hits both alike.
 Results are printed as a table and written as JSON (`--out`).
 """
 
@@ -96,24 +98,41 @@ ALGOS = ("ppo", "a2c", "sac", "sac-64", "pmoe-ppo", "pmoe-sac")
 BASELINE_OF = {"pmoe-ppo": "ppo", "pmoe-sac": "sac"}
 
 
-def time_compiled(fn, *args, repeats: int = 3) -> tuple[float, float, object]:
-    """(best wall seconds per call, compile seconds, last output) of `jax.jit(fn)(*args)`."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
+def best_call(compiled, args, repeats: int) -> tuple[float, object]:
+    """(best wall seconds of `repeats` calls of `compiled(*args)`, last output)."""
     best, out = float("inf"), None
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         best = min(best, time.perf_counter() - t0)
-    return best, compile_s, out
+    return best, out
+
+
+def time_compiled(fn, *args, repeats: int = 3) -> tuple[float, float, object, object]:
+    """(best wall seconds per call, compile seconds, last output, compiled program) of
+    `jax.jit(fn)(*args)`."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    best, out = best_call(compiled, args, repeats)
+    return best, compile_s, out, compiled
+
+
+def paired_time_ratio(program, baseline, repeats: int) -> float:
+    """Best call time of `program` / best of `baseline` (each a (compiled, args) pair), timed in
+    alternation so both see the same machine load."""
+    best = [float("inf"), float("inf")]
+    for _ in range(repeats):
+        for i, (compiled, args) in enumerate((program, baseline)):
+            best[i] = min(best[i], best_call(compiled, args, 1)[0])
+    return best[0] / best[1]
 
 
 def bench_env_only(env_id: str, num_envs: int, total_timesteps: int) -> dict:
     env, params = envs.make(env_id)
     steps = max(1, total_timesteps // num_envs)
     fn = random_rollout(env, params, num_envs, steps)
-    seconds, compile_s, _ = time_compiled(fn, jax.random.key(0))
+    seconds, compile_s, _, _ = time_compiled(fn, jax.random.key(0))
     return {"sps": num_envs * steps / seconds, "compile_s": compile_s}
 
 
@@ -126,10 +145,11 @@ def bench_algo(
     keys = jax.random.split(jax.random.key(0), seeds) if seeds > 1 else jax.random.key(0)
     if seeds > 1:
         train = jax.vmap(train)
-    seconds, compile_s, out = time_compiled(train, keys, repeats=repeats)
+    seconds, compile_s, out, compiled = time_compiled(train, keys, repeats=repeats)
     steps = cfg.num_updates * cfg.num_envs * cfg.num_steps * seeds  # SAC: num_steps = 1
     final = float(np.mean(np.asarray(out.metrics["episode_return"])[..., -1]))
-    return {"sps": steps / seconds, "compile_s": compile_s, "final_return": final}
+    result = {"sps": steps / seconds, "compile_s": compile_s, "final_return": final}
+    return result, (compiled, (keys,))
 
 
 def bench_rejax(env_id: str, total_timesteps: int, seeds: int, algo: str = "ppo") -> dict | None:
@@ -168,6 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
     rows = []
     peer_runs: dict = {}
+    programs: dict = {}  # (env, algo) -> (compiled, args), for paired timing
     header = f"{'env':24s} {'what':14s} {'SPS':>12s} {'compile s':>10s} {'x env-only':>11s} {'x peer SPS':>11s} {'x peer compile':>15s}"
     print(header)
     for env_id in args.envs:
@@ -178,7 +199,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             flush=True,
         )
         for algo in args.algos:
-            ours = bench_algo(
+            ours, programs[env_id, algo] = bench_algo(
                 algo, env_id, args.num_envs, args.total_timesteps, args.seeds, args.repeats
             )
             row = {"env": env_id, "what": algo, **ours, "x_env_only": ours["sps"] / ceiling["sps"]}
@@ -186,7 +207,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 (r for r in rows if r["env"] == env_id and r["what"] == BASELINE_OF.get(algo)), None
             )
             if baseline is not None:
-                row["x_baseline_time"] = baseline["sps"] / ours["sps"]
+                row["x_baseline_time"] = paired_time_ratio(
+                    programs[env_id, algo], programs[env_id, baseline["what"]], args.repeats
+                )
             peer = None
             peer_algo = {"ppo": "ppo", "sac": "sac", "sac-64": "sac"}.get(algo)
             if args.peer == "rejax" and peer_algo and not env_id.startswith("brax/"):

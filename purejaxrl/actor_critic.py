@@ -8,14 +8,17 @@ updates inside `train(key)`, so `jax.jit(jax.vmap(train))(keys)` is one XLA prog
 Any minibatch whose loss or gradient is not finite is skipped (parameters and optimiser state kept)
 and counted in `metrics["nan_skipped"]`.
 
-With `policy="pmoe"` and `num_experts` K > 1 the policy is a Gaussian mixture (PMOE). An extra
-action-value network Q(s, a) (`params["params"]["mixture_q"]`, trained on the GAE return targets
-with weight `vf_coef`) scores one reparameterised proposal per expert, and `mixture_grad` decides
-how the mixture is credited (purejaxrl/pmoe.py): "pmoe" sends the surrogate's gradient through
-the best-scoring expert only and regresses the weights onto one_hot(k*); "gumbel" and "score"
-send the surrogate's gradient to every expert and train the weights to raise the (batch
-normalised) Q of the chosen expert's proposal, by Gumbel-softmax relaxation or by REINFORCE.
-The probability ratio always uses the exact mixture likelihood. K = 1 is the Gaussian policy.
+With `policy="pmoe"` and `num_experts` K > 1 the policy is a Gaussian mixture (PMOE). An action-
+value Q(s, a) = V(s) + A(h(s), a) scores one reparameterised proposal per expert: A is a one-hidden-
+layer head (`params["params"]["mixture_q"]`) on the critic's last hidden features h, trained on the
+GAE return targets with weight `vf_coef`; h and V are held constant in its loss (no gradient from it
+reaches the critic or the actor). Proposals are drawn and scored once per update, by the update-
+start policy and Q (the scores are constants of every minibatch loss), and `mixture_grad` decides
+how the mixture is credited (purejaxrl/pmoe.py): "pmoe" sends the surrogate's gradient through the
+best-scoring expert only and regresses the weights onto one_hot(k*); "gumbel" and "score" send the
+surrogate's gradient to every expert and train the weights to raise the (batch normalised) Q of the
+chosen expert's proposal, by Gumbel-softmax relaxation or by REINFORCE. The probability ratio always
+uses the exact mixture likelihood. K = 1 is the Gaussian policy.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from purejaxrl import pmoe
 from purejaxrl.distributions import HEADS, GaussianMixture, make_head
 from purejaxrl.gae import gae
 from purejaxrl.losses import value_loss
-from purejaxrl.networks import ACTIVATIONS, ActionValue, ActorCritic
+from purejaxrl.networks import ACTIVATIONS, ActorCritic
 from purejaxrl.rollout import rollout
 
 
@@ -118,6 +121,12 @@ def episode_metrics(done, episode_return, episode_length, state):
     last_return = jnp.where(count > 0, mean_of(episode_return), state.last_return)
     last_length = jnp.where(count > 0, mean_of(episode_length), state.last_length)
     return last_return, last_length, count
+
+
+def _q_of_action(network, obs, action):
+    """Touches every parameter of a mixture ActorCritic (for `init`): Q(obs, action) `[B]`."""
+    _, value, features = network.with_features(obs)
+    return network.action_value(features, value, action)
 
 
 def validate(cfg) -> None:
@@ -223,7 +232,6 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
     )
     # A mixture of K > 1 experts needs a critic of actions to score each expert's proposal.
     use_q = is_mixture and cfg.num_experts > 1
-    q_network = ActionValue(tuple(cfg.hidden_sizes), cfg.activation)
     num_envs, num_steps = cfg.num_envs, cfg.num_steps
     batch_size = num_envs * num_steps
     num_updates = cfg.total_timesteps // batch_size
@@ -242,11 +250,11 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         key = raw_key(key)
         k_params, k_env, k_run = jax.random.split(key, 3)
         obs, env_state = env.reset(k_env, env_params)
-        params = network.init(k_params, obs)
-        if use_q:
+        if use_q:  # every parameter, the Q head's included
             actions = jnp.zeros((num_envs, spaces.action_dim(action_space)))
-            q_params = q_network.init(jax.random.fold_in(k_params, 1), obs, actions)
-            params = {"params": {**params["params"], "mixture_q": q_params["params"]}}
+            params = network.init(k_params, obs, actions, method=_q_of_action)
+        else:
+            params = network.init(k_params, obs)
         return TrainState(
             params=params,
             opt_state=optimizer.init(params),
@@ -263,19 +271,22 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         action, log_prob = head.sample_and_log_prob(key, out)
         return action, log_prob, head.to_env(action)
 
-    def mixture_terms(params, out, batch):
+    def score_proposals(params, key, obs):
+        """Q(s, u_k) of one reparameterised proposal per expert `[B, K]` for observations `[B, ...]`,
+        from the given (update-start) parameters: constants of the minibatch losses."""
+        out, value, features = network.apply(params, obs, method=network.with_features)
+        proposals, _ = head.sample_experts(key, out)  # [B, K, d]
+        q = network.apply(
+            params, features, value, head.to_env(proposals), method=network.action_value
+        )
+        return q
+
+    def mixture_terms(params, out, values, features, batch):
         """K > 1 experts: (head outputs for the surrogate, extra loss, aux metrics); see the top."""
-        q_params = {"params": params["params"]["mixture_q"]}
-        q_taken = q_network.apply(q_params, batch["obs"], head.to_env(batch["action"]))
+        action = head.to_env(batch["action"])
+        q_taken = network.apply(params, features, values, action, method=network.action_value)
         q_loss = 0.5 * jnp.mean((q_taken - batch["targets"]) ** 2)
-        frozen_q = jax.lax.stop_gradient(q_params)
-        k_proposal, k_choice = jax.random.split(batch["key"])
-        proposals, _ = head.sample_experts(k_proposal, jax.lax.stop_gradient(out))  # [B, K, d]
-        b, k = proposals.shape[:2]
-        obs_k = jnp.broadcast_to(batch["obs"][:, None], (b, k, batch["obs"].shape[-1]))
-        scores = q_network.apply(
-            frozen_q, obs_k.reshape(b * k, -1), head.to_env(proposals).reshape(b * k, -1)
-        ).reshape(b, k)
+        scores = batch["scores"]
         logits = out[0]
         if cfg.mixture_grad == "pmoe":
             best = pmoe.best_expert(scores)
@@ -283,13 +294,13 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
             weight_loss = pmoe.weight_regression_loss(logits, best)
         else:
             surrogate_out = pmoe.frozen_weights(out)
-            scale = jax.lax.stop_gradient(scores.std() + 1e-8)
-            center = jax.lax.stop_gradient(scores.mean())
+            scale = scores.std() + 1e-8
+            center = scores.mean()
             if cfg.mixture_grad == "gumbel":
-                y = pmoe.gumbel_softmax(k_choice, logits, cfg.gumbel_temperature)
+                y = pmoe.gumbel_softmax(batch["key"], logits, cfg.gumbel_temperature)
                 weight_loss = -jnp.mean(pmoe.relaxed_choice(y, (scores - center) / scale))
             else:
-                chosen = head.sample_expert_index(k_choice, out)
+                chosen = head.sample_expert_index(batch["key"], out)
                 weight_loss = -pmoe.score_function_term(logits, chosen, (scores - center) / scale)
         extra = cfg.vf_coef * q_loss + cfg.mixture_coef * weight_loss
         aux = {
@@ -300,10 +311,15 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         return surrogate_out, extra, aux
 
     def loss_fn(params, batch, progress):
-        out, values = network.apply(params, batch["obs"])
-        surrogate_out, extra, mixture_aux = out, 0.0, {}
+        extra, mixture_aux = 0.0, {}
         if use_q:
-            surrogate_out, extra, mixture_aux = mixture_terms(params, out, batch)
+            out, values, features = network.apply(
+                params, batch["obs"], method=network.with_features
+            )
+            surrogate_out, extra, mixture_aux = mixture_terms(params, out, values, features, batch)
+        else:
+            out, values = network.apply(params, batch["obs"])
+            surrogate_out = out
         log_prob = head.log_prob(surrogate_out, batch["action"])
         entropy = head.entropy(out)
         advantages = batch["advantages"]
@@ -372,11 +388,12 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         perms = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(
             jax.random.split(k_perm, epochs)
         ).reshape(epochs * num_minibatches, minibatch_size)
+        if use_q:  # proposals scored once per update, by the update-start policy and Q
+            k_score, k_choice = jax.random.split(jax.random.fold_in(k_perm, 1))
+            data["scores"] = score_proposals(state.params, k_score, data["obs"])
         minibatches = jax.tree.map(lambda x: x[perms], data)
         if use_q:
-            minibatches["key"] = jax.random.split(
-                jax.random.fold_in(k_perm, 1), epochs * num_minibatches
-            )
+            minibatches["key"] = jax.random.split(k_choice, epochs * num_minibatches)
         (params, opt_state, _, _), (stats, ok) = jax.lax.scan(
             sgd_step, (state.params, state.opt_state, lr, progress), minibatches
         )

@@ -133,16 +133,18 @@ class ActorCritic(nn.Module):
             )
         if self.head_kind == "mixture" and experts > 1:
             self.mixture_logits = nn.Dense(experts, kernel_init=orthogonal(0.01))
+            self.mixture_q = AdvantageHead(self.hidden_sizes[-1], self.activation)
 
     def _policy(self, h):
+        if self.head_kind == "mixture":
+            k, d = self.num_experts, self.action_dim
+            out = self.policy_out(h)
+            logits = self.mixture_logits(h) if k > 1 else jnp.zeros((*out.shape[:-1], 1))
+            mean = out.reshape(*out.shape[:-1], k, d)
+            return logits, mean, jnp.broadcast_to(self.log_std, mean.shape)
         out = self.policy_out(h)
         if self.head_kind == "categorical":
             return out
-        if self.head_kind == "mixture":
-            k = self.num_experts
-            mean = out.reshape(*out.shape[:-1], k, self.action_dim)
-            logits = self.mixture_logits(h) if k > 1 else jnp.zeros((*out.shape[:-1], 1))
-            return logits, mean, jnp.broadcast_to(self.log_std, mean.shape)
         return out, jnp.broadcast_to(self.log_std, out.shape)
 
     def actor(self, obs):
@@ -153,18 +155,37 @@ class ActorCritic(nn.Module):
         return self.value_out(h)[..., 0]
 
     def __call__(self, obs):
+        out, value, _ = self.with_features(obs)
+        return out, value
+
+    def with_features(self, obs):
+        """(head outputs, value [B], critic features [B, hidden_sizes[-1]])."""
         h = self.torso(obs)
         h_actor, h_critic = (h, h) if self.shared else (h[0], h[1])
-        return self._policy(h_actor), self.value_out(h_critic)[..., 0]
+        return self._policy(h_actor), self.value_out(h_critic)[..., 0], h_critic
+
+    def action_value(self, features, value, action):
+        """Mixture critic Q(s, a) = V(s) + A(features(s), a) from `with_features`' critic features
+        `[B, H]` and value `[B]`; action `[B, d]` -> `[B]`, or `[B, K, d]` (one per expert) -> `[B, K]`.
+
+        Only the advantage head A learns from Q's loss: the features and V are held constant, so
+        the critic trains exactly as without it. Ranking a state's actions by Q is ranking by A."""
+        features, value = jax.lax.stop_gradient((features, value))
+        if action.ndim == features.ndim + 1:
+            features = jnp.broadcast_to(
+                features[..., None, :], (*action.shape[:-1], features.shape[-1])
+            )
+            value = value[..., None]
+        return value + self.mixture_q(features, action)
 
 
-class ActionValue(nn.Module):
-    """Q(s, a): MLP on concat(obs [B, obs_dim], action [B, A]) -> [B] (PPO's mixture critic)."""
+class AdvantageHead(nn.Module):
+    """A(h, a): one hidden layer on concat(features h [..., H], action [..., d]) -> [...]."""
 
-    hidden_sizes: Sequence[int] = (64, 64)
+    hidden_size: int = 64
     activation: str = "tanh"
 
     @nn.compact
-    def __call__(self, obs, action):
-        h = MLP(tuple(self.hidden_sizes), self.activation)(jnp.concatenate([obs, action], -1))
-        return nn.Dense(1, kernel_init=orthogonal(1.0))(h)[..., 0]
+    def __call__(self, features, action):
+        x = MLP((self.hidden_size,), self.activation)(jnp.concatenate([features, action], -1))
+        return nn.Dense(1, kernel_init=orthogonal(1.0))(x)[..., 0]

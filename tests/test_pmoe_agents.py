@@ -5,6 +5,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -85,6 +86,40 @@ def test_three_experts_train_with_every_estimator(algo, grad):
         assert "mixture_logits" in params["pi"]
     returns = evaluation.evaluate(agent, out.state, jax.random.key(1), num_episodes=2)
     assert np.all(np.isfinite(np.asarray(returns)))
+
+
+def test_ppo_mixture_q_trains_only_its_advantage_head():
+    """Q(s, a) = V(s) + A(critic features, a): its loss moves A alone; the critic is untouched."""
+    agent, out = trained("ppo", policy="pmoe", num_experts=3, mixture_grad="pmoe")
+    net, params = agent.network, out.state.params
+    obs = jax.random.normal(jax.random.key(2), (5, 3))
+    proposals = jax.random.normal(jax.random.key(3), (5, 3, 1))
+
+    def q_loss(p):
+        _, value, features = net.apply(p, obs, method=net.with_features)
+        q = net.apply(p, features, value, proposals[:, 0], method=net.action_value)
+        return jnp.sum((q - 1.0) ** 2)
+
+    grads = jax.grad(q_loss)(params)["params"]
+    for name, g in grads.items():
+        norm = float(sum(np.abs(np.asarray(x)).sum() for x in jax.tree.leaves(g)))
+        assert (norm > 0) == (name == "mixture_q"), name
+    # Per-expert proposals [B, K, d] give each expert's Q, equal to scoring them one at a time.
+    _, value, features = net.apply(params, obs, method=net.with_features)
+    q_all = net.apply(params, features, value, proposals, method=net.action_value)
+    assert q_all.shape == (5, 3)
+    for k in range(3):
+        q_k = net.apply(params, features, value, proposals[:, k], method=net.action_value)
+        np.testing.assert_allclose(np.asarray(q_all[:, k]), np.asarray(q_k), rtol=1e-5, atol=1e-6)
+        # and Q - V is the advantage head alone, the same for any V
+        np.testing.assert_allclose(
+            np.asarray(q_k - value),
+            np.asarray(
+                net.apply(params, features, 0 * value, proposals[:, k], method=net.action_value)
+            ),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_mixture_checkpoint_round_trip_and_shape_check(tmp_path):
