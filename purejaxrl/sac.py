@@ -313,15 +313,17 @@ def mixture_actor_loss(cfg, head, out, min_q, alpha, key):
     logits = out[0]
     u, own_log_prob = head.sample_experts(key, out)  # [B, K, A], [B, K]
     weight_loss = jnp.zeros(())
+    sg = jax.lax.stop_gradient
+    # The critic's backward pass runs on the one action that carries gradient, not on all K.
+    q_of = lambda u_k: min_q(u_k[:, None])[:, 0]  # [B, A] -> [B]
     if cfg.mixture_grad == "pmoe":
-        q = min_q(u)
-        best = pmoe.best_expert(q)
+        best = pmoe.best_expert(min_q(sg(u)))
+        u_best = pmoe.select(u, best)
         if cfg.pmoe_log_prob == "expert":
             log_prob = pmoe.select(own_log_prob, best)
         else:  # the mixture's density at a_k*, differentiable in expert k*'s parameters only
-            masked = pmoe.only_expert(out, best)
-            log_prob = head.log_prob(masked, pmoe.select(u, best))
-        loss = jnp.mean(alpha * log_prob - pmoe.select(q, best))
+            log_prob = head.log_prob(pmoe.only_expert(out, best), u_best)
+        loss = jnp.mean(alpha * log_prob - q_of(u_best))
         weight_loss = pmoe.weight_regression_loss(logits, best)
         loss = loss + cfg.mixture_coef * weight_loss
     elif cfg.mixture_grad == "gumbel":
@@ -333,9 +335,10 @@ def mixture_actor_loss(cfg, head, out, min_q, alpha, key):
     elif cfg.mixture_grad == "score":
         chosen = head.sample_expert_index(key, out)
         mixture_log_prob = jax.vmap(head.log_prob, in_axes=(None, 1), out_axes=1)(out, u)
-        f = alpha * mixture_log_prob - min_q(u)  # [B, K]
+        f = sg(alpha * mixture_log_prob - min_q(sg(u)))  # [B, K], for the weights' term
         log_prob = pmoe.select(mixture_log_prob, chosen)
-        loss = jnp.mean(pmoe.select(f, chosen)) + pmoe.score_function_term(logits, chosen, f)
+        f_chosen = alpha * log_prob - q_of(pmoe.select(u, chosen))
+        loss = jnp.mean(f_chosen) + pmoe.score_function_term(logits, chosen, f)
     else:
         raise ValueError(
             f"mixture_grad={cfg.mixture_grad!r}: allowed values are {pmoe.MIXTURE_GRADS}"

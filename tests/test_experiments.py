@@ -207,3 +207,35 @@ def test_shipped_configs_build(tmp_path):
     for path in sorted((ROOT / "experiments" / "configs").glob("*.yaml")):
         spec = runs.build_spec(runs.load_yaml(path))
         assert spec.config.num_updates >= 1, path.name
+
+
+def test_bench_times_the_mixture_against_its_gaussian_in_pairs():
+    from experiments import bench
+
+    rows = bench.main(
+        ["--algos", "ppo", "pmoe-ppo", "--envs", "Pendulum-v1"]
+        + ["--total-timesteps", "2048", "--num-envs", "16", "--repeats", "1"]
+    )
+    by_what = {row["what"]: row for row in rows}
+    assert set(by_what) == {"env-only", "ppo", "pmoe-ppo"}
+    for row in rows:
+        assert row["sps"] > 0 and row["compile_s"] > 0
+    assert "x_baseline_time" not in by_what["ppo"]
+    assert 0.5 < by_what["pmoe-ppo"]["x_baseline_time"] < 10
+    assert np.isfinite(by_what["pmoe-ppo"]["final_return"])
+
+
+def test_paired_time_ratio_orders_programs_by_work():
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import bench
+
+    x = jnp.ones((256, 256))
+
+    def chain(n):
+        return jax.jit(lambda x: jax.lax.fori_loop(0, n, lambda _, y: jnp.tanh(y @ x), x))
+
+    light, heavy = chain(2).lower(x).compile(), chain(40).lower(x).compile()
+    ratio = bench.paired_time_ratio((heavy, (x,)), (light, (x,)), repeats=3)
+    assert ratio > 3, ratio

@@ -159,6 +159,35 @@ def test_pmoe_weights_regress_onto_one_hot_of_the_best_expert():
     np.testing.assert_allclose(np.asarray(jax.nn.softmax(logits)), target, atol=0.1)
 
 
+@pytest.mark.parametrize("grad", ["pmoe", "score"])
+def test_sac_mixture_loss_equals_its_plain_formula(grad):
+    """The loss runs the critic's backward pass on the one chosen action only; value and gradient
+    must equal the formula written over all K proposals (pmoe: alpha log pi_k* - Q(a_k*) + weight
+    regression; score: f_k + stop_grad(f_k - baseline) log w_k, f = alpha log pi - Q)."""
+    cfg = dataclasses.replace(SAC_CFG, mixture_grad=grad)
+    head = GaussianMixture(D, K, squash=True)
+    key, alpha = jax.random.key(6), 0.2
+
+    def plain(out):
+        u, own = head.sample_experts(key, out)
+        q = known_q(u)
+        if grad == "pmoe":
+            best = jnp.argmax(jax.lax.stop_gradient(q), axis=-1)
+            pick = lambda x: jnp.take_along_axis(x, best[:, None], 1)[:, 0]
+            weight = pmoe.weight_regression_loss(out[0], best)
+            return jnp.mean(alpha * pick(own) - pick(q)) + weight
+        chosen = head.sample_expert_index(key, out)
+        logp = jnp.stack([head.log_prob(out, u[:, k]) for k in range(K)], axis=1)
+        f = alpha * logp - q
+        return jnp.mean(pmoe.select(f, chosen)) + pmoe.score_function_term(out[0], chosen, f)
+
+    ours = lambda out: sac.mixture_actor_loss(cfg, head, out, known_q, alpha, key)[0]
+    out = mixture_out()
+    np.testing.assert_allclose(float(ours(out)), float(plain(out)), rtol=1e-5)
+    for a, b in zip(jax.grad(ours)(out), jax.grad(plain)(out), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
 # One-dimensional case with a closed-form objective: J(l) = E_{k~softmax(l)} E_{u~N_k}[f(u)] with
 # f(u) = -(u - c)^2, so E_{N_k} f = F_k = -((mu_k - c)^2 + s_k^2) and dJ/dl = w (F - sum_k w_k F_k).
 LOGITS = jnp.array([0.3, -0.2, 0.1])
