@@ -24,6 +24,11 @@ Tasks and scales (base configs in `base_config`):
   step (utd 1). PPO: 32 envs x 64 steps, 10 epochs x 32 minibatches, lr 3e-4, normalised
   observations and rewards.
 
+Merging: `python -m experiments.pmoe --merge DIR [DIR ...] --out OUT` writes one run folder
+(config.yaml, metrics.csv, summary.json, curves.png, auc.png; checkpoints stay where they are and
+summary.json points to them) from several runs of the same task, seeds and base seed, for
+example methods trained as separate jobs. Run names must not repeat across the folders.
+
 Run folder DIR (default runs/pmoe-<task>-<timestamp>):
     config.yaml    the settings and the full config of every run
     metrics.csv    long format: algo, env, method, seed, update, env_steps, episode_return
@@ -40,8 +45,10 @@ Run folder DIR (default runs/pmoe-<task>-<timestamp>):
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import datetime
+import json
 import math
 import sys
 import time
@@ -183,6 +190,7 @@ def parse_args(argv):
     p.add_argument("--eval-episodes", type=int, help="evaluation episodes per seed (default 64)")
     p.add_argument("--out", help="run folder (default runs/pmoe-<task>-<timestamp>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge these run folders into --out")
     return p.parse_args(argv)
 
 
@@ -606,6 +614,93 @@ def plot_experts(plan: Plan, results: dict[str, dict]) -> None:
     _save(fig, plan.out / "experts.png")
 
 
+# --------------------------------------------------------------------------- merge
+
+
+def read_run_folder(folder: Path) -> tuple[dict, dict, dict[str, dict]]:
+    """(settings from config.yaml, summary.json, curves {run name: {returns [S, U], env_steps
+    [U]}} from metrics.csv) of one finished run folder; ValueError naming what is missing."""
+    files = {name: folder / name for name in ("config.yaml", "summary.json", "metrics.csv")}
+    for name, path in files.items():
+        if not path.is_file():
+            raise ValueError(f"--merge {folder}: no {name} (not a finished experiments.pmoe run)")
+    settings = yaml.safe_load(files["config.yaml"].read_text())
+    summary = json.loads(files["summary.json"].read_text())
+    name_of = {(r["algo"], r["env"], r["method"]): n for n, r in summary["results"].items()}
+    rows: dict[str, dict[tuple[int, int], tuple[int, float]]] = {n: {} for n in name_of.values()}
+    with files["metrics.csv"].open() as f:
+        for row in csv.DictReader(f):
+            name = name_of.get((row["algo"], row["env"], row["method"]))
+            if name is None:
+                raise ValueError(f"--merge {folder}: metrics.csv has a run summary.json lacks")
+            key = (int(row["seed"]), int(row["update"]))
+            rows[name][key] = (int(row["env_steps"]), float(row["episode_return"]))
+    curves = {}
+    for name, points in rows.items():
+        if not points:
+            raise ValueError(f"--merge {folder}: metrics.csv has no rows of run {name!r}")
+        seeds, updates = 1 + max(s for s, _ in points), max(u for _, u in points)
+        if len(points) != seeds * updates:
+            raise ValueError(f"--merge {folder}: metrics.csv lacks updates of run {name!r}")
+        returns = np.zeros((seeds, updates))
+        env_steps = np.zeros(updates, np.int64)
+        for (seed, update), (steps, ret) in points.items():
+            returns[seed, update - 1] = ret
+            env_steps[update - 1] = steps
+        curves[name] = {"returns": returns, "env_steps": env_steps}
+    return settings, summary, curves
+
+
+def merge(folders: list[Path], out: Path) -> dict:
+    """Merges finished run folders of the same task, seed count and base seed into `out`
+    (see the module docstring); returns the merged summary."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out}: exists and is not an empty folder")
+    loaded = [(Path(f), *read_run_folder(Path(f))) for f in folders]
+    first_settings = loaded[0][1]
+    plan_runs, results, curves, configs = [], {}, {}, {}
+    for folder, settings, summary, folder_curves in loaded:
+        for key in ("task", "scale", "num_seeds", "seed"):
+            if settings.get(key) != first_settings.get(key):
+                raise ValueError(
+                    f"--merge {folder}: {key}={settings.get(key)!r} differs from "
+                    f"{loaded[0][0]}'s {first_settings.get(key)!r}; only like runs can be merged"
+                )
+        for name, result in summary["results"].items():
+            if name in results:
+                raise ValueError(f"--merge {folder}: run {name!r} is also in another folder")
+            result = dict(result)
+            result["checkpoint"] = str((folder / result["checkpoint"]).resolve())
+            results[name] = result
+            curves[name] = folder_curves[name]
+            configs[name] = settings["runs"][name]
+            plan_runs.append(
+                Run(name, result["algo"], result["env"], result["method"], None, None, None)
+            )
+    plan = Plan(
+        task=first_settings["task"],
+        scale=first_settings["scale"],
+        seeds=first_settings["num_seeds"],
+        seed=first_settings["seed"],
+        eval_episodes=first_settings["eval_episodes"],
+        out=out,
+        runs=plan_runs,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in first_settings.items() if k != "runs"}
+    settings["merged_from"] = [str(f.resolve()) for f, *_ in loaded]
+    settings["runs"] = configs
+    runs.atomic_write(out / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
+    write_metrics(plan, curves)
+    plot_curves(plan, curves)
+    plot_auc(plan, results)
+    wall_s = sum(folder_summary["wall_s"] for _, _, folder_summary, _ in loaded)
+    merged = make_summary(plan, results, wall_s)
+    merged["merged_from"] = settings["merged_from"]
+    runs.write_summary(out, merged)
+    return merged
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -643,6 +738,17 @@ def format_table(summary: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        try:
+            if not args.out:
+                raise ValueError("--merge needs --out, the folder to write")
+            summary = merge([Path(f) for f in args.merge], Path(args.out))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(format_table(summary))
+        print(f"merged {len(args.merge)} folders into {args.out}")
+        return 0
     try:
         plan = prepare(args)
     except ValueError as e:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 
 from experiments import pmoe
 
@@ -33,9 +36,15 @@ def _finite(values) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
-def test_pmoe_experiment_writes_run_folder(tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pmoe") / "run"
     assert pmoe.main(TINY + ["--out", str(out)]) == 0
+    return out
+
+
+def test_pmoe_experiment_writes_run_folder(tiny_run):
+    out = tiny_run
     for name in ("config.yaml", "metrics.csv", "summary.json", "curves.png", "auc.png"):
         assert (out / name).is_file(), name
     assert (out / "experts.png").is_file()
@@ -86,3 +95,49 @@ def test_pmoe_experiment_rejects_bad_arguments(args, message, tmp_path, capsys):
     assert pmoe.main(args + ["--out", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_merge_writes_one_folder_of_several_runs(tiny_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    methods_at = TINY.index("--methods")
+    score_only = TINY[: methods_at + 1] + ["score"] + TINY[methods_at + 3 :]
+    assert pmoe.main(score_only + ["--out", str(other)]) == 0
+    merged = tmp_path / "merged"
+    assert pmoe.main(["--merge", str(tiny_run), str(other), "--out", str(merged)]) == 0
+    summary = json.loads((merged / "summary.json").read_text())
+    assert list(summary["results"]) == ["sac-gaussian", "sac-pmoe", "sac-score"]
+    assert summary["merged_from"] == [str(tiny_run.resolve()), str(other.resolve())]
+    for r in summary["results"].values():
+        assert Path(r["checkpoint"]).is_absolute() and Path(r["checkpoint"]).is_dir()
+    first = json.loads((tiny_run / "summary.json").read_text())["results"]["sac-pmoe"]
+    assert summary["results"]["sac-pmoe"]["auc_per_seed"] == first["auc_per_seed"]
+    lines = (merged / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + 3 * 2 * (800 // 4)
+    assert sorted(lines[1:]) == sorted(
+        (tiny_run / "metrics.csv").read_text().splitlines()[1:]
+        + (other / "metrics.csv").read_text().splitlines()[1:]
+    )
+    for name in ("config.yaml", "curves.png", "auc.png"):
+        assert (merged / name).is_file(), name
+    config = yaml.safe_load((merged / "config.yaml").read_text())
+    assert set(config["runs"]) == {"sac-gaussian", "sac-pmoe", "sac-score"}
+
+    # Runs that are not alike, repeated runs, missing folders: one-line errors, nothing written.
+    unlike = tmp_path / "unlike"
+    shutil.copytree(other, unlike)
+    config = yaml.safe_load((unlike / "config.yaml").read_text())
+    config["num_seeds"] = 3
+    (unlike / "config.yaml").write_text(yaml.safe_dump(config))
+    cases = [
+        ([str(tiny_run), str(unlike)], "num_seeds"),
+        ([str(tiny_run), str(tiny_run)], "also in another folder"),
+        ([str(tiny_run), str(tmp_path / "nowhere")], "no config.yaml"),
+    ]
+    for i, (folders, message) in enumerate(cases):
+        bad_out = tmp_path / f"bad{i}"
+        capsys.readouterr()
+        assert pmoe.main(["--merge", *folders, "--out", str(bad_out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not bad_out.exists()
+    assert pmoe.main(["--merge", str(tiny_run)]) == 2
+    assert "--out" in capsys.readouterr().err
