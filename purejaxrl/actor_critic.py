@@ -276,10 +276,8 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         from the given (update-start) parameters: constants of the minibatch losses."""
         out, value, features = network.apply(params, obs, method=network.with_features)
         proposals, _ = head.sample_experts(key, out)  # [B, K, d]
-        q = network.apply(
-            params, features, value, head.to_env(proposals), method=network.action_value
-        )
-        return q
+        actions = head.to_env(proposals)
+        return network.apply(params, features, value, actions, method=network.action_value)
 
     def mixture_terms(params, out, values, features, batch):
         """K > 1 experts: (head outputs for the surrogate, extra loss, aux metrics); see the top."""

@@ -102,6 +102,8 @@ class ActorCritic(nn.Module):
                for `num_experts` = K Gaussian experts (distributions.GaussianMixture): means from
                one output layer, a state-independent log-std per expert, mixing logits from their
                own linear layer (none for K = 1: logits 0, so one expert is the Gaussian head).
+    A mixture with K > 1 also holds `mixture_q`, the advantage head of the action-value
+    Q(s, a) = V(s) + A(h(s), a) that scores the experts' proposals (`with_features`, `action_value`).
     """
 
     action_dim: int
@@ -136,15 +138,14 @@ class ActorCritic(nn.Module):
             self.mixture_q = AdvantageHead(self.hidden_sizes[-1], self.activation)
 
     def _policy(self, h):
-        if self.head_kind == "mixture":
-            k, d = self.num_experts, self.action_dim
-            out = self.policy_out(h)
-            logits = self.mixture_logits(h) if k > 1 else jnp.zeros((*out.shape[:-1], 1))
-            mean = out.reshape(*out.shape[:-1], k, d)
-            return logits, mean, jnp.broadcast_to(self.log_std, mean.shape)
         out = self.policy_out(h)
         if self.head_kind == "categorical":
             return out
+        if self.head_kind == "mixture":
+            k = self.num_experts
+            mean = out.reshape(*out.shape[:-1], k, self.action_dim)
+            logits = self.mixture_logits(h) if k > 1 else jnp.zeros((*out.shape[:-1], 1))
+            return logits, mean, jnp.broadcast_to(self.log_std, mean.shape)
         return out, jnp.broadcast_to(self.log_std, out.shape)
 
     def actor(self, obs):
@@ -169,7 +170,7 @@ class ActorCritic(nn.Module):
         `[B, H]` and value `[B]`; action `[B, d]` -> `[B]`, or `[B, K, d]` (one per expert) -> `[B, K]`.
 
         Only the advantage head A learns from Q's loss: the features and V are held constant, so
-        the critic trains exactly as without it. Ranking a state's actions by Q is ranking by A."""
+        no gradient of it reaches the critic. Ranking a state's actions by Q is ranking by A."""
         features, value = jax.lax.stop_gradient((features, value))
         if action.ndim == features.ndim + 1:
             features = jnp.broadcast_to(
