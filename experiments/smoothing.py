@@ -290,8 +290,6 @@ def prepare(args) -> Plan:
     for step_size in args.step_sizes or []:
         if not (math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"--step-sizes {step_size!r}: must be a finite number > 0")
-    if args.step_sizes is not None and not args.step_sizes:
-        raise ValueError("--step-sizes: give at least one value")
     for objective in args.objectives or []:
         if objective not in OBJECTIVES:
             raise ValueError(f"--objectives {objective!r}: allowed values are {list(OBJECTIVES)}")

@@ -268,7 +268,7 @@ def _lookahead_setup(agent, state, horizon, num_draws=6, sigma=0.1, seed=0):
     key = jax.random.key(seed + 1)
     z = sigma * jax.random.normal(key, (num_draws, horizon, 3))
     env_keys = jax.random.split(jax.random.key(seed + 2), (num_draws, horizon))
-    value = attack.make_lookahead(agent, smoothing, state, horizon)
+    value = attack.make_lookahead(agent, smoothing, state)
     fn = jax.jit(lambda eps: value(eps, obs, frames, first, env_state, z, env_keys))
     return smoothing, obs, env_state, z, fn
 
@@ -314,7 +314,7 @@ def test_lookahead_attack_finds_the_worst_perturbation_in_the_ball(pendulum):
     env_keys = jax.random.split(env_key, (num_draws, horizon))
     objective = jax.jit(
         jax.vmap(
-            lambda e: attack.make_lookahead(agent, smoothing, state, horizon)(
+            lambda e: attack.make_lookahead(agent, smoothing, state)(
                 e, obs, frames, first, env_state, z, env_keys
             )
         )

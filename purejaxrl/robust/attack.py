@@ -120,14 +120,14 @@ def _unit(g: jax.Array) -> jax.Array:
     return g / jnp.maximum(jnp.sqrt(jnp.sum(g**2)), 1e-20)
 
 
-def make_lookahead(agent, smoothing, state, horizon: int):
+def make_lookahead(agent, smoothing, state):
     """`value(eps, obs, frames, first, env_state, z, env_keys) -> []`: the smoothed policy's
-    discounted reward over the next `horizon` steps plus the discounted critic value after them,
-    when the current observation is perturbed by `eps`, averaged over noise draws.
+    discounted reward over the next H steps (H = z.shape[1]) plus the discounted critic value
+    after them, when the current observation is perturbed by `eps`, averaged over noise draws.
 
-    z `[M, horizon, *obs_shape]`: the noise of each draw at each lookahead step (the first on the
+    z `[M, H, *obs_shape]`: the noise of each draw at each lookahead step (the first on the
     perturbed observation, the rest on the clean ones: the attacker plans one perturbation at a
-    time); env_keys `[M, horizon]`. Draw j: a_0 = mode(actor(obs + eps + z_j0)), then the env steps
+    time); env_keys `[M, H]`. Draw j: a_0 = mode(actor(obs + eps + z_j0)), then the env steps
     from the true env state (the attacker is white-box), acting with the smoothed policy's mode
     on later steps; value = sum_h gamma^h r_h alive_h + gamma^H alive_H V_raw(x_H), alive_h = 0
     after the episode ended (its later rewards do not count towards this episode's total). V_raw:
@@ -191,7 +191,7 @@ def make_step_attack(
     s, head, network = smoothing, agent.head, agent.network
     push_draws = jax.vmap(s.push, in_axes=(None, 0, None))
     if objective == "lookahead":
-        lookahead_value = make_lookahead(agent, smoothing, state, lookahead)
+        lookahead_value = make_lookahead(agent, smoothing, state)
 
     def attack(obs, frames, first, radius, key, env_state):
         if objective == "lookahead":
