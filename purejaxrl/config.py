@@ -45,7 +45,11 @@ def check_positive_int(cfg, field: str) -> None:
 def check_range(
     cfg, field: str, low: float, high: float, *, low_open=False, high_open=False
 ) -> None:
-    """Checks low <=/< value <=/< high when the value is concrete (skipped for tracers)."""
+    """Checks low <=/< value <=/< high when the value is concrete (skipped for tracers).
+
+    Non-finite values are always refused, so the message shows an infinite bound as open:
+    `check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)` says "must lie in (0, inf)".
+    """
     value = getattr(cfg, field)
     if not is_concrete(value):
         return
@@ -53,9 +57,9 @@ def check_range(
     lo_ok = np.all(arr > low) if low_open else np.all(arr >= low)
     hi_ok = np.all(arr < high) if high_open else np.all(arr <= high)
     if not (np.all(np.isfinite(arr)) and lo_ok and hi_ok):
-        lb = "(" if low_open else "["
-        rb = ")" if high_open else "]"
-        raise ValueError(f"{_name(cfg)}.{field}={value!r}: must lie in {lb}{low}, {high}{rb}")
+        lb = "(" if low_open or not np.isfinite(low) else "["
+        rb = ")" if high_open or not np.isfinite(high) else "]"
+        raise ValueError(f"{_name(cfg)}.{field}={value!r}: must lie in {lb}{low:g}, {high:g}{rb}")
 
 
 def check_choice(cfg, field: str, allowed: Iterable[Any]) -> None:
