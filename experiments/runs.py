@@ -1,15 +1,19 @@
 """Run specs (YAML + key=value overrides) and run-folder IO shared by the experiment entry points.
 
-A run spec is a flat mapping: `algo` (ppo | a2c), `seed` (base seed, default 0), `num_seeds`
-(default 1) and the algorithm's config fields (`env_kwargs` a mapping). The run folder's
-config.yaml is written in the same form, so `--config DIR/config.yaml` repeats a run.
+A run spec is a flat mapping: `algo` (ppo | a2c | sac, the names in
+`purejaxrl.checkpoint.ALGOS`), `seed` (base seed, default 0), `num_seeds` (default 1) and the
+algorithm's config fields (`env_kwargs` a mapping). The run folder's config.yaml is written in the
+same form, so `--config DIR/config.yaml` repeats a run.
 
 Run folder:
     config.yaml    algo, seed, num_seeds and the full config
-    metrics.csv    one row per update (see METRICS_DOC)
-    summary.json   final returns, sps, compile_s, wall_s, ... (see `write_summary`)
-    curve.png      mean episode return vs env steps, min-max band across seeds
+    metrics.csv    one row per update (see METRICS_DOC); a seed's return is blank until its
+                   first finished episode
+    summary.json   final returns, sps, compile_s, wall_s, ... (see `final_returns`)
+    curve.png      mean episode return vs env steps, min-max band across seeds (blank rows left out)
     checkpoint/    orbax checkpoint of the seed-batched TrainState (purejaxrl.checkpoint)
+    evaluation.json            written by experiments.evaluate
+    evaluation.stale.json      an evaluation.json that a `--resume` which trained further made stale
 """
 
 from __future__ import annotations
@@ -29,8 +33,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from purejaxrl import checkpoint
-
 RUN_KEYS = {"algo": None, "seed": 0, "num_seeds": 1}
 FINAL_FRACTION = 0.05  # final_return_*: mean episode_return over the last 5% of updates
 
@@ -39,7 +41,9 @@ metrics.csv: one row per update. Columns: update (1-based), env_steps (per seed)
 episode_return_mean / _std / _min / _max (across seeds), episode_return_seed<i> (one column per
 seed), then every other training metric averaged over seeds (episode_length, episodes_finished,
 nan_skipped, learning_rate, loss, policy_loss, value_loss, entropy, approx_kl, clip_frac,
-grad_norm).
+grad_norm). episode_return is the mean return of the episodes finished in that update, carried
+forward when none finished; a seed's cell is empty until its first finished episode, and the
+across-seed columns (and episode_length) use only the seeds that have one (empty when none has).
 """
 
 
@@ -150,6 +154,8 @@ class RunSpec:
 
 def build_spec(values: Mapping[str, Any]) -> RunSpec:
     """RunSpec from a flat mapping; unknown keys and ill-typed values raise ValueError."""
+    from purejaxrl import checkpoint  # here, not at import: `experiments.train` starts fast
+
     algo = values.get("algo")
     if algo not in checkpoint.ALGOS:
         raise ValueError(f"algo={algo!r}: allowed values are {sorted(checkpoint.ALGOS)}")
@@ -212,35 +218,62 @@ def metric_columns(metric_names: Sequence[str], num_seeds: int) -> list[str]:
     ]
 
 
-def metric_rows(metrics: Mapping[str, np.ndarray], first_update: int) -> tuple[list, list]:
+def metric_rows(
+    metrics: Mapping[str, np.ndarray], first_update: int, started: Sequence[bool] | None = None
+) -> tuple[list, list]:
     """(columns, rows) from seed-batched metrics {name: [num_seeds, n]}; updates numbered from
-    first_update + 1."""
+    first_update + 1.
+
+    A seed's episode_return (and its share of episode_length) is left empty until its first
+    finished episode (`episodes_finished` > 0): before it, the in-program metric is a placeholder
+    0. `started[i]`: seed i finished an episode before these updates (a resumed run); the
+    across-seed columns use only the seeds with a return.
+    """
     metrics = {k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()}
     returns = metrics["episode_return"]
     num_seeds, n = returns.shape
+    started = np.zeros(num_seeds, bool) if started is None else np.asarray(started, bool)
+    if "episodes_finished" in metrics:
+        has = started[:, None] | (np.cumsum(metrics["episodes_finished"] > 0, axis=1) > 0)
+    else:  # a metric set without the count: nothing to tell apart
+        has = np.ones((num_seeds, n), bool)
     columns = metric_columns(list(metrics), num_seeds)
     rows = []
     for j in range(n):
-        r = returns[:, j]
+        r = returns[has[:, j], j]
         row = {
             "update": first_update + j + 1,
             "env_steps": int(metrics["env_steps"][0, j]),
-            "episode_return_mean": r.mean(),
-            "episode_return_std": r.std(),
-            "episode_return_min": r.min(),
-            "episode_return_max": r.max(),
+            "episode_return_mean": r.mean() if r.size else None,
+            "episode_return_std": r.std() if r.size else None,
+            "episode_return_min": r.min() if r.size else None,
+            "episode_return_max": r.max() if r.size else None,
         }
-        row.update({f"episode_return_seed{i}": r[i] for i in range(num_seeds)})
+        row.update(
+            {
+                f"episode_return_seed{i}": returns[i, j] if has[i, j] else None
+                for i in range(num_seeds)
+            }
+        )
         for name in columns[len(row) :]:
-            row[name] = metrics[name][:, j].mean()
+            if name == "episode_length":
+                row[name] = metrics[name][has[:, j], j].mean() if r.size else None
+            else:
+                row[name] = metrics[name][:, j].mean()
         rows.append([_fmt(row[c]) for c in columns])
     return columns, rows
 
 
 def _fmt(x) -> str:
+    if x is None:  # no value yet (no finished episode): an empty cell, NaN when read back
+        return ""
     if isinstance(x, int | np.integer):
         return str(int(x))
     return f"{float(x):.6g}"
+
+
+def _float(text: str) -> float:
+    return float(text) if text.strip() else float("nan")
 
 
 def _read_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
@@ -253,9 +286,10 @@ def _read_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def read_metrics(run_dir: Path) -> tuple[list[str], np.ndarray]:
-    """(columns, float array [rows, columns]) of DIR/metrics.csv; ([], empty) if absent."""
+    """(columns, float array [rows, columns]) of DIR/metrics.csv; ([], empty) if absent.
+    Empty cells (a seed's return before its first finished episode) read as NaN."""
     columns, rows = _read_rows(run_dir)
-    data = np.asarray([[float(x) for x in row] for row in rows], dtype=np.float64)
+    data = np.asarray([[_float(x) for x in row] for row in rows], dtype=np.float64)
     return columns, data.reshape(len(rows), len(columns))
 
 
@@ -272,29 +306,55 @@ def truncate_metrics(run_dir: Path, last_update: int) -> None:
 
 
 def append_metrics(run_dir: Path, metrics: Mapping[str, np.ndarray], first_update: int) -> None:
-    """Appends one row per update of seed-batched `metrics` (updates first_update+1, ...)."""
-    columns, rows = metric_rows(metrics, first_update)
+    """Appends one row per update of seed-batched `metrics` (updates first_update+1, ...).
+
+    Rows after first_update are replaced. A seed with a return in a kept row has finished an
+    episode already, so its cells stay filled in the new rows (a resumed run)."""
     old_columns, old = _read_rows(run_dir)
+    old = [r for r in old if int(r[0]) <= first_update]
+    num_seeds = np.shape(metrics["episode_return"])[0]
+    started = [
+        f"episode_return_seed{i}" in old_columns
+        and any(r[old_columns.index(f"episode_return_seed{i}")].strip() for r in old)
+        for i in range(num_seeds)
+    ]
+    columns, rows = metric_rows(metrics, first_update, started)
     if old_columns and old_columns != columns:
         raise ValueError(f"{run_dir}/metrics.csv has other columns than this run writes")
-    old = [r for r in old if int(r[0]) <= first_update]
     write_metrics(run_dir, columns, old + rows)
 
 
+def has_finished_episode(run_dir: Path) -> bool:
+    """Whether any seed of DIR/metrics.csv has a return (has finished an episode)."""
+    columns, data = read_metrics(run_dir)
+    seed_cols = [i for i, c in enumerate(columns) if c.startswith("episode_return_seed")]
+    return bool(len(data)) and bool(np.isfinite(data[:, seed_cols]).any())
+
+
 def final_returns(run_dir: Path) -> dict[str, Any]:
-    """Per-seed mean episode_return over the last FINAL_FRACTION of updates (at least one)."""
+    """Per-seed mean episode_return over the last FINAL_FRACTION of updates (at least one).
+
+    Empty cells (before a seed's first finished episode) are left out of a seed's mean. A seed
+    that finished no episode in the whole run has no final return: NaN, listed in
+    `seeds_without_finished_episode`, and final_return_mean/std are NaN then too (a mean over the
+    other seeds would hide it); `experiments.train` prints a warning.
+    """
     columns, data = read_metrics(run_dir)
     seed_cols = [i for i, c in enumerate(columns) if c.startswith("episode_return_seed")]
     if not len(data):
         return {"final_return_mean": float("nan"), "final_return_per_seed": []}
     window = max(1, math.ceil(FINAL_FRACTION * len(data)))
-    per_seed = data[-window:, seed_cols].mean(axis=0)
+    last = data[-window:, seed_cols]
+    counts = np.isfinite(last).sum(axis=0)
+    per_seed = np.where(counts > 0, np.nansum(last, axis=0) / np.maximum(counts, 1), np.nan)
+    missing = [i for i, c in enumerate(seed_cols) if not np.isfinite(data[:, c]).any()]
     return {
         "final_return_mean": float(per_seed.mean()),
         "final_return_std": float(per_seed.std()),
         "final_return_per_seed": [float(x) for x in per_seed],
         "final_return_window_updates": int(window),
         "last_return_per_seed": [float(x) for x in data[-1, seed_cols]],
+        "seeds_without_finished_episode": missing,
     }
 
 
@@ -312,29 +372,46 @@ def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
     atomic_write(Path(run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
+def curve_points(run_dir: Path) -> dict[str, np.ndarray]:
+    """curve.png's data: env_steps and the across-seed mean/min/max of episode_return, for the
+    updates where at least one seed has a return (rows before any finished episode left out)."""
+    columns, data = read_metrics(run_dir)
+    if not len(data):
+        return {k: np.zeros(0) for k in ("env_steps", "mean", "min", "max")}
+    col = {c: i for i, c in enumerate(columns)}
+    keep = np.isfinite(data[:, col["episode_return_mean"]])
+    return {
+        "env_steps": data[keep, col["env_steps"]],
+        "mean": data[keep, col["episode_return_mean"]],
+        "min": data[keep, col["episode_return_min"]],
+        "max": data[keep, col["episode_return_max"]],
+    }
+
+
 def plot_curve(run_dir: Path, title: str) -> Path:
-    """curve.png: mean episode return vs env steps (per seed), min-max band across seeds."""
+    """curve.png: mean episode return vs env steps (per seed), min-max band across seeds; the
+    updates before the first finished episode are left out (see `curve_points`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns, data = read_metrics(run_dir)
-    col = {c: i for i, c in enumerate(columns)}
+    columns, _ = read_metrics(run_dir)
     num_seeds = sum(c.startswith("episode_return_seed") for c in columns)
+    points = curve_points(run_dir)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    if len(data):
-        x = data[:, col["env_steps"]]
-        ax.plot(x, data[:, col["episode_return_mean"]], lw=1.8, label=f"mean of {num_seeds} seeds")
+    if len(points["env_steps"]):
+        x = points["env_steps"]
+        ax.plot(x, points["mean"], lw=1.8, label=f"mean of {num_seeds} seeds")
         if num_seeds > 1:
             ax.fill_between(
-                x,
-                data[:, col["episode_return_min"]],
-                data[:, col["episode_return_max"]],
-                alpha=0.25,
-                label="min-max across seeds",
+                x, points["min"], points["max"], alpha=0.25, label="min-max across seeds"
             )
         ax.legend(loc="best")
+    else:
+        ax.text(
+            0.5, 0.5, "no episode finished yet", ha="center", va="center", transform=ax.transAxes
+        )
     ax.set_xlabel("environment steps (per seed)")
     ax.set_ylabel("episode return")
     ax.set_title(title)

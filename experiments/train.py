@@ -1,4 +1,5 @@
-"""Train PPO or A2C on several seeds at once and write a run folder.
+"""Train PPO, A2C or SAC (the names in `purejaxrl.checkpoint.ALGOS`) on several seeds at once and
+write a run folder.
 
     python -m experiments.train --config experiments/configs/ppo_cartpole.yaml [key=value ...]
         [--seeds N] [--out DIR] [--checkpoint-every K]
@@ -11,7 +12,13 @@ measured apart from the run), fed by keys `jax.random.split(jax.random.key(seed)
 resumes from its last segment. `--resume DIR` continues from DIR/checkpoint with DIR/config.yaml
 plus the overrides, appends to metrics.csv and rewrites summary.json, curve.png and the checkpoint;
 if the checkpoint is missing, corrupt or does not fit the config, it stops with `error: ...`
-(exit code 2) before anything in DIR changes. See experiments/runs.py for the folder's files.
+(exit code 2) before anything in DIR changes. A resume that trains further renames an
+`evaluation.json` (written by experiments.evaluate for the old checkpoint) to
+`evaluation.stale.json` and says so on stderr. See experiments/runs.py for the folder's files.
+
+Status lines ("building ...", "initialising ...", "compiling ...") go to stderr as each step
+starts, the first one before jax is imported; `--no-progress` leaves out them and the bar, so
+only errors, warnings (e.g. a seed that finished no episode) and the final line remain.
 """
 
 from __future__ import annotations
@@ -19,23 +26,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from experiments import runs
-from purejaxrl import checkpoint
+
+# jax and purejaxrl are imported inside the functions that use them: importing them takes a few
+# seconds, and `main` reports what it is doing before that.
 
 
 class Progress:
     """tqdm bar fed by the agent's host callback (every `progress_every` updates, not per step).
 
     Under vmap the callback may come once per seed with unbatched values or once with batched
-    values: the bar shows the largest update_step and the mean return of the calls for that step.
+    values: the bar shows the largest update_step and the mean return of the calls for that step;
+    "return -" until a report shows a finished episode (before it, the metric is a placeholder 0).
     """
 
     def __init__(self, enabled: bool = True):
@@ -43,10 +53,26 @@ class Progress:
         self.bar = None
         self._step = -1
         self._returns: list[float] = []
+        self._seen_episode = False
 
-    def start(self, total: int, initial: int, desc: str, steps_per_update: int) -> None:
+    def status(self, message: str) -> None:
+        """One line on stderr saying what is happening now (nothing when disabled)."""
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+    def notice(self, message: str) -> None:
+        """One line on stderr even when disabled (above the bar while it runs)."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def start(
+        self, total: int, initial: int, desc: str, steps_per_update: int, seen_episode=False
+    ) -> None:
         if not self.enabled:
             return
+        self._seen_episode = seen_episode
         from tqdm.auto import tqdm
 
         self.steps_per_update = steps_per_update
@@ -60,15 +86,17 @@ class Progress:
             return
         step = int(np.max(update_step))
         ret = np.asarray(metrics["episode_return"], dtype=np.float64).ravel().tolist()
+        finished = np.asarray(metrics.get("episodes_finished", 1))
+        self._seen_episode = self._seen_episode or bool(np.any(finished > 0))
         if step != self._step:
             self._returns = []
         self._returns.extend(ret)
         if step > self.bar.n:
             self.bar.update(step - self.bar.n)
         self._step = step
+        shown = f"{np.mean(self._returns):.2f}" if self._seen_episode else "-"
         self.bar.set_postfix_str(
-            f"env steps {step * self.steps_per_update:,} | return {np.mean(self._returns):.2f}",
-            refresh=False,
+            f"env steps {step * self.steps_per_update:,} | return {shown}", refresh=False
         )
 
     @property
@@ -98,7 +126,7 @@ class Plan:
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m experiments.train",
-        description="Train PPO/A2C on N seeds in one jitted program; writes a run folder.",
+        description="Train PPO, A2C or SAC on N seeds in one jitted program; writes a run folder.",
         epilog=runs.METRICS_DOC,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -115,12 +143,38 @@ def parse_args(argv):
         metavar="K",
         help="checkpoint every K updates (default: end)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar or status lines (errors, warnings and the final line remain)",
+    )
     return p.parse_args(argv)
+
+
+def _count(n, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def describe_new_run(args) -> str | None:
+    """The first status line, e.g. "building ppo on CartPole-v1 (2 seeds x 8 envs) ...", from the
+    YAML file and overrides alone (no jax import); None when they do not read (`prepare` then
+    reports why)."""
+    try:
+        values = runs.merge(runs.load_yaml(args.config), runs.parse_overrides(args.overrides))
+    except ValueError:
+        return None
+    seeds = args.seeds if args.seeds is not None else values.get("num_seeds", 1)
+    shape = [_count(seeds, "seed")] if isinstance(seeds, int) else []
+    if isinstance(values.get("num_envs"), int):
+        shape.append(_count(values["num_envs"], "env"))
+    where = f" on {values['env']}" if "env" in values else ""
+    return f"building {values.get('algo')}{where} ({' x '.join(shape)}) ..."
 
 
 def prepare(args) -> Plan:
     """Everything that can fail on bad input, done before any file is written."""
+    from purejaxrl import checkpoint
+
     overrides = runs.parse_overrides(args.overrides)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every={args.checkpoint_every}: must be a positive integer")
@@ -197,7 +251,29 @@ def segments(total: int, every: int | None) -> list[int]:
     return sizes + ([total % every] if total % every else [])
 
 
+def retire_evaluation(run_dir: Path, checkpoint_update: int) -> str | None:
+    """Renames DIR/evaluation.json to evaluation.stale.json (replacing an older one): it evaluated
+    a checkpoint that a resume has just replaced. Returns the notice to print, or None."""
+    path = run_dir / "evaluation.json"
+    if not path.is_file():
+        return None
+    try:
+        evaluated = json.loads(path.read_text()).get("checkpoint_update", "?")
+    except (ValueError, OSError, AttributeError):
+        evaluated = "?"
+    path.replace(run_dir / "evaluation.stale.json")
+    return (
+        f"note: {path} was for the checkpoint at update {evaluated}; the checkpoint is now at "
+        f"update {checkpoint_update}, so it is renamed evaluation.stale.json "
+        f"(rerun python -m experiments.evaluate {run_dir})"
+    )
+
+
 def execute(plan: Plan) -> dict:
+    import jax
+
+    from purejaxrl import checkpoint
+
     t_start = time.perf_counter()
     spec, agent, run_dir = plan.spec, plan.agent, plan.run_dir
     cfg = spec.config
@@ -211,6 +287,9 @@ def execute(plan: Plan) -> dict:
         runs.truncate_metrics(run_dir, plan.start_update)
         state = plan.state
     else:
+        plan.progress.status(
+            f"initialising {_count(spec.num_seeds, 'seed')} (compiles env reset, network init) ..."
+        )
         t = time.perf_counter()
         keys = jax.random.split(jax.random.key(spec.seed), spec.num_seeds)
         state = jax.block_until_ready(jax.jit(jax.vmap(agent.init))(keys))
@@ -218,26 +297,37 @@ def execute(plan: Plan) -> dict:
 
     # Compile every distinct segment length (at most two) before the bar starts.
     sizes = segments(remaining, plan.checkpoint_every)
+    lengths = sorted(set(sizes), reverse=True)
     compiled: dict[int, Any] = {}
-    if plan.progress.enabled:
-        print(
-            f"compiling {spec.algo} on {cfg.env}: {spec.num_seeds} seeds x {cfg.num_envs} envs, "
-            f"segments of {sorted(set(sizes), reverse=True)} updates ...",
-            file=sys.stderr,
-            flush=True,
+    before = plan.previous_summary.get("compile_s")
+    plan.progress.status(
+        f"compiling the training loop, {' and '.join(map(str, lengths))} updates per call "
+        + (
+            f"(once per session; about {before:.0f} s last time) ..."
+            if before
+            else "(once per run) ..."
         )
-    for n in sorted(set(sizes), reverse=True):
+    )
+    t_compile = time.perf_counter()
+    for n in lengths:
         t = time.perf_counter()
         fn = jax.jit(jax.vmap(lambda s, n=n: agent.run(s, n)))
         compiled[n] = fn.lower(state).compile()
         compile_s += time.perf_counter() - t
+    plan.progress.status(f"compiled in {time.perf_counter() - t_compile:.1f} s")
 
     train_s = 0.0
     done = plan.start_update
     started = datetime.datetime.now().isoformat(timespec="seconds")
     title = f"{spec.algo.upper()} on {cfg.env} ({spec.num_seeds} seed{'s' * (spec.num_seeds > 1)})"
     summary: dict = {}
-    plan.progress.start(agent.num_updates, done, f"{spec.algo} {cfg.env}", steps_per_update)
+    plan.progress.start(
+        agent.num_updates,
+        done,
+        f"{spec.algo} {cfg.env}",
+        steps_per_update,
+        seen_episode=plan.resume and runs.has_finished_episode(run_dir),
+    )
     try:
         for n in sizes:
             t = time.perf_counter()
@@ -247,6 +337,10 @@ def execute(plan: Plan) -> dict:
             runs.append_metrics(run_dir, jax.device_get(out.metrics), first_update=done)
             done += n
             checkpoint.save(run_dir / "checkpoint", state, cfg, {"seed": spec.seed})
+            if plan.resume and done - n == plan.start_update:  # the first segment of a resume
+                notice = retire_evaluation(run_dir, done)
+                if notice:
+                    plan.progress.notice(notice)
             session = {
                 "started": started,
                 "first_update": plan.start_update,
@@ -267,6 +361,8 @@ def execute(plan: Plan) -> dict:
 
 
 def make_summary(plan: Plan, session: dict) -> dict:
+    import jax
+
     spec, cfg = plan.spec, plan.spec.config
     steps_per_seed = session["last_update"] * cfg.num_envs * cfg.num_steps
     sessions = [
@@ -304,11 +400,25 @@ def make_summary(plan: Plan, session: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    show = not args.no_progress
+    if show and args.config and not args.resume:
+        # At once, before the imports and the build (seconds): the first step a user sees.
+        # (A resume reports after `prepare`, whose checkpoint errors must stay the first line.)
+        message = describe_new_run(args)
+        if message:
+            print(message, file=sys.stderr, flush=True)
     try:
         plan = prepare(args)
     except ValueError as e:  # bad config, unknown env/key, bad or missing checkpoint
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if plan.resume and plan.start_update < plan.agent.num_updates:
+        cfg = plan.spec.config
+        plan.progress.status(
+            f"resuming {plan.run_dir} at update {plan.start_update} of {plan.agent.num_updates}: "
+            f"{plan.spec.algo} on {cfg.env} ({_count(plan.spec.num_seeds, 'seed')} x "
+            f"{_count(cfg.num_envs, 'env')}) ..."
+        )
     if plan.start_update >= plan.agent.num_updates:
         print(
             f"{plan.run_dir} is complete ({plan.start_update} of {plan.agent.num_updates} "
@@ -325,6 +435,15 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 130
+    missing = summary.get("seeds_without_finished_episode")
+    if missing:
+        seeds = f"seed{'s' * (len(missing) > 1)} {', '.join(map(str, missing))}"
+        print(
+            f"warning: {seeds} finished no episode in {summary['num_updates']} updates, so the "
+            "final return of each is NaN, and final_return_mean/std too (summary.json: "
+            "seeds_without_finished_episode); train longer or shorten the episodes",
+            file=sys.stderr,
+        )
     per_seed = ", ".join(f"{r:.1f}" for r in summary["final_return_per_seed"])
     print(
         f"final return {summary['final_return_mean']:.2f} ± {summary['final_return_std']:.2f} "

@@ -56,6 +56,16 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def seed_returns(row: dict) -> list[float]:
+    """The seeds' returns of a metrics.csv row; NaN for an empty cell (no finished episode yet)."""
+    cells = [v for k, v in sorted(row.items()) if k.startswith("episode_return_seed")]
+    return [float(v) if v else math.nan for v in cells]
+
+
+def has_return(rows: list[dict], seed: int) -> list[bool]:
+    return [bool(r[f"episode_return_seed{seed}"]) for r in rows]
+
+
 def test_train_writes_the_run_folder(trained):
     assert {p.name for p in trained.iterdir()} >= {
         "config.yaml",
@@ -76,9 +86,16 @@ def test_train_writes_the_run_folder(trained):
         assert key in rows[0]
     for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm"):
         assert all(math.isfinite(float(r[key])) for r in rows)
+    for seed in (0, 1):  # empty until the seed's first finished episode, then filled
+        filled = has_return(rows, seed)
+        assert filled[-1] and filled == sorted(filled)
     for r in rows:
-        seeds = [float(r["episode_return_seed0"]), float(r["episode_return_seed1"])]
-        assert float(r["episode_return_mean"]) == pytest.approx(np.mean(seeds), rel=1e-4)
+        seeds = [x for x in seed_returns(r) if math.isfinite(x)]
+        if seeds:
+            assert float(r["episode_return_mean"]) == pytest.approx(np.mean(seeds), rel=1e-4)
+            assert float(r["episode_return_min"]) == pytest.approx(min(seeds), rel=1e-4)
+        else:
+            assert r["episode_return_mean"] == r["episode_length"] == ""
 
     summary = json.loads((trained / "summary.json").read_text())
     for key in ("final_return_mean", "sps", "compile_s", "wall_s"):
@@ -131,10 +148,14 @@ def test_overrides_are_parsed_as_yaml_and_coerced():
 def test_bad_overrides_are_one_line_errors(tiny_yaml, tmp_path, capsys, override, message):
     out = tmp_path / "run"
     assert train.main(["--config", str(tiny_yaml), "--out", str(out), override]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
-    assert "Traceback" not in err
+    *before, last = capsys.readouterr().err.strip().splitlines()
+    assert last.startswith("error: ") and message in last
+    assert all(line.startswith("building ") for line in before) and len(before) <= 1
     assert not out.exists()
+    assert (
+        train.main(["--config", str(tiny_yaml), "--out", str(out), override, "--no-progress"]) == 2
+    )
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_a_folder_holding_a_run_is_not_overwritten(trained, tiny_yaml, capsys):
@@ -144,13 +165,19 @@ def test_a_folder_holding_a_run_is_not_overwritten(trained, tiny_yaml, capsys):
     assert (trained / "metrics.csv").read_bytes() == before
 
 
-def test_resume_extends_the_run(trained, tmp_path, monkeypatch):
+def test_resume_extends_the_run(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run = Path("extended")  # relative, as a user types it
     shutil.copytree(trained, run)
     old_rows = read_csv(run / "metrics.csv")
+    (run / "evaluation.json").write_text(json.dumps({"checkpoint_update": 6}))
     code = train.main(["--resume", "extended", f"total_timesteps={8 * UPDATE_STEPS}"])
     assert code == 0
+    # The evaluation of the update-6 checkpoint is stale now: renamed, and said so on stderr.
+    assert not (run / "evaluation.json").exists()
+    assert json.loads((run / "evaluation.stale.json").read_text()) == {"checkpoint_update": 6}
+    err = capsys.readouterr().err
+    assert "evaluation.stale.json" in err and "update 6" in err and "update 8" in err
     rows = read_csv(run / "metrics.csv")
     assert [int(r["update"]) for r in rows] == list(range(1, 9))
     assert rows[:6] == old_rows
@@ -161,8 +188,124 @@ def test_resume_extends_the_run(trained, tmp_path, monkeypatch):
     assert checkpoint.latest_step(run / "checkpoint") == 8
     # Nothing left to do: a second resume at the same length changes nothing.
     before = (run / "metrics.csv").read_bytes()
+    (run / "evaluation.json").write_text("{}")  # an evaluation of the update-8 checkpoint
     assert train.main(["--resume", str(run)]) == 0
     assert (run / "metrics.csv").read_bytes() == before
+    assert (run / "evaluation.json").read_text() == "{}"
+
+
+def synthetic(returns, finished, first_step=0) -> dict:
+    """Seed-batched metrics [seeds, updates] as `agent.run` returns them (8 env steps/update)."""
+    returns, finished = np.asarray(returns, float), np.asarray(finished, float)
+    n = returns.shape[1]
+    steps = 8 * (first_step + np.arange(1, n + 1))
+    return {
+        "episode_return": returns,
+        "episodes_finished": finished,
+        "episode_length": np.where(returns != 0, 10.0, 0.0),
+        "env_steps": np.broadcast_to(steps, returns.shape),
+        "loss": np.ones_like(returns),
+    }
+
+
+def test_metrics_are_empty_until_each_seed_finishes_an_episode(tmp_path):
+    # Seed 0 finishes its first episode in update 2, seed 1 in update 5 (after a resume at 3).
+    runs.append_metrics(tmp_path, synthetic([[0, -5, -6], [0, 0, 0]], [[0, 2, 0], [0, 0, 0]]), 0)
+    runs.append_metrics(tmp_path, synthetic([[-6, -6], [0, -9]], [[0, 0], [0, 1]], 3), 3)
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [int(r["update"]) for r in rows] == [1, 2, 3, 4, 5]
+    # Seed 0 stays filled after the resume although it finished nothing in updates 3-5.
+    assert has_return(rows, 0) == [False, True, True, True, True]
+    assert has_return(rows, 1) == [False, False, False, False, True]
+    assert [r["episode_return_mean"] for r in rows] == ["", "-5", "-6", "-6", "-7.5"]
+    assert [r["episode_return_min"] for r in rows] == ["", "-5", "-6", "-6", "-9"]
+    assert [r["episode_return_std"] for r in rows] == ["", "0", "0", "0", "1.5"]
+    assert [r["episode_length"] for r in rows] == ["", "10", "10", "10", "10"]
+    assert [r["loss"] for r in rows] == ["1"] * 5  # other metrics: all seeds, every row
+    columns, data = runs.read_metrics(tmp_path)
+    assert np.isnan(data[0, columns.index("episode_return_seed0")])
+    # curve.png leaves out the update where no seed has a return.
+    assert runs.curve_points(tmp_path)["env_steps"].tolist() == [16, 24, 32, 40]
+    assert runs.curve_points(tmp_path)["mean"].tolist() == [-5, -6, -6, -7.5]
+    final = runs.final_returns(tmp_path)
+    assert final["final_return_per_seed"] == [-6, -9] and final["final_return_mean"] == -7.5
+    assert final["seeds_without_finished_episode"] == []
+    # Rewriting from update 1 on (a resume from an earlier checkpoint): the kept row 1 has no
+    # return, so seed 0 is empty again until it finishes.
+    runs.append_metrics(tmp_path, synthetic([[-5, -5], [0, 0]], [[0, 1], [0, 0]], 1), 1)
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert has_return(rows, 0) == [False, False, True]
+    assert not any(has_return(rows, 1))
+
+
+def test_a_seed_without_a_finished_episode_has_a_nan_final_return_said_so(tmp_path):
+    runs.append_metrics(tmp_path, synthetic([[0, -5], [0, 0]], [[0, 1], [0, 0]]), 0)
+    final = runs.final_returns(tmp_path)
+    assert final["final_return_per_seed"][0] == -5 and math.isnan(final["final_return_per_seed"][1])
+    assert math.isnan(final["final_return_mean"])
+    assert final["seeds_without_finished_episode"] == [1]
+    # A seed whose first episode ends inside the final window: the mean of its filled cells.
+    other = tmp_path / "other"
+    other.mkdir()
+    runs.append_metrics(other, synthetic([[0, -4]], [[0, 1]]), 0)
+    assert runs.final_returns(other)["final_return_per_seed"] == [-4]
+    runs.plot_curve(other, "t")  # empty points are fine
+    assert (other / "curve.png").is_file()
+
+
+PENDULUM = {  # 200-step episodes, 64 steps per update: the first ends in update 4, the next in 7
+    **TINY,
+    "env": "Pendulum-v1",
+    "num_envs": 2,
+    "num_steps": 64,
+    "update_epochs": 1,
+    "total_timesteps": 2 * 128,
+}
+
+
+def test_returns_stay_empty_until_an_episode_ends_across_resumes(tmp_path, capsys):
+    config = tmp_path / "pendulum.yaml"
+    config.write_text(yaml.safe_dump(PENDULUM))
+    run = tmp_path / "run"
+    # Two updates, 128 steps per seed: no episode has ended, so no return exists yet.
+    assert train.main(["--config", str(config), "--out", str(run), "--seeds", "2"]) == 0
+    out, err = capsys.readouterr()
+    status = [line for line in err.splitlines() if not line.startswith("ppo Pendulum")]
+    assert status[0] == "building ppo on Pendulum-v1 (2 seeds x 2 envs) ..."
+    assert status[1].startswith("initialising 2 seeds") and status[2].startswith("compiling")
+    assert status[3].startswith("compiled in ")
+    assert "warning: seeds 0, 1 finished no episode in 2 updates" in err
+    assert "final return nan" in out
+    rows = read_csv(run / "metrics.csv")
+    assert all(r["episode_return_mean"] == r["episode_return_seed0"] == "" for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["seeds_without_finished_episode"] == [0, 1]
+    assert math.isnan(summary["final_return_mean"])
+    # Resume to 6 updates in segments of 2: the first episodes end in update 4, none in 5 and 6,
+    # whose segment is appended as a resume's is (its filled cells come from metrics.csv).
+    args = ["--resume", str(run), "total_timesteps=768", "--checkpoint-every", "2"]
+    assert train.main([*args, "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""  # --no-progress: no status lines, no bar
+    assert out.startswith("final return -")
+    rows = read_csv(run / "metrics.csv")
+    assert [float(r["episodes_finished"]) for r in rows] == [0, 0, 0, 2, 0, 0]
+    for seed in (0, 1):
+        assert has_return(rows, seed) == [False] * 3 + [True] * 3
+    assert rows[4]["episode_return_seed0"] == rows[3]["episode_return_seed0"]  # carried
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["seeds_without_finished_episode"] == []
+    assert all(math.isfinite(x) and x < 0 for x in summary["final_return_per_seed"])
+    assert runs.curve_points(run)["env_steps"].tolist() == [512, 640, 768]  # per seed
+
+
+def test_train_starts_without_importing_jax():
+    """`python -m experiments.train` says what it does before the slow imports."""
+    code = "import sys, experiments.train; print(sorted({'jax', 'purejaxrl'} & set(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip() == "[]", proc.stderr
 
 
 def test_evaluate_writes_evaluation_json(trained, capsys):
