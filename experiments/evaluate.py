@@ -4,7 +4,10 @@
 
 Loads DIR/checkpoint (its own saved config builds the agent), runs `purejaxrl.evaluation.evaluate`
 vmapped over the selected seeds' states, once with the mean/argmax action (deterministic) and once
-sampling from the policy (stochastic), prints a table and writes DIR/evaluation.json.
+sampling from the policy (stochastic), prints a table and writes DIR/evaluation.json (with the
+checkpoint's `checkpoint_update`). `--seeds` picks seed indices of the checkpoint; `--seed` is the
+evaluation's own PRNG seed. A later `experiments.train --resume DIR` that trains further renames
+evaluation.json to evaluation.stale.json, since it describes the replaced checkpoint.
 """
 
 from __future__ import annotations
