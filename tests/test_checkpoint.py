@@ -1,9 +1,11 @@
-"""Checkpoints: exact round trip and resume, clear errors, atomic saves, untouched run folders."""
+"""Checkpoints: exact round trip and resume, clear errors, manifest-verified files, atomic saves,
+untouched run folders."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -171,12 +173,144 @@ def test_corrupt_checkpoint_raises(tiny, saved, target, damage):
 
 
 def test_contents_that_fail_the_checksum_raise(tiny, saved):
-    info_file = _step_dir(saved) / "info" / "metadata"
+    step = _step_dir(saved)
+    info_file = step / "info" / "metadata"
     info = json.loads(info_file.read_text())
     info["digest"] = "0" * 64
     info_file.write_text(json.dumps(info))
-    with pytest.raises(CheckpointError, match="checksum"):
+    with pytest.raises(CheckpointError, match="file info/metadata fails its checksum"):
         checkpoint.load(saved, tiny.agent)
+    # With a manifest that agrees (files consistent, arrays not), the array digest still catches it.
+    (step / checkpoint.MANIFEST).unlink()
+    checkpoint._write_manifest(step)
+    with pytest.raises(CheckpointError, match="array contents fail their checksum"):
+        checkpoint.load(saved, tiny.agent)
+
+
+# --------------------------------------------------------------------------- file manifest
+
+
+@pytest.fixture(scope="module")
+def saved_once(tiny, tmp_path_factory):
+    """One checkpoint of the half-way state for the whole module; copy it before damaging it."""
+    directory = tmp_path_factory.mktemp("saved_once") / "checkpoint"
+    checkpoint.save(directory, tiny.half.state, tiny.cfg, {"seed": 0})
+    return directory
+
+
+@pytest.fixture()
+def copied(saved_once, tmp_path):
+    return Path(shutil.copytree(saved_once, tmp_path / "checkpoint"))
+
+
+def _data_file(step: Path, index: int) -> str:
+    """The index-th smallest of the ocdbt data files (array chunks and b-tree nodes)."""
+    files = sorted((step / "state/ocdbt.process_0/d").iterdir(), key=lambda p: p.stat().st_size)
+    return files[index].relative_to(step).as_posix()
+
+
+def _edit_an_entry(path: Path):
+    """Valid JSON, but one file's recorded size changed (as by a hand edit)."""
+    record = json.loads(path.read_text())
+    record["files"]["info/metadata"]["size"] += 1
+    path.write_text(json.dumps(record))
+
+
+def _flip_one_byte(path: Path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_manifest_lists_every_file_but_itself(saved_once):
+    step = _step_dir(saved_once)
+    record = json.loads((step / checkpoint.MANIFEST).read_text())
+    on_disk = {
+        p.relative_to(step).as_posix(): p.stat().st_size for p in step.rglob("*") if p.is_file()
+    }
+    assert {rel: e["size"] for rel, e in record["files"].items()} == {
+        rel: size for rel, size in on_disk.items() if rel != checkpoint.MANIFEST
+    }
+    assert record["step"] == N and "state/ocdbt.process_0/manifest.ocdbt" in record["files"]
+    assert not [p.name for p in step.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize(
+    "pick, damage, message",
+    [
+        (lambda step: "_CHECKPOINT_METADATA", _truncate, "fails its checksum (size"),
+        (
+            lambda step: "state/ocdbt.process_0/manifest.ocdbt",
+            _truncate,
+            "fails its checksum (size",
+        ),
+        (lambda step: "state/manifest.ocdbt", _truncate, "fails its checksum (size"),
+        (lambda step: _data_file(step, 0), _truncate, "fails its checksum (size"),
+        (lambda step: _data_file(step, -1), _flip_one_byte, "same size"),
+        (lambda step: "info/metadata", Path.unlink, "is missing"),
+        (lambda step: checkpoint.MANIFEST, _truncate, "unreadable"),
+        (lambda step: checkpoint.MANIFEST, _edit_an_entry, "own checksum"),
+        (lambda step: checkpoint.MANIFEST, Path.unlink, "has no"),
+    ],
+    ids=[
+        "truncated-checkpoint-metadata",
+        "truncated-ocdbt-manifest",
+        "truncated-root-ocdbt-manifest",
+        "truncated-small-data-file",
+        "flipped-byte-in-array-file",
+        "deleted-info",
+        "truncated-manifest",
+        "edited-manifest",
+        "deleted-manifest",
+    ],
+)
+def test_damaged_file_fails_in_one_line_naming_it(
+    tiny, copied, capfd, caplog, pick, damage, message
+):
+    step = _step_dir(copied)
+    name = pick(step)
+    damage(step / name)
+    before = snapshot(copied)
+    caplog.set_level(logging.INFO)
+    for read in (checkpoint.read_info, lambda d: checkpoint.load(d, tiny.agent)):
+        with pytest.raises(CheckpointError) as err:
+            read(copied)
+        text = str(err.value)
+        assert "\n" not in text and name in text and message in text, text
+    assert snapshot(copied) == before  # nothing rewritten, removed or added
+    # Caught before orbax read anything: no absl/orbax warnings or errors.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "ERROR" not in capfd.readouterr().err
+
+
+def test_files_added_after_the_save_are_ignored(tiny, copied):
+    (_step_dir(copied) / "notes.txt").write_text("hello")
+    (_step_dir(copied) / "state" / ".DS_Store").write_bytes(b"\0" * 10)
+    state, _ = checkpoint.load(copied, tiny.agent)
+    assert tree_equal(state, tiny.half.state)
+
+
+def test_a_step_without_manifest_is_an_unfinished_save(tiny, saved, monkeypatch):
+    later = tiny.half.state.replace(update_step=tiny.half.state.update_step + 5)
+
+    def interrupted(step_dir):
+        raise OSError("killed after orbax finalised the step (simulated)")
+
+    monkeypatch.setattr(checkpoint, "_write_manifest", interrupted)
+    with pytest.raises(OSError, match="simulated"):
+        checkpoint.save(saved, later, tiny.cfg)
+    monkeypatch.undo()
+    assert sorted(p.name for p in saved.iterdir()) == sorted([str(N), str(N + 5)])
+    # The finalised step without manifest is skipped (with a warning); the previous one loads.
+    with pytest.warns(UserWarning, match=f"without {checkpoint.MANIFEST}"):
+        assert checkpoint.latest_step(saved) == N
+    with pytest.warns(UserWarning):
+        state, info = checkpoint.load(saved, tiny.agent)
+    assert info["update_step"] == N and tree_equal(state, tiny.half.state)
+    # Saving that step again replaces the unfinished folder, then drops the old step.
+    checkpoint.save(saved, later, tiny.cfg)
+    assert sorted(p.name for p in saved.iterdir()) == [str(N + 5)]
+    assert checkpoint.latest_step(saved) == N + 5
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tiny, saved, monkeypatch):
@@ -200,9 +334,14 @@ def test_failed_save_keeps_the_previous_checkpoint(tiny, saved, monkeypatch):
     assert sorted(p.name for p in saved.iterdir()) == [str(N + 5)]
 
 
-def test_saving_an_existing_step_again_is_refused(tiny, saved):
-    with pytest.raises(CheckpointError, match="already holds"):
+def test_saving_an_existing_or_earlier_step_is_refused(tiny, saved):
+    before = snapshot(saved)
+    with pytest.raises(CheckpointError, match="already holds a checkpoint at update"):
         checkpoint.save(saved, tiny.half.state, tiny.cfg)
+    earlier = tiny.half.state.replace(update_step=tiny.half.state.update_step - 1)
+    with pytest.raises(CheckpointError, match="already holds a later checkpoint"):
+        checkpoint.save(saved, earlier, tiny.cfg)
+    assert snapshot(saved) == before
 
 
 # --------------------------------------------------------------------------- failed resumes
