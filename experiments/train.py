@@ -45,7 +45,8 @@ class Progress:
 
     Under vmap the callback may come once per seed with unbatched values or once with batched
     values: the bar shows the largest update_step and the mean return of the calls for that step;
-    "return -" until a report shows a finished episode (before it, the metric is a placeholder 0).
+    "return -" until a report shows a finished episode (before it, the metric is a placeholder 0)
+    or a nonzero return.
     """
 
     def __init__(self, enabled: bool = True):
@@ -86,8 +87,10 @@ class Progress:
             return
         step = int(np.max(update_step))
         ret = np.asarray(metrics["episode_return"], dtype=np.float64).ravel().tolist()
+        # Reports are throttled, so a first episode may end between them: a nonzero carried
+        # return (the placeholder is 0) shows it too.
         finished = np.asarray(metrics.get("episodes_finished", 1))
-        self._seen_episode = self._seen_episode or bool(np.any(finished > 0))
+        self._seen_episode = self._seen_episode or bool(np.any(finished > 0) or np.any(ret))
         if step != self._step:
             self._returns = []
         self._returns.extend(ret)

@@ -308,6 +308,20 @@ def test_train_starts_without_importing_jax():
     assert proc.stdout.strip() == "[]", proc.stderr
 
 
+def test_progress_bar_shows_no_return_before_an_episode_finished():
+    bar = train.Progress()
+    bar.start(total=10, initial=0, desc="t", steps_per_update=8)
+    try:
+        zeros = {"episode_return": np.zeros(2), "episodes_finished": np.zeros(2)}
+        bar(np.array([1, 1]), zeros)
+        assert bar.bar.postfix.endswith("return -")
+        # A report between finished episodes: the carried return is nonzero, so one finished.
+        bar(np.array([2, 2]), {**zeros, "episode_return": np.array([-5.0, -7.0])})
+        assert bar.bar.postfix.endswith("return -6.00")
+    finally:
+        bar.close()
+
+
 def test_evaluate_writes_evaluation_json(trained, capsys):
     pytest.importorskip("purejaxrl.evaluation")
     assert evaluate.main([str(trained), "--episodes", "3"]) == 0
