@@ -96,6 +96,14 @@ def merge(spec: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+def _is_mapping_field(name: str) -> bool:
+    """Static fields held as frozen mappings: `*_kwargs`, and those purejaxrl.config names."""
+    from purejaxrl import config as C
+
+    is_mapping = getattr(C, "is_mapping_field", None)  # not in every version of purejaxrl.config
+    return is_mapping(name) if is_mapping else name.endswith("_kwargs")
+
+
 def _coerce(cls_name: str, name: str, default: Any, value: Any) -> Any:
     """Matches YAML values to the field's type: '1e-3' -> 0.001, 1e6 -> 1000000, [..] -> tuple."""
     where = f"{cls_name}.{name}={value!r}"
@@ -121,7 +129,7 @@ def _coerce(cls_name: str, name: str, default: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{where}: must be a string")
         return value
-    if name.endswith("_kwargs"):
+    if _is_mapping_field(name):
         if value is None:
             return {}
         if not isinstance(value, Mapping):
