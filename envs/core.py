@@ -95,3 +95,13 @@ def map_chain(env: Environment, fn) -> Environment:
             env = copy.copy(env)
             env.env = inner
     return fn(env)
+
+
+def check_override_keys(env_id: str, overrides: dict, valid: list[str]) -> None:
+    """ValueError naming every override key of `env_id` that is not in `valid`."""
+    bad = [k for k in overrides if k not in valid]
+    if bad:
+        raise ValueError(
+            f"unknown override(s) {', '.join(map(repr, bad))} for {env_id!r}; "
+            f"valid keys: {', '.join(sorted(valid))}"
+        )

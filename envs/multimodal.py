@@ -67,7 +67,7 @@ import numpy as np
 from flax import struct
 
 from envs import spaces
-from envs.core import Environment
+from envs.core import Environment, check_override_keys
 
 BANDIT_ID = "multimodal/bandit"
 POINTMASS_ID = "multimodal/pointmass"
@@ -171,10 +171,8 @@ def validate_pointmass_params(p: PointMassParams) -> None:
 
 
 def _from_overrides(cls, env_id: str, overrides: dict) -> Any:
-    from envs.registry import _check_keys
-
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    _check_keys(env_id, overrides, list(fields))
+    check_override_keys(env_id, overrides, list(fields))
     defaults = cls()
     values = {}
     for k, v in overrides.items():

@@ -86,10 +86,11 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def merge(spec: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """spec updated by overrides; a mapping override of a `*_kwargs` field updates it key by key."""
+    """spec updated by overrides; a mapping override of a mapping field (`*_kwargs`, `objective`)
+    updates it key by key."""
     out = dict(spec)
     for key, value in overrides.items():
-        if key.endswith("_kwargs") and isinstance(value, Mapping):
+        if _is_mapping_field(key) and isinstance(value, Mapping):
             out[key] = {**dict(out.get(key) or {}), **value}
         else:
             out[key] = value
@@ -100,8 +101,7 @@ def _is_mapping_field(name: str) -> bool:
     """Static fields held as frozen mappings: `*_kwargs`, and those purejaxrl.config names."""
     from purejaxrl import config as C
 
-    is_mapping = getattr(C, "is_mapping_field", None)  # not in every version of purejaxrl.config
-    return is_mapping(name) if is_mapping else name.endswith("_kwargs")
+    return C.is_mapping_field(name)
 
 
 def _coerce(cls_name: str, name: str, default: Any, value: Any) -> Any:

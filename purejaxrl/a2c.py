@@ -6,7 +6,7 @@ Same rollout, GAE and losses as PPO; the policy loss is the plain policy gradien
 
 from __future__ import annotations
 
-from purejaxrl import actor_critic, losses
+from purejaxrl import actor_critic, losses, objectives
 from purejaxrl import config as C
 
 
@@ -21,13 +21,16 @@ class A2CConfig(actor_critic.OnPolicyConfig):
     ent_coef: float = 0.01
 
 
-def make_agent(cfg: A2CConfig, policy_loss=None, **kwargs) -> actor_critic.Agent:
+def make_agent(cfg: A2CConfig, objective=None, **kwargs) -> actor_critic.Agent:
+    """The A2C agent; `objective` as in `ppo.make_agent` (default: GAE + policy gradient)."""
     if not isinstance(cfg, A2CConfig):
         raise TypeError(f"a2c.make_agent needs an A2CConfig, got {type(cfg).__name__}")
-    loss = losses.policy_gradient() if policy_loss is None else policy_loss
-    return actor_critic.make_agent(cfg, loss, **kwargs)
+    default = objectives.actor_critic(cfg, losses.policy_gradient())
+    return actor_critic.make_agent(
+        cfg, actor_critic.resolve_objective(cfg, objective, default), **kwargs
+    )
 
 
-def make_train(cfg: A2CConfig, policy_loss=None, **kwargs):
-    """`train(key) -> TrainOutput`; kwargs: env, env_params, progress_fn, progress_every."""
-    return make_agent(cfg, policy_loss, **kwargs).train
+def make_train(cfg: A2CConfig, objective=None, **kwargs):
+    """`train(key, env_params=None) -> TrainOutput`; see `make_agent`."""
+    return make_agent(cfg, objective, **kwargs).train

@@ -1,132 +1,51 @@
-"""The on-policy actor-critic training loop shared by PPO and A2C (and learned policy losses).
+"""The on-policy actor-critic loop shared by PPO, A2C and every objective plugged into it.
 
-One update = rollout (`num_steps` x `num_envs`) -> values of every observation and of every final
-observation in one batched critic call -> GAE -> `update_epochs` x `num_minibatches` gradient steps
-on `policy_loss + vf_coef * value_loss - ent_coef * entropy`. The whole run is `lax.scan` over
-updates inside `train(key)`, so `jax.jit(jax.vmap(train))(keys)` is one XLA program.
+One update reads top to bottom:
 
-Any minibatch whose loss or gradient is not finite is skipped (parameters and optimiser state kept)
-and counted in `metrics["nan_skipped"]`.
+    collect   rollout of `num_steps` x `num_envs` with the current policy, then the critic's values
+              of every observation and of every pre-reset next observation (one batched call);
+    targets   `objective.targets(rollout)`: GAE advantages and return targets, or anything else an
+              objective computes once per update (purejaxrl/objectives.py);
+    epochs    `update_epochs` x `num_minibatches` gradient steps on `objective.loss`, minibatches
+              a flat shuffle over time x envs, or whole env columns in time order when the
+              objective asks (`time_ordered`, for trajectory-level objectives);
+    finish    episode metrics and the next TrainState (purejaxrl/loop.py).
 
-With `policy="pmoe"` and `num_experts` K > 1 the policy is a Gaussian mixture (PMOE). An action-
-value Q(s, a) = V(s) + A(h(s), a) scores one reparameterised proposal per expert: A is a one-hidden-
-layer head (`params["params"]["mixture_q"]`) on the critic's last hidden features h, trained on the
-GAE return targets with weight `vf_coef`; h and V are held constant in its loss (no gradient from it
-reaches the critic or the actor). Proposals are drawn and scored once per update, by the update-
-start policy and Q (the scores are constants of every minibatch loss), and `mixture_grad` decides
-how the mixture is credited (purejaxrl/pmoe.py): "pmoe" sends the surrogate's gradient through the
-best-scoring expert only and regresses the weights onto one_hot(k*); "gumbel" and "score" send the
-surrogate's gradient to every expert and train the weights to raise the (batch normalised) Q of the
-chosen expert's proposal, by Gumbel-softmax relaxation or by REINFORCE. The probability ratio always
-uses the exact mixture likelihood. K = 1 is the Gaussian policy.
+The whole run is `lax.scan` over updates inside `train(key, env_params=None)`, so
+`jax.jit(jax.vmap(train))(keys)` is one XLA program; env params are inputs (kept in the state).
+Any minibatch whose loss or gradient is not finite is skipped (parameters and optimiser state
+kept) and counted in `metrics["nan_skipped"]`.
+
+The objective is chosen by `make_agent(cfg, objective=...)`, by the config's `objective` spec
+(a registered name, objectives.REGISTRY), or by the algorithm (PPO: GAE + clipped surrogate; A2C:
+GAE + policy gradient). Mixture policies (`policy="pmoe"`, K > 1 experts) plug in by wrapping the
+objective (purejaxrl/pmoe.py: a Q head scores the experts' proposals once per update and the
+estimator routes the gradient); the loop itself has no mixture code.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
 
-import envs
-from envs import spaces, wrappers
+from envs import spaces
 from purejaxrl import config as C
-from purejaxrl import pmoe
+from purejaxrl import loop, objectives, pmoe
 from purejaxrl.distributions import HEADS, GaussianMixture, make_head
-from purejaxrl.gae import gae
-from purejaxrl.losses import value_loss
+from purejaxrl.loop import (  # noqa: F401  (re-exported: the on-policy API's names)
+    Agent,
+    TrainOutput,
+    TrainState,
+    episode_metrics,
+    make_env,
+    make_single_env,
+    raw_key,
+    scan_updates,
+)
 from purejaxrl.networks import ACTIVATIONS, ActorCritic
 from purejaxrl.rollout import rollout
-
-
-@struct.dataclass
-class TrainState:
-    """Everything a run carries between updates (a pytree; leading seed axis under vmap)."""
-
-    params: Any
-    opt_state: Any
-    env_state: Any
-    obs: jax.Array  # [num_envs, obs_dim]
-    rng: jax.Array  # raw uint32 key [2]
-    update_step: jax.Array  # int32 []: updates done so far
-    last_return: jax.Array  # float32 []: the carried-forward episode_return metric
-    last_length: jax.Array  # float32 []
-
-
-@struct.dataclass
-class TrainOutput:
-    """`state`: final TrainState; `metrics`: dict of per-update scalars, each `[num_updates]`."""
-
-    state: TrainState
-    metrics: dict
-
-
-class Agent(NamedTuple):
-    """The pieces `make_agent` builds; `train(key)` is the one-program run."""
-
-    config: Any
-    env: Any  # the vectorised training env
-    single_env: Any  # one env with the agent's action wrappers and EpisodeStatistics
-    env_params: Any
-    network: ActorCritic
-    head: Any
-    num_updates: int
-    init: Callable[[jax.Array], TrainState]
-    update: Callable[[TrainState], tuple[TrainState, dict]]
-    run: Callable[..., TrainOutput]  # run(state, num_updates) -> TrainOutput
-    train: Callable[[jax.Array], TrainOutput]
-
-
-def raw_key(key: jax.Array) -> jax.Array:
-    """Accepts typed (`jax.random.key`) or raw (`PRNGKey`) keys; returns a raw uint32 key."""
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key)
-    return key
-
-
-def scan_updates(update, state, num_updates: int, progress_fn=None, progress_every: int = 1):
-    """`lax.scan` of `update(state) -> (state, metrics)` for `num_updates` steps -> TrainOutput.
-
-    With `progress_fn`, calls it on the host every `progress_every` updates and at the last one
-    (`jax.debug.callback` inside a `lax.cond` on the unbatched scan index, so under a vmap over
-    seeds it stays a cond).
-    """
-
-    def body(state, i):
-        state, metrics = update(state)
-        if progress_fn is not None:
-            report = ((i + 1) % progress_every == 0) | (i + 1 == num_updates)
-            jax.lax.cond(
-                report,
-                lambda: jax.debug.callback(progress_fn, state.update_step, metrics),
-                lambda: None,
-            )
-        return state, metrics
-
-    state, metrics = jax.lax.scan(body, state, jnp.arange(num_updates))
-    return TrainOutput(state=state, metrics=metrics)
-
-
-def episode_metrics(done, episode_return, episode_length, state):
-    """Mean return and length `[]` of the episodes finished in this update (`done`, any shape),
-    carried forward from `state.last_return` / `state.last_length` when none finished; and the
-    number finished. Non-finite returns are left out."""
-    finished = done & jnp.isfinite(episode_return)
-    count = jnp.sum(finished)
-    mean_of = lambda x: jnp.sum(jnp.where(finished, x, 0.0)) / jnp.maximum(count, 1)
-    last_return = jnp.where(count > 0, mean_of(episode_return), state.last_return)
-    last_length = jnp.where(count > 0, mean_of(episode_length), state.last_length)
-    return last_return, last_length, count
-
-
-def _q_of_action(network, obs, action):
-    """Touches every parameter of a mixture ActorCritic (for `init`): Q(obs, action) `[B]`."""
-    _, value, features = network.with_features(obs)
-    return network.action_value(features, value, action)
 
 
 def validate(cfg) -> None:
@@ -150,6 +69,9 @@ def validate(cfg) -> None:
     C.check_choice(cfg, "activation", ACTIVATIONS)
     C.check_choice(cfg, "policy", ("auto", *HEADS))
     pmoe.check_mixture_fields(cfg)
+    ps = cfg.prediction_size
+    if isinstance(ps, bool) or not isinstance(ps, int | np.integer) or ps < 0:
+        raise ValueError(f"{type(cfg).__name__}.prediction_size={ps!r}: must be an integer >= 0")
     C.check_range(cfg, "gamma", 0.0, 1.0)
     C.check_range(cfg, "gae_lambda", 0.0, 1.0)
     C.check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)
@@ -162,65 +84,27 @@ def validate(cfg) -> None:
     C.check_positive_int(cfg, "frame_stack")
 
 
-def make_single_env(cfg, env=None, env_params=None):
-    """One env as the agent sees it: the agent acts in [-1, 1] on continuous action spaces.
-
-    make(cfg.env) [-> RescaleAction -> ClipAction] [-> ObservationNoise(obs_noise_sigma)]
-    [-> FrameStack(frame_stack)] -> EpisodeStatistics. Pass `env`/`env_params` to use a custom
-    single env (it must auto-reset and follow envs.core's API). The noise wrapper is left out
-    when `obs_noise_sigma` is a concrete 0 (a tracer always gets it: sigma = 0 is then exact),
-    the frame stack when `frame_stack` is 1. Evaluation reuses this env, so it sees the same noise.
-    """
-    if env is None:
-        env, env_params = envs.make(cfg.env, **dict(cfg.env_kwargs))
-    elif env_params is None:
-        env_params = env.default_params
-    space = env.action_space(env_params)
-    if not spaces.is_discrete(space):
-        if space.bounded and not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
-            env = wrappers.RescaleAction(env, -1.0, 1.0)
-        env = wrappers.ClipAction(env)
-    sigma = cfg.obs_noise_sigma
-    if not C.is_concrete(sigma) or np.any(np.asarray(sigma) != 0):
-        env = wrappers.ObservationNoise(env, sigma)
-    if cfg.frame_stack > 1:
-        env = wrappers.FrameStack(env, cfg.frame_stack)
-    return wrappers.EpisodeStatistics(env), env_params
-
-
-def make_env(cfg, single_env, num_envs: int, train: bool = True, obs_stats=None):
-    """Vectorises `single_env` and adds the normalisers the config asks for.
-
-    Training: VecEnv -> [NormalizeObservation] -> [NormalizeReward(gamma)].
-    Evaluation (`train=False`): VecEnv -> [NormalizeObservation frozen at `obs_stats`].
-    """
-    env = wrappers.VecEnv(single_env, num_envs)
-    if cfg.normalize_obs:
-        env = wrappers.NormalizeObservation(env, update=train, stats=obs_stats)
-    if cfg.normalize_reward and train:
-        env = wrappers.NormalizeReward(env, gamma=cfg.gamma)
-    return env
-
-
 def resolve_policy(cfg, action_space) -> str:
     if cfg.policy != "auto":
         return cfg.policy
     return "categorical" if spaces.is_discrete(action_space) else "gaussian"
 
 
-def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, progress_every=None):
-    """Builds the on-policy agent for `cfg` with the pluggable `policy_loss` (see purejaxrl.losses).
+def resolve_objective(cfg, objective, default) -> objectives.Objective:
+    """The objective to train with: `objective` (an Objective, or a per-sample policy loss
+    function, wrapped in GAE + value loss), else the config's `objective` spec, else `default`."""
+    if objective is None:
+        return objectives.build(cfg.objective, cfg) if cfg.objective else default
+    if isinstance(objective, objectives.Objective):
+        return objective
+    if callable(objective):
+        return objectives.actor_critic(cfg, objective)
+    raise TypeError(f"objective must be an Objective or a policy-loss function, got {objective!r}")
 
-    progress_fn(update_step [seeds...], metrics: dict) runs on the host every `progress_every`
-    updates (default: ~100 calls per run) through `jax.debug.callback`; None compiles no callback.
-    """
-    validate(cfg)
-    single_env, env_params = make_single_env(cfg, env, env_params)
-    env = make_env(cfg, single_env, cfg.num_envs)
-    action_space = env.action_space(env_params)
-    head = make_head(resolve_policy(cfg, action_space), action_space, cfg.num_experts)
+
+def make_network(cfg, action_space, head) -> ActorCritic:
     is_mixture = isinstance(head, GaussianMixture)
-    network = ActorCritic(
+    return ActorCritic(
         action_dim=spaces.action_dim(action_space),
         head_kind="categorical" if head.discrete else ("mixture" if is_mixture else "gaussian"),
         num_experts=cfg.num_experts,
@@ -229,120 +113,104 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
         layer_norm=cfg.layer_norm,
         shared=cfg.shared_torso,
         init_log_std=cfg.init_log_std,
+        prediction_size=cfg.prediction_size,
     )
-    # A mixture of K > 1 experts needs a critic of actions to score each expert's proposal.
-    use_q = is_mixture and cfg.num_experts > 1
+
+
+def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, progress_every=None):
+    """Builds the on-policy agent for `cfg` trained on `objective` (see `resolve_objective`).
+
+    env / env_params: a custom single env, or params replacing the defaults of `envs.make(cfg.env)`
+    (must have their structure). progress_fn(update_step, metrics) runs on the host every
+    `progress_every` updates (default ~100 calls per run); None compiles no callback.
+    """
+    validate(cfg)
+    single_env, env_params = make_single_env(cfg, env, env_params)
+    env = make_env(cfg, single_env, cfg.num_envs)
+    action_space = env.action_space(env_params)
+    head = make_head(resolve_policy(cfg, action_space), action_space, cfg.num_experts)
+    network = make_network(cfg, action_space, head)
+    objective = pmoe.plug_into_objective(objective, cfg, head)
+    objective.check(cfg)
     num_envs, num_steps = cfg.num_envs, cfg.num_steps
     batch_size = num_envs * num_steps
     num_updates = cfg.total_timesteps // batch_size
     epochs = getattr(cfg, "update_epochs", 1)
     num_minibatches = getattr(cfg, "num_minibatches", 1)
-    minibatch_size = batch_size // num_minibatches
-    value_clip = cfg.clip_eps if getattr(cfg, "clip_value_loss", False) else None
+    if objective.time_ordered and num_envs % num_minibatches:
+        raise ValueError(
+            f"{type(cfg).__name__}.num_minibatches={num_minibatches}: time-ordered minibatches "
+            f"split the {num_envs} envs into whole columns; num_envs must be divisible by it"
+        )
     # Flattened: clipping and Adam run on one vector instead of one kernel set per leaf.
     optimizer = optax.flatten(
         optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5))
     )
-    if progress_every is None:
-        progress_every = max(1, num_updates // 100)
 
-    def init(key) -> TrainState:
-        key = raw_key(key)
-        k_params, k_env, k_run = jax.random.split(key, 3)
-        obs, env_state = env.reset(k_env, env_params)
-        if use_q:  # every parameter, the Q head's included
-            actions = jnp.zeros((num_envs, spaces.action_dim(action_space)))
-            params = network.init(k_params, obs, actions, method=_q_of_action)
-        else:
-            params = network.init(k_params, obs)
-        return TrainState(
-            params=params,
-            opt_state=optimizer.init(params),
-            env_state=env_state,
-            obs=obs,
-            rng=k_run,
-            update_step=jnp.zeros((), jnp.int32),
-            last_return=jnp.zeros((), jnp.float32),
-            last_length=jnp.zeros((), jnp.float32),
+    def init(key, env_params) -> TrainState:
+        def learner(k_params, obs):
+            params = network.init(k_params, obs, method=ActorCritic.init_all)
+            return {"params": params, "opt_state": optimizer.init(params)}
+
+        return loop.start(env, env_params, key, learner)
+
+    def context(params, progress, key):
+        apply = lambda *args, method=None: network.apply(params, *args, method=method)
+        return objectives.Context(head, apply, progress, num_updates, key)
+
+    def collect(state, key):
+        """Rollout `[T, N]` dict (see objectives) with values; the envs' new state and obs."""
+
+        def act(k, obs):
+            out = network.apply(state.params, obs, method=ActorCritic.actor)
+            action, log_prob = head.sample_and_log_prob(k, out)
+            return action, log_prob, head.to_env(action)
+
+        env_state, obs, traj = rollout(
+            env, state.env_params, act, state.env_state, state.obs, key, num_steps
         )
-
-    def act(params, key, obs):
-        out = network.apply(params, obs, method=network.actor)
-        action, log_prob = head.sample_and_log_prob(key, out)
-        return action, log_prob, head.to_env(action)
-
-    def score_proposals(params, key, obs):
-        """Q(s, u_k) of one reparameterised proposal per expert `[B, K]` for observations `[B, ...]`,
-        from the given (update-start) parameters: constants of the minibatch losses."""
-        out, value, features = network.apply(params, obs, method=network.with_features)
-        proposals, _ = head.sample_experts(key, out)  # [B, K, d]
-        actions = head.to_env(proposals)
-        return network.apply(params, features, value, actions, method=network.action_value)
-
-    def mixture_terms(params, out, values, features, batch):
-        """K > 1 experts: (head outputs for the surrogate, extra loss, aux metrics); see the top."""
-        action = head.to_env(batch["action"])
-        q_taken = network.apply(params, features, values, action, method=network.action_value)
-        q_loss = 0.5 * jnp.mean((q_taken - batch["targets"]) ** 2)
-        scores = batch["scores"]
-        logits = out[0]
-        if cfg.mixture_grad == "pmoe":
-            best = pmoe.best_expert(scores)
-            surrogate_out = pmoe.only_expert(out, best)
-            weight_loss = pmoe.weight_regression_loss(logits, best)
-        else:
-            surrogate_out = pmoe.frozen_weights(out)
-            scale = scores.std() + 1e-8
-            center = scores.mean()
-            if cfg.mixture_grad == "gumbel":
-                y = pmoe.gumbel_softmax(batch["key"], logits, cfg.gumbel_temperature)
-                weight_loss = -jnp.mean(pmoe.relaxed_choice(y, (scores - center) / scale))
-            else:
-                chosen = head.sample_expert_index(batch["key"], out)
-                weight_loss = -pmoe.score_function_term(logits, chosen, (scores - center) / scale)
-        extra = cfg.vf_coef * q_loss + cfg.mixture_coef * weight_loss
-        aux = {
-            "q_loss": q_loss,
-            "weight_loss": weight_loss,
-            "weight_max": jnp.mean(jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)),
+        # Values of every observation and every pre-reset next observation: one batched call.
+        both = jnp.concatenate([traj.obs, traj.final_obs], axis=0)
+        values = network.apply(state.params, both, method=ActorCritic.critic)
+        data = {
+            "obs": traj.obs,
+            "action": traj.action,
+            "log_prob": traj.log_prob,
+            "reward": traj.reward,
+            "terminated": traj.terminated,
+            "truncated": traj.truncated,
+            "value": values[:num_steps],
+            "next_value": values[num_steps:],
         }
-        return surrogate_out, extra, aux
+        return env_state, obs, traj, data
 
-    def loss_fn(params, batch, progress):
-        extra, mixture_aux = 0.0, {}
-        if use_q:
-            out, values, features = network.apply(
-                params, batch["obs"], method=network.with_features
-            )
-            surrogate_out, extra, mixture_aux = mixture_terms(params, out, values, features, batch)
-        else:
-            out, values = network.apply(params, batch["obs"])
-            surrogate_out = out
-        log_prob = head.log_prob(surrogate_out, batch["action"])
-        entropy = head.entropy(out)
-        advantages = batch["advantages"]
-        if cfg.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        pg_loss, aux = policy_loss(
-            log_prob - batch["log_prob"], advantages, progress, {"entropy": entropy}
-        )
-        v_loss = value_loss(values, batch["values"], batch["targets"], value_clip)
-        ent = jnp.mean(entropy)
-        total = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent + extra
-        aux = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent, **aux, **mixture_aux}
-        return total, aux
+    def minibatches(data, key):
+        """`epochs * num_minibatches` minibatches stacked on a leading axis, each reshuffled per
+        epoch: flat `[S, B / M, ...]`, or time-ordered env columns `[S, T, N / M, ...]`."""
+        keys = jax.random.split(key, epochs)
+        if objective.time_ordered:
+            perms = jax.vmap(lambda k: jax.random.permutation(k, num_envs))(keys)
+            perms = perms.reshape(epochs * num_minibatches, num_envs // num_minibatches)
+            return jax.tree.map(lambda x: jnp.moveaxis(x[:, perms], 1, 0), data)
+        perms = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(keys)
+        perms = perms.reshape(epochs * num_minibatches, batch_size // num_minibatches)
+        return jax.tree.map(lambda x: x.reshape((batch_size, *x.shape[2:]))[perms], data)
+
+    def loss_fn(params, batch, progress, key):
+        outputs = network.apply(params, batch["obs"], method=ActorCritic.outputs)
+        return objective.loss(outputs, batch, context(params, progress, key))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def sgd_step(carry, batch):
+    def sgd_step(carry, inputs):
         params, opt_state, lr, progress = carry
-        (loss, aux), grads = grad_fn(params, batch, progress)
+        batch, key = inputs
+        (loss, aux), grads = grad_fn(params, batch, progress, key)
         grad_norm = optax.global_norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        params, opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+        params, opt_state = loop.keep_finite(ok, (new_params, new_opt_state), (params, opt_state))
         stats = {"loss": loss, "grad_norm": grad_norm, **aux}
         stats = jax.tree.map(lambda x: jnp.where(ok, x, 0.0), stats)
         return (params, opt_state, lr, progress), (stats, ok)
@@ -350,97 +218,29 @@ def make_agent(cfg, policy_loss, env=None, env_params=None, progress_fn=None, pr
     def update(state: TrainState):
         rng, k_roll, k_perm = jax.random.split(state.rng, 3)
         progress = state.update_step / num_updates
-        lr = cfg.learning_rate * (1.0 - progress) if cfg.anneal_lr else cfg.learning_rate
-        env_state, obs, traj = rollout(
-            env,
-            env_params,
-            lambda k, o: act(state.params, k, o),
-            state.env_state,
-            state.obs,
-            k_roll,
-            num_steps,
+        lr = (
+            cfg.learning_rate * jnp.maximum(1.0 - progress, 0.0)
+            if cfg.anneal_lr
+            else cfg.learning_rate
         )
-        # Values of every observation and every pre-reset next observation: one batched call each.
-        both = jnp.concatenate([traj.obs, traj.final_obs], axis=0)
-        both_values = network.apply(state.params, both, method=network.critic)
-        values, next_values = both_values[:num_steps], both_values[num_steps:]
-        advantages, targets = gae(
-            traj.reward,
-            values,
-            next_values,
-            traj.terminated,
-            traj.truncated,
-            cfg.gamma,
-            cfg.gae_lambda,
-        )
-        flat = lambda x: x.reshape((batch_size, *x.shape[2:]))
-        data = {
-            "obs": flat(traj.obs),
-            "action": flat(traj.action),
-            "log_prob": flat(traj.log_prob),
-            "values": flat(values),
-            "targets": flat(targets),
-            "advantages": flat(advantages),
-        }
-        # All epochs' shuffles at once: [epochs * minibatches, minibatch_size] indices.
-        perms = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(
-            jax.random.split(k_perm, epochs)
-        ).reshape(epochs * num_minibatches, minibatch_size)
-        if use_q:  # proposals scored once per update, by the update-start policy and Q
-            k_score, k_choice = jax.random.split(jax.random.fold_in(k_perm, 1))
-            data["scores"] = score_proposals(state.params, k_score, data["obs"])
-        minibatches = jax.tree.map(lambda x: x[perms], data)
-        if use_q:
-            minibatches["key"] = jax.random.split(k_choice, epochs * num_minibatches)
+        env_state, obs, traj, data = collect(state, k_roll)
+        k_targets, k_steps = jax.random.split(jax.random.fold_in(k_perm, 1))
+        data.update(objective.targets(data, context(state.params, progress, k_targets)))
+        steps = (minibatches(data, k_perm), jax.random.split(k_steps, epochs * num_minibatches))
         (params, opt_state, _, _), (stats, ok) = jax.lax.scan(
-            sgd_step, (state.params, state.opt_state, lr, progress), minibatches
+            sgd_step, (state.params, state.opt_state, lr, progress), steps
         )
-        num_ok = jnp.sum(ok)
-        metrics = {k: jnp.sum(v) / jnp.maximum(num_ok, 1) for k, v in stats.items()}
-
-        last_return, last_length, count = episode_metrics(
-            traj.episode_done, traj.episode_return, traj.episode_length, state
-        )
-        update_step = state.update_step + 1
+        metrics = loop.mean_where(stats, ok)
         metrics.update(
-            episode_return=last_return,
-            episode_length=last_length,
-            episodes_finished=count,
-            env_steps=update_step * batch_size,
-            nan_skipped=ok.size - num_ok,
-            learning_rate=jnp.asarray(lr, jnp.float32),
+            nan_skipped=ok.size - jnp.sum(ok), learning_rate=jnp.asarray(lr, jnp.float32)
         )
-        new_state = TrainState(
-            params=params,
-            opt_state=opt_state,
-            env_state=env_state,
-            obs=obs,
-            rng=rng,
-            update_step=update_step,
-            last_return=last_return.astype(jnp.float32),
-            last_length=last_length.astype(jnp.float32),
-        )
-        return new_state, metrics
+        info = {"episode_done": traj.episode_done, "episode_return": traj.episode_return}
+        info["episode_length"] = traj.episode_length
+        new = dict(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng)
+        return loop.finish(state, info, metrics, batch_size, **new)
 
-    def run(state: TrainState, num_updates: int = num_updates) -> TrainOutput:
-        return scan_updates(update, state, num_updates, progress_fn, progress_every)
-
-    def train(key) -> TrainOutput:
-        return run(init(key), num_updates)
-
-    return Agent(
-        config=cfg,
-        env=env,
-        single_env=single_env,
-        env_params=env_params,
-        network=network,
-        head=head,
-        num_updates=num_updates,
-        init=init,
-        update=update,
-        run=run,
-        train=train,
-    )
+    parts = (cfg, env, single_env, env_params, network, head, num_updates, init, update)
+    return loop.make_agent(*parts, progress_fn=progress_fn, progress_every=progress_every)
 
 
 @C.dataclass(frozen=True)
@@ -448,7 +248,9 @@ class OnPolicyConfig:
     """Fields every on-policy actor-critic config shares (PPO, A2C).
 
     Static (shape-setting): env, env_kwargs, sizes, counts, network and head choices, switches,
-    frame_stack (the policy sees the last `frame_stack` observations, concatenated).
+    frame_stack (the policy sees the last `frame_stack` observations, concatenated),
+    prediction_size (width of an extra prediction head y(s) whose logits reach the objective),
+    objective (a registered objective's spec {"name": ..., **options}; () = the algorithm's).
     Leaves (vmappable): learning_rate, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm,
     init_log_std, gumbel_temperature, mixture_coef, obs_noise_sigma (std of the Gaussian noise
     added to every observation in training and evaluation: policy smoothing, Kumar et al. 2022).
@@ -473,6 +275,9 @@ class OnPolicyConfig:
     normalize_obs: bool = C.static(False)
     normalize_reward: bool = C.static(False)
     frame_stack: int = C.static(1)  # observations stacked (envs.wrappers.FrameStack)
+    prediction_size: int = C.static(0)  # width m of an extra prediction head y(s) (0: none)
+    # objective spec {"name": ..., **options} (objectives.REGISTRY), frozen; () = the algorithm's
+    objective: tuple = C.static(())
     learning_rate: float = 3e-4
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -487,6 +292,8 @@ class OnPolicyConfig:
     def __post_init__(self):
         if not isinstance(self.env_kwargs, tuple):
             object.__setattr__(self, "env_kwargs", C.freeze_mapping(self.env_kwargs))
+        if not isinstance(self.objective, tuple):
+            object.__setattr__(self, "objective", C.freeze_mapping(self.objective))
         if isinstance(self.hidden_sizes, list):
             object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
 

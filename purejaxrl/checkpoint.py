@@ -47,10 +47,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from purejaxrl import a2c, ppo
 from purejaxrl import config as C
+from purejaxrl.algos import (  # noqa: F401  (re-exported: the registry's names used to live here)
+    ALGOS,
+    config_from_dict,
+    make_agent,
+)
+from purejaxrl.algos import name_of as algo_name
+from purejaxrl.algos import register as register_algo  # noqa: F401
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: TrainState carries env_params (issue 11)
 STATE_ITEM, INFO_ITEM = "state", "info"
 MANIFEST = "MANIFEST.sha256.json"  # in each step folder; lists every other file in it
 MANIFEST_FORMAT = 1
@@ -59,39 +65,9 @@ MANIFEST_FORMAT = 1
 # (extending `total_timesteps` is how a finished run is continued).
 RESUMABLE_FIELDS = frozenset({"total_timesteps"})
 
-# algo name <-> (config class, make_agent); other algorithms register themselves here.
-ALGOS: dict[str, tuple[type, Any]] = {
-    "ppo": (ppo.PPOConfig, ppo.make_agent),
-    "a2c": (a2c.A2CConfig, a2c.make_agent),
-}
-
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or was saved for a different config shape."""
-
-
-def register_algo(name: str, config_cls: type, make_agent) -> None:
-    """Makes `name` loadable by config (used by `load` and by experiments.train)."""
-    ALGOS[name] = (config_cls, make_agent)
-
-
-def algo_name(config) -> str:
-    for name, (cls, _) in ALGOS.items():
-        if type(config) is cls:
-            return name
-    raise ValueError(f"no registered algorithm for config type {type(config).__name__}")
-
-
-def make_agent(algo: str, config, **kwargs):
-    if algo not in ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; known: {sorted(ALGOS)}")
-    return ALGOS[algo][1](config, **kwargs)
-
-
-def config_from_dict(algo: str, values: Mapping[str, Any]):
-    if algo not in ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; known: {sorted(ALGOS)}")
-    return C.from_dict(ALGOS[algo][0], values)
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -499,6 +475,3 @@ def load(directory, agent_or_config, num_seeds: int | None | str = "saved"):
     if digest(state) != info["digest"]:
         raise CheckpointError(f"corrupt checkpoint at {path}: array contents fail their checksum")
     return state, info
-
-
-from purejaxrl import sac  # noqa: E402, F401  (registers "sac" in ALGOS; sac imports us back)

@@ -77,12 +77,33 @@ def check_hidden_sizes(cfg, field: str = "hidden_sizes") -> None:
         raise ValueError(f"{_name(cfg)}.{field}={sizes!r}: must be a tuple of positive integers")
 
 
+def _freeze(value: Any) -> Any:
+    """Lists -> tuples and mappings -> frozen mappings, recursively (hashable static values)."""
+    if isinstance(value, Mapping):
+        return freeze_mapping(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """Tuples -> lists, recursively (for YAML/JSON)."""
+    return [_thaw(v) for v in value] if isinstance(value, tuple) else value
+
+
 def freeze_mapping(mapping: Mapping | Iterable | None) -> tuple[tuple[str, Any], ...]:
     """A hashable, order-independent form of a kwargs dict (for static config fields)."""
     if mapping is None:
         return ()
     items = mapping.items() if isinstance(mapping, Mapping) else mapping
-    return tuple(sorted((str(k), v) for k, v in items))
+    return tuple(sorted((str(k), _freeze(v)) for k, v in items))
+
+
+MAPPING_FIELDS = ("objective",)  # static fields held as frozen mappings, besides `*_kwargs`
+
+
+def is_mapping_field(name: str) -> bool:
+    return name.endswith("_kwargs") or name in MAPPING_FIELDS
 
 
 def from_dict(cls, values: Mapping[str, Any]):
@@ -110,8 +131,8 @@ def to_dict(cfg) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if f.name.endswith("_kwargs"):
-            value = {k: v for k, v in value}
+        if is_mapping_field(f.name):
+            value = {k: _thaw(v) for k, v in value}
         elif isinstance(value, tuple):
             value = list(value)
         elif isinstance(value, np.generic | np.ndarray) or hasattr(value, "dtype"):

@@ -26,8 +26,6 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
-
 
 def tanh_log_det_jacobian(u: jax.Array) -> jax.Array:
     """sum_i log(d tanh(u_i) / d u_i) over the last axis, stable for large |u|."""

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from envs import wrappers
-from purejaxrl.actor_critic import Agent, TrainState, make_env, raw_key
+from purejaxrl.loop import Agent, TrainState, make_env, raw_key
 
 
 def episode_horizon(env_params) -> int:
@@ -42,7 +42,7 @@ def evaluate(
     horizon = max_steps if max_steps is not None else episode_horizon(agent.env_params)
     obs_stats = wrappers.obs_norm_stats(state.env_state) if cfg.normalize_obs else None
     env = make_env(cfg, agent.single_env, num_episodes, train=False, obs_stats=obs_stats)
-    params, env_params = state.params, agent.env_params
+    params, env_params = state.params, state.env_params  # the params this run trained on
 
     def step(carry, step_key):
         env_state, obs, returns, partial, finished = carry

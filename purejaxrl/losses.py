@@ -1,11 +1,19 @@
-"""Policy and value losses. Every policy loss has one signature, so agents can swap them:
+"""Per-sample policy losses and the value loss. Every policy loss has one signature, so the
+on-policy loop can swap them (objectives.ActorCritic calls it on each minibatch of B samples):
 
     policy_loss(log_ratio [B], advantages [B], progress [], extras: dict) -> (loss [], aux: dict)
 
-`log_ratio` = log pi_new(a|s) - log pi_old(a|s) (differentiable in the new policy), `advantages`
-already normalised if the agent does so, `progress` = update index / number of updates in [0, 1],
-`extras` carries anything else a loss may want (e.g. "entropy" [B]). Hyper-parameters are closed
-over by the factory that builds the loss, so they may be traced (swept with vmap).
+- `log_ratio` = log pi_new(a|s) - log pi_old(a|s), differentiable in the new policy;
+- `advantages`: GAE advantages, normalised per minibatch if the config says so;
+- `progress` = n / N, the update index over the number of updates, float32 in [0, 1];
+- `extras`:
+    "entropy" [B]         entropy of the new policy at s (differentiable);
+    "raw_advantages" [B]  the GAE advantages before normalisation;
+    "value" [B]           V_new(s) (differentiable); "old_value" [B]: V(s) at rollout time;
+    "target" [B]          the return target (raw advantage + old value);
+    "num_updates"         N, a Python int (log N for lifetime-aware rules).
+`aux` holds scalar metrics (averaged per update into the training metrics). Hyper-parameters are
+closed over by the factory that builds the loss, so they may be traced (swept with vmap).
 """
 
 from __future__ import annotations

@@ -104,6 +104,8 @@ class ActorCritic(nn.Module):
                own linear layer (none for K = 1: logits 0, so one expert is the Gaussian head).
     A mixture with K > 1 also holds `mixture_q`, the advantage head of the action-value
     Q(s, a) = V(s) + A(h(s), a) that scores the experts' proposals (`with_features`, `action_value`).
+    prediction_size m > 0 adds a prediction head on the actor's features: logits `[..., m]` of a
+    categorical prediction vector y(s) (LPG's), in `outputs(obs)["prediction"]`.
     """
 
     action_dim: int
@@ -114,6 +116,7 @@ class ActorCritic(nn.Module):
     shared: bool = False
     init_log_std: float = 0.0
     num_experts: int = 1
+    prediction_size: int = 0
 
     def setup(self):
         torso_cls = MLP if self.shared else TwinMLP
@@ -136,6 +139,8 @@ class ActorCritic(nn.Module):
         if self.head_kind == "mixture" and experts > 1:
             self.mixture_logits = nn.Dense(experts, kernel_init=orthogonal(0.01))
             self.mixture_q = AdvantageHead(self.hidden_sizes[-1], self.activation)
+        if self.prediction_size:
+            self.prediction_out = nn.Dense(self.prediction_size, kernel_init=orthogonal(0.01))
 
     def _policy(self, h):
         out = self.policy_out(h)
@@ -161,9 +166,29 @@ class ActorCritic(nn.Module):
 
     def with_features(self, obs):
         """(head outputs, value [B], critic features [B, hidden_sizes[-1]])."""
+        out = self.outputs(obs)
+        return out["policy"], out["value"], out["features"]
+
+    def outputs(self, obs):
+        """Everything the network says about `obs [B, obs_dim]`, as objectives see it: {"policy":
+        head outputs, "value": [B], "features": critic features [B, hidden_sizes[-1]],
+        "prediction": logits [B, m] (prediction_size m > 0 only)}."""
         h = self.torso(obs)
         h_actor, h_critic = (h, h) if self.shared else (h[0], h[1])
-        return self._policy(h_actor), self.value_out(h_critic)[..., 0], h_critic
+        out = {"policy": self._policy(h_actor), "value": self.value_out(h_critic)[..., 0]}
+        out["features"] = h_critic
+        if self.prediction_size:
+            out["prediction"] = self.prediction_out(h_actor)
+        return out
+
+    def init_all(self, obs):
+        """`outputs(obs)`, also touching the mixture's Q head: `network.init(key, obs,
+        method=ActorCritic.init_all)` creates every parameter."""
+        out = self.outputs(obs)
+        if self.head_kind == "mixture" and self.num_experts > 1:
+            action = jnp.zeros((*out["value"].shape, self.action_dim))
+            self.action_value(out["features"], out["value"], action)
+        return out
 
     def action_value(self, features, value, action):
         """Mixture critic Q(s, a) = V(s) + A(features(s), a) from `with_features`' critic features

@@ -23,8 +23,14 @@ Shapes: B states, K experts, d action dims. Everything is a pure function of arr
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+
+from purejaxrl import objectives
 
 MIXTURE_GRADS = ("pmoe", "gumbel", "score")
 
@@ -102,3 +108,105 @@ def check_mixture_fields(cfg) -> None:
     C.check_choice(cfg, "mixture_grad", MIXTURE_GRADS)
     C.check_range(cfg, "gumbel_temperature", 0.0, float("inf"), low_open=True)
     C.check_range(cfg, "mixture_coef", 0.0, float("inf"))
+
+
+# --------------------------------------------------------------------------- PPO plug-in
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutedHead:
+    """A policy head whose `log_prob` sees `route(out)` (same values, gradient routed by the
+    estimator); every other method is the wrapped head's, on the unrouted outputs."""
+
+    head: Any
+    route: Callable[[Any], Any]
+
+    def log_prob(self, out, action):
+        return self.head.log_prob(self.route(out), action)
+
+    def __getattr__(self, name):
+        return getattr(self.head, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureObjective(objectives.Objective):
+    """Wraps an on-policy objective for a mixture policy of K > 1 experts (PPO's PMOE).
+
+    An action-value Q(s, a) = V(s) + A(h(s), a) (the network's `mixture_q` advantage head on the
+    critic's last hidden features h, `ActorCritic.action_value`) is trained on the base
+    objective's return targets with weight `vf_coef`; h and V are held constant in its loss. In
+    `targets`, one reparameterised proposal per expert is drawn and scored by the update-start
+    policy and Q (`scores [T, N, K]`: constants of every minibatch loss). In `loss`, `estimator`
+    credits the mixture: "pmoe" routes the base objective's policy gradient through the
+    best-scoring expert only (`only_expert`) and regresses the weights onto one_hot(k*); "gumbel"
+    and "score" route it to every expert (weights frozen) and train the weights to raise the
+    batch-normalised Q of the chosen expert's proposal, by Gumbel-softmax relaxation or
+    REINFORCE. The probability ratio uses the exact mixture likelihood; entropy the whole mixture.
+    """
+
+    base: objectives.Objective
+    estimator: str
+    vf_coef: Any
+    mixture_coef: Any
+    gumbel_temperature: Any
+
+    @property
+    def time_ordered(self):
+        return self.base.time_ordered
+
+    def check(self, cfg) -> None:
+        self.base.check(cfg)
+
+    def targets(self, rollout, ctx):
+        out = self.base.targets(rollout, ctx)
+        obs = rollout["obs"]
+        flat = obs.reshape((-1, *obs.shape[2:]))
+        outputs = ctx.apply(flat, method="outputs")
+        proposals, _ = ctx.head.sample_experts(ctx.key, outputs["policy"])  # [B, K, d]
+        scores = ctx.apply(
+            outputs["features"],
+            outputs["value"],
+            ctx.head.to_env(proposals),
+            method="action_value",
+        )
+        return {**out, "scores": scores.reshape((*obs.shape[:2], scores.shape[-1]))}
+
+    def loss(self, outputs, batch, ctx):
+        head, policy = ctx.head, outputs["policy"]
+        action = head.to_env(batch["action"])
+        q_taken = ctx.apply(outputs["features"], outputs["value"], action, method="action_value")
+        q_loss = 0.5 * jnp.mean((q_taken - batch["targets"]) ** 2)
+        scores, logits = batch["scores"], policy[0]
+        if self.estimator == "pmoe":
+            best = best_expert(scores)
+            route = lambda out: only_expert(out, best)
+            weight_loss = weight_regression_loss(logits, best)
+        else:
+            route = frozen_weights
+            shaped = (scores - scores.mean()) / (scores.std() + 1e-8)
+            if self.estimator == "gumbel":
+                y = gumbel_softmax(ctx.key, logits, self.gumbel_temperature)
+                weight_loss = -jnp.mean(relaxed_choice(y, shaped))
+            else:
+                chosen = head.sample_expert_index(ctx.key, policy)
+                weight_loss = -score_function_term(logits, chosen, shaped)
+        loss, aux = self.base.loss(outputs, batch, ctx._replace(head=RoutedHead(head, route)))
+        loss = loss + (self.vf_coef * q_loss + self.mixture_coef * weight_loss)
+        weight_max = jnp.mean(jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1))
+        return loss, {**aux, "q_loss": q_loss, "weight_loss": weight_loss, "weight_max": weight_max}
+
+
+def plug_into_objective(objective, cfg, head):
+    """`objective` wrapped in `MixtureObjective` when `head` is a mixture of K > 1 experts (the
+    network then has the Q head, networks.ActorCritic); otherwise unchanged."""
+    from purejaxrl.distributions import GaussianMixture
+
+    if not (isinstance(head, GaussianMixture) and head.num_experts > 1):
+        return objective
+    return MixtureObjective(
+        base=objective,
+        estimator=cfg.mixture_grad,
+        vf_coef=cfg.vf_coef,
+        mixture_coef=cfg.mixture_coef,
+        gumbel_temperature=cfg.gumbel_temperature,
+    )

@@ -6,7 +6,7 @@ out = jax.jit(jax.vmap(ppo.make_train(cfg)))(jax.random.split(jax.random.key(0),
 
 from __future__ import annotations
 
-from purejaxrl import actor_critic, losses
+from purejaxrl import actor_critic, losses, objectives
 from purejaxrl import config as C
 
 
@@ -23,14 +23,18 @@ class PPOConfig(actor_critic.OnPolicyConfig):
     clip_eps: float = 0.2
 
 
-def make_agent(cfg: PPOConfig, policy_loss=None, **kwargs) -> actor_critic.Agent:
-    """The PPO agent; `policy_loss` replaces the clipped surrogate (e.g. a learned drift)."""
+def make_agent(cfg: PPOConfig, objective=None, **kwargs) -> actor_critic.Agent:
+    """The PPO agent. `objective` replaces GAE + clipped surrogate: an objectives.Objective, or a
+    per-sample policy loss (e.g. a learned drift) used with GAE and the value loss; else the
+    config's `objective` spec. kwargs: env, env_params, progress_fn, progress_every."""
     if not isinstance(cfg, PPOConfig):
         raise TypeError(f"ppo.make_agent needs a PPOConfig, got {type(cfg).__name__}")
-    loss = losses.ppo_clip(cfg.clip_eps) if policy_loss is None else policy_loss
-    return actor_critic.make_agent(cfg, loss, **kwargs)
+    default = objectives.actor_critic(cfg, losses.ppo_clip(cfg.clip_eps))
+    return actor_critic.make_agent(
+        cfg, actor_critic.resolve_objective(cfg, objective, default), **kwargs
+    )
 
 
-def make_train(cfg: PPOConfig, policy_loss=None, **kwargs):
-    """`train(key) -> TrainOutput`; kwargs: env, env_params, progress_fn, progress_every."""
-    return make_agent(cfg, policy_loss, **kwargs).train
+def make_train(cfg: PPOConfig, objective=None, **kwargs):
+    """`train(key, env_params=None) -> TrainOutput`; see `make_agent`."""
+    return make_agent(cfg, objective, **kwargs).train

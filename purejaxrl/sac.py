@@ -56,21 +56,12 @@ from flax import struct
 
 from envs import spaces
 from purejaxrl import config as C
-from purejaxrl import pmoe, replay
-from purejaxrl.actor_critic import (
-    Agent,
-    TrainOutput,
-    episode_metrics,
-    make_env,
-    make_single_env,
-    raw_key,
-    scan_updates,
-)
+from purejaxrl import loop, pmoe, replay
 from purejaxrl.distributions import GaussianMixture, TanhGaussian
 from purejaxrl.initializers import orthogonal, spread_expert_means, stacked_orthogonal
 from purejaxrl.networks import ACTIVATIONS, MLP, TwinMLP
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the SAC actor's log-std range (squashed by tanh)
 
 
 @C.dataclass(frozen=True)
@@ -348,24 +339,17 @@ def mixture_actor_loss(cfg, head, out, min_q, alpha, key):
 
 
 @struct.dataclass
-class SACTrainState:
-    """Everything a SAC run carries between updates (a pytree; leading seed axis under vmap).
+class SACTrainState(loop.TrainState):
+    """loop.TrainState plus SAC's own fields (a pytree; leading run axis under vmap).
 
-    params: {"params": {"pi", "q"}} (SACNetwork variables); target_critic: the critic's
-    Polyak-averaged copy; opt_state: (actor, critic, alpha) optimiser states; buffer: replay.Buffer.
+    params: {"params": {"pi", "q"}} (SACNetwork variables); opt_state: (actor, critic, alpha)
+    optimiser states; target_critic: the critic's Polyak-averaged copy; log_alpha: float32 [];
+    buffer: replay.Buffer.
     """
 
-    params: Any
     target_critic: Any
-    log_alpha: jax.Array  # float32 []
-    opt_state: Any
+    log_alpha: jax.Array
     buffer: replay.Buffer
-    env_state: Any
-    obs: jax.Array  # [num_envs, obs_dim]
-    rng: jax.Array  # raw uint32 key [2]
-    update_step: jax.Array  # int32 []
-    last_return: jax.Array  # float32 []
-    last_length: jax.Array  # float32 []
 
 
 LOSS_KEYS = ("q_loss", "actor_loss", "alpha_loss", "alpha", "log_pi", "entropy", "q_mean")
@@ -373,22 +357,22 @@ MIXTURE_KEYS = ("weight_loss", "weight_max")
 
 
 def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, progress_every=None):
-    """Builds the SAC agent for `cfg` (an actor_critic.Agent; `train(key) -> TrainOutput`).
+    """Builds the SAC agent for `cfg` (a loop.Agent; `train(key, env_params=None) -> TrainOutput`).
 
-    progress_fn(update_step, metrics) runs on the host every `progress_every` updates (default:
-    ~100 calls per run) through `jax.debug.callback`; None compiles no callback.
+    env / env_params as in actor_critic.make_agent. progress_fn(update_step, metrics) runs on the
+    host every `progress_every` updates (default ~100 calls per run); None compiles no callback.
     """
     if not isinstance(cfg, SACConfig):
         raise TypeError(f"sac.make_agent needs a SACConfig, got {type(cfg).__name__}")
     validate(cfg)
-    single_env, env_params = make_single_env(cfg, env, env_params)
+    single_env, env_params = loop.make_single_env(cfg, env, env_params)
     action_space = single_env.action_space(env_params)
     if spaces.is_discrete(action_space):
         raise ValueError(
             f"{type(cfg).__name__}.env={cfg.env!r}: SAC needs a continuous (Box) action space, "
             f"got {action_space}"
         )
-    env = make_env(cfg, single_env, cfg.num_envs)
+    env = loop.make_env(cfg, single_env, cfg.num_envs)
     action_dim = spaces.action_dim(action_space)
     is_mixture = cfg.policy == "pmoe"
     if is_mixture:
@@ -409,40 +393,33 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
     # Not optax.flatten (as the on-policy loop uses): ravelling every gradient step cost SAC
     # ~1.5x its step time on CPU.
     optimizer = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam())
-    if progress_every is None:
-        progress_every = max(1, num_updates // 100)
 
     def variables(actor, critic):
         return {"params": {"pi": actor, "q": critic}}
 
-    def init(key) -> SACTrainState:
-        key = raw_key(key)
-        k_params, k_env, k_run = jax.random.split(key, 3)
-        obs, env_state = env.reset(k_env, env_params)
-        action = jnp.zeros((num_envs, action_dim), jnp.float32)
-        params = network.init(k_params, obs, action)
-        actor, critic = params["params"]["pi"], params["params"]["q"]
-        log_alpha = jnp.log(jnp.asarray(cfg.init_alpha, jnp.float32))
-        example = {
-            "obs": obs[0],
-            "action": action[0],
-            "reward": jnp.zeros((), jnp.float32),
-            "next_obs": obs[0],
-            "terminated": jnp.zeros((), jnp.float32),
-        }
-        return SACTrainState(
-            params=params,
-            target_critic=critic,
-            log_alpha=log_alpha,
-            opt_state=(optimizer.init(actor), optimizer.init(critic), optimizer.init(log_alpha)),
-            buffer=replay.init(example, cfg.buffer_size),
-            env_state=env_state,
-            obs=obs,
-            rng=k_run,
-            update_step=jnp.zeros((), jnp.int32),
-            last_return=jnp.zeros((), jnp.float32),
-            last_length=jnp.zeros((), jnp.float32),
-        )
+    def init(key, env_params) -> SACTrainState:
+        def learner(k_params, obs):
+            action = jnp.zeros((num_envs, action_dim), jnp.float32)
+            params = network.init(k_params, obs, action)
+            actor, critic = params["params"]["pi"], params["params"]["q"]
+            log_alpha = jnp.log(jnp.asarray(cfg.init_alpha, jnp.float32))
+            example = {
+                "obs": obs[0],
+                "action": action[0],
+                "reward": jnp.zeros((), jnp.float32),
+                "next_obs": obs[0],
+                "terminated": jnp.zeros((), jnp.float32),
+            }
+            opt_state = (optimizer.init(actor), optimizer.init(critic), optimizer.init(log_alpha))
+            return dict(
+                params=params,
+                opt_state=opt_state,
+                target_critic=critic,
+                log_alpha=log_alpha,
+                buffer=replay.init(example, cfg.buffer_size),
+            )
+
+        return loop.start(env, env_params, key, learner, cls=SACTrainState)
 
     def sample_action(actor, critic, key, obs):
         """Reparameterised a = tanh(u) in (-1, 1) `[B, A]` and log pi(a|s) `[B]`."""
@@ -515,7 +492,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
             ok = ok & jnp.isfinite(n)
         new = (variables(new_actor, new_critic), new_target, new_log_alpha)
         new = (*new, (new_opt_actor, new_opt_critic, new_opt_alpha))
-        carry = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, carry)
+        carry = loop.keep_finite(ok, new, carry)
         stats = dict(
             q_loss=q_loss,
             actor_loss=a_loss,
@@ -535,9 +512,8 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         """
         keys = jax.random.split(key, grad_steps)
         learner, (stats, ok) = jax.lax.scan(grad_step, learner, (batches, keys))
-        num_ok = jnp.sum(ok)
-        metrics = {k: jnp.sum(v) / jnp.maximum(num_ok, 1) for k, v in stats.items()}
-        metrics["nan_skipped"] = (grad_steps - num_ok).astype(jnp.int32)
+        metrics = loop.mean_where(stats, ok)
+        metrics["nan_skipped"] = (grad_steps - jnp.sum(ok)).astype(jnp.int32)
         return learner, metrics
 
     def no_learning(learner, batches, key):
@@ -560,7 +536,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
 
         action = jax.lax.cond(warm, random_action, policy_action)
         obs, env_state, reward, terminated, _, info = env.step(
-            k_env, state.env_state, action, env_params
+            k_env, state.env_state, action, state.env_params
         )
         transitions = {
             "obs": state.obs,
@@ -580,61 +556,17 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         learner, metrics = jax.lax.cond(warm, no_learning, learn, learner, batches, k_learn)
         params, target_critic, log_alpha, opt_state = learner
 
-        last_return, last_length, count = episode_metrics(
-            info["episode_done"], info["episode_return"], info["episode_length"], state
-        )
-        update_step = state.update_step + 1
-        metrics.update(
-            episode_return=last_return,
-            episode_length=last_length,
-            episodes_finished=count,
-            env_steps=update_step * num_envs,
-        )
-        new_state = SACTrainState(
-            params=params,
-            target_critic=target_critic,
-            log_alpha=log_alpha,
-            opt_state=opt_state,
-            buffer=buffer,
-            env_state=env_state,
-            obs=obs,
-            rng=rng,
-            update_step=update_step,
-            last_return=last_return.astype(jnp.float32),
-            last_length=last_length.astype(jnp.float32),
-        )
-        return new_state, metrics
+        learner = dict(params=params, target_critic=target_critic, log_alpha=log_alpha)
+        envs = dict(buffer=buffer, env_state=env_state, obs=obs, rng=rng)
+        return loop.finish(state, info, metrics, num_envs, opt_state=opt_state, **learner, **envs)
 
-    def run(state: SACTrainState, num_updates: int = num_updates) -> TrainOutput:
-        return scan_updates(update, state, num_updates, progress_fn, progress_every)
-
-    def train(key) -> TrainOutput:
-        return run(init(key), num_updates)
-
-    return Agent(
-        config=cfg,
-        env=env,
-        single_env=single_env,
-        env_params=env_params,
-        network=network,
-        head=head,
-        num_updates=num_updates,
-        init=init,
-        update=update,
-        run=run,
-        train=train,
-    )
+    parts = (cfg, env, single_env, env_params, network, head, num_updates, init, update)
+    return loop.make_agent(*parts, progress_fn=progress_fn, progress_every=progress_every)
 
 
 def make_train(cfg: SACConfig, **kwargs):
-    """`train(key) -> TrainOutput`; kwargs: env, env_params, progress_fn, progress_every."""
+    """`train(key, env_params=None) -> TrainOutput`; kwargs: env, env_params, progress_fn,
+    progress_every."""
     return make_agent(cfg, **kwargs).train
 
 
-def _register() -> None:
-    from purejaxrl import checkpoint
-
-    checkpoint.register_algo("sac", SACConfig, make_agent)
-
-
-_register()

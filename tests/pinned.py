@@ -47,19 +47,33 @@ _SAC = sac.SACConfig(
 CASES = {
     "ppo_cartpole": (ppo, _PPO),
     "ppo_pendulum": (ppo, _PEND),
-    "a2c_cartpole": (a2c, a2c.A2CConfig(env="CartPole-v1", total_timesteps=4 * 8 * 6, num_envs=4,
-                                        hidden_sizes=(16, 16))),
+    "a2c_cartpole": (
+        a2c,
+        a2c.A2CConfig(
+            env="CartPole-v1", total_timesteps=4 * 8 * 6, num_envs=4, hidden_sizes=(16, 16)
+        ),
+    ),
     "pmoe_ppo_pmoe": (ppo, dataclasses.replace(_PEND, policy="pmoe", num_experts=2)),
-    "pmoe_ppo_gumbel": (ppo, dataclasses.replace(_PEND, policy="pmoe", num_experts=2,
-                                                 mixture_grad="gumbel", ent_coef=0.01)),
-    "pmoe_ppo_score": (ppo, dataclasses.replace(_PEND, policy="pmoe", num_experts=3,
-                                                mixture_grad="score")),
+    "pmoe_ppo_gumbel": (
+        ppo,
+        dataclasses.replace(
+            _PEND, policy="pmoe", num_experts=2, mixture_grad="gumbel", ent_coef=0.01
+        ),
+    ),
+    "pmoe_ppo_score": (
+        ppo,
+        dataclasses.replace(_PEND, policy="pmoe", num_experts=3, mixture_grad="score"),
+    ),
     "sac": (sac, _SAC),
     "pmoe_sac_pmoe": (sac, dataclasses.replace(_SAC, policy="pmoe", num_experts=2)),
-    "pmoe_sac_gumbel": (sac, dataclasses.replace(_SAC, policy="pmoe", num_experts=2,
-                                                 mixture_grad="gumbel")),
-    "pmoe_sac_score": (sac, dataclasses.replace(_SAC, policy="pmoe", num_experts=2,
-                                                mixture_grad="score")),
+    "pmoe_sac_gumbel": (
+        sac,
+        dataclasses.replace(_SAC, policy="pmoe", num_experts=2, mixture_grad="gumbel"),
+    ),
+    "pmoe_sac_score": (
+        sac,
+        dataclasses.replace(_SAC, policy="pmoe", num_experts=2, mixture_grad="score"),
+    ),
 }
 
 

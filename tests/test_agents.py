@@ -9,6 +9,7 @@ import pytest
 
 import envs
 from purejaxrl import a2c, evaluation, ppo
+from tests.helpers import assert_trees_close
 
 TINY = ppo.PPOConfig(
     env="CartPole-v1",
@@ -42,11 +43,6 @@ def over_seeds():
 @pytest.fixture(scope="module")
 def over_lrs():
     return jax.jit(jax.vmap(_run, in_axes=(None, 0)))(KEYS[0], LRS)
-
-
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def test_metrics_are_per_update_scalars(over_seeds):

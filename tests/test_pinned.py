@@ -1,7 +1,10 @@
 """Today's agents reproduce the metrics pinned before the loop refactor (tests/pinned.py).
 
-Every case is bit-equal on this machine's CPU except where noted in `TOLERANCE`: a case there
-differs by float rounding only (XLA fuses a restructured program differently), never by logic.
+Every case is bit-equal on this machine's CPU except the CartPole ones in `TOLERANCE`, which
+differ in the last bits: env params are now inputs of the program (carried in the TrainState so
+that runs can be vmapped over them) instead of compile-time constants, so XLA no longer
+constant-folds CartPole's physics constants and rounds a few products differently. With the
+default params closed over as constants (checked by hand), those cases are bit-equal too.
 """
 
 import numpy as np
@@ -10,7 +13,8 @@ import pytest
 from tests import pinned
 
 PINNED = dict(np.load(pinned.PATH))
-TOLERANCE = {}  # case -> (rtol, atol); bit-equal when absent
+# case -> (rtol, atol); bit-equal when absent
+TOLERANCE = {"ppo_cartpole": (1e-5, 1e-6), "a2c_cartpole": (1e-5, 1e-6)}
 
 
 @pytest.mark.parametrize("case", sorted(pinned.CASES))

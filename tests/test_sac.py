@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from purejaxrl import checkpoint, evaluation, replay, sac
+from tests.helpers import assert_trees_close
 from tests.isolated import run_isolated
 
 TINY = sac.SACConfig(
@@ -43,11 +44,6 @@ def over_seeds():
 @pytest.fixture(scope="module")
 def over_lrs():
     return jax.jit(jax.vmap(_run, in_axes=(None, 0)))(KEYS[0], LRS)
-
-
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 # --------------------------------------------------------------------------- pure pieces

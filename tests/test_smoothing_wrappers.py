@@ -26,6 +26,7 @@ from envs.wrappers import (
     VecEnv,
 )
 from purejaxrl import a2c, actor_critic, evaluation, ppo, sac
+from tests.helpers import assert_trees_close
 
 KEY = jax.random.key(0)
 
@@ -253,11 +254,6 @@ def single():
 @pytest.fixture(scope="module")
 def over_sigmas():
     return jax.jit(jax.vmap(_run_sigma, in_axes=(None, 0)))(KEY, SIGMAS)
-
-
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def test_single_env_stack_follows_the_config():

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from envs import wrappers
 from envs.gymnax_env import with_transition_gradients
-from purejaxrl.actor_critic import Agent
+from purejaxrl.loop import Agent
 from purejaxrl.robust import montecarlo as mc
 
 OBJECTIVES = ("auto", "scores", "q", "lookahead", "log_prob")

@@ -30,8 +30,8 @@ import numpy as np
 
 from envs import wrappers
 from envs.core import map_chain
-from purejaxrl.actor_critic import Agent, raw_key
 from purejaxrl.evaluation import episode_horizon
+from purejaxrl.loop import Agent, raw_key
 
 # ------------------------------------------------------------------------------ validation
 
@@ -122,9 +122,10 @@ def make_smoothing(agent: Agent, state) -> Smoothing:
     cfg, network = agent.config, agent.network
     num_frames = int(getattr(cfg, "frame_stack", 1))
     check_positive_int("frame_stack", num_frames)
-    env, env_params = clean_single_env(agent), agent.env_params
-    obs_shape = tuple(env.observation_space(env_params).shape)
-    stacked_shape = tuple(agent.single_env.observation_space(env_params).shape)
+    # Shapes from the agent's (concrete) default params; dynamics from the run's own params.
+    env, env_params = clean_single_env(agent), state.env_params
+    obs_shape = tuple(env.observation_space(agent.env_params).shape)
+    stacked_shape = tuple(agent.single_env.observation_space(agent.env_params).shape)
     stack_frames(jnp.zeros((num_frames, *obs_shape)), obs_shape, stacked_shape)  # checks layout
     if cfg.normalize_obs:
         stats = wrappers.obs_norm_stats(state.env_state)
