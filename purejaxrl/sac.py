@@ -568,5 +568,3 @@ def make_train(cfg: SACConfig, **kwargs):
     """`train(key, env_params=None) -> TrainOutput`; kwargs: env, env_params, progress_fn,
     progress_every."""
     return make_agent(cfg, **kwargs).train
-
-
