@@ -189,10 +189,10 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
         epoch: flat `[S, B / M, ...]`, or time-ordered env columns `[S, T, N / M, ...]`."""
         keys = jax.random.split(key, epochs)
         if objective.time_ordered:
-            perms = jax.vmap(lambda k: jax.random.permutation(k, num_envs))(keys)
+            perms = jax.vmap(lambda k: loop.shuffle(k, num_envs))(keys)
             perms = perms.reshape(epochs * num_minibatches, num_envs // num_minibatches)
             return jax.tree.map(lambda x: jnp.moveaxis(x[:, perms], 1, 0), data)
-        perms = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(keys)
+        perms = jax.vmap(lambda k: loop.shuffle(k, batch_size))(keys)
         perms = perms.reshape(epochs * num_minibatches, batch_size // num_minibatches)
         return jax.tree.map(lambda x: x.reshape((batch_size, *x.shape[2:]))[perms], data)
 

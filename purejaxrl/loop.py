@@ -144,6 +144,22 @@ def finish(state, info, metrics: dict, steps_per_update: int, **changes):
     return new_state, metrics
 
 
+def shuffle(key, n: int) -> jax.Array:
+    """A uniformly random permutation of range(n), int32 `[n]`.
+
+    For n <= 2^16 by one sort of uint32 words `random bits << b | index` (b = bits of n - 1):
+    the random high bits order the words and the index rides in the low bits. Equal random bits
+    (about n^2 / 2^(33 - b) pairs per call: ~1 at n = 2048) keep their index order, a negligible
+    bias for minibatching. `jax.random.permutation` sorts twice with a payload, which cost a
+    quarter of PPO's update time on CPU (reference config); larger n falls back to it.
+    """
+    b = max(1, (n - 1).bit_length())
+    if b > 16:
+        return jax.random.permutation(key, n).astype(jnp.int32)
+    words = (jax.random.bits(key, (n,), jnp.uint32) << b) | jnp.arange(n, dtype=jnp.uint32)
+    return (jnp.sort(words) & jnp.uint32((1 << b) - 1)).astype(jnp.int32)
+
+
 def keep_finite(ok, new, old):
     """`new` where `ok` (a scalar bool), else `old`, leaf by leaf: a skipped gradient step."""
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)

@@ -128,3 +128,19 @@ def test_head_space_mismatch_is_a_clear_error():
         make_head("categorical", spaces.Box(-1.0, 1.0, (2,)))
     with pytest.raises(ValueError, match="continuous"):
         make_head("gaussian", spaces.Discrete(3))
+
+
+def test_shuffle_is_a_uniform_permutation():
+    from purejaxrl.loop import shuffle
+
+    keys = jax.random.split(jax.random.key(0), 4000)
+    perms = np.asarray(jax.jit(jax.vmap(lambda k: shuffle(k, 6)))(keys))
+    assert all(sorted(p) == list(range(6)) for p in perms[:50])
+    # every element lands in every position with probability 1/6: chi-square over the 6 x 6 table
+    counts = np.stack([(perms == i).sum(0) for i in range(6)])
+    chi2 = ((counts - 4000 / 6) ** 2 / (4000 / 6)).sum()
+    assert chi2 < 70.0  # 25 degrees of freedom: p < 1e-5 of exceeding this by chance
+    big = np.asarray(jax.jit(lambda k: shuffle(k, 2048))(jax.random.key(1)))
+    assert sorted(big) == list(range(2048)) and not np.array_equal(big, np.arange(2048))
+    huge = np.asarray(jax.jit(lambda k: shuffle(k, 70_000))(jax.random.key(2)))  # fallback path
+    assert sorted(huge) == list(range(70_000))

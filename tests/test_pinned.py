@@ -5,11 +5,19 @@ differ in the last bits: env params are now inputs of the program (carried in th
 that runs can be vmapped over them) instead of compile-time constants, so XLA no longer
 constant-folds CartPole's physics constants and rounds a few products differently. With the
 default params closed over as constants (checked by hand), those cases are bit-equal too.
+
+One change is deliberate and isolated: the on-policy minibatch shuffle (`loop.shuffle`) draws
+its permutation with one packed sort instead of `jax.random.permutation`'s two payload sorts
+(a quarter of PPO's update time on CPU), so it yields other, equally uniform, permutations. The
+test puts the old permutation back for the pinned runs, so everything else is checked bit for bit;
+`tests/test_math.py` checks the new shuffle's uniformity.
 """
 
+import jax
 import numpy as np
 import pytest
 
+from purejaxrl import loop
 from tests import pinned
 
 PINNED = dict(np.load(pinned.PATH))
@@ -17,8 +25,13 @@ PINNED = dict(np.load(pinned.PATH))
 TOLERANCE = {"ppo_cartpole": (1e-5, 1e-6), "a2c_cartpole": (1e-5, 1e-6)}
 
 
+def permutation_of_the_pinned_commit(key, n):
+    return jax.random.permutation(key, n)
+
+
 @pytest.mark.parametrize("case", sorted(pinned.CASES))
-def test_case_reproduces_pinned_metrics(case):
+def test_case_reproduces_pinned_metrics(case, monkeypatch):
+    monkeypatch.setattr(loop, "shuffle", permutation_of_the_pinned_commit)
     got = pinned.run_case(case)
     want = {k.split(":", 1)[1]: v for k, v in PINNED.items() if k.startswith(case + ":")}
     assert want, f"no pinned arrays for {case}"
