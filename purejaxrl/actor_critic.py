@@ -26,6 +26,7 @@ estimator routes the gradient); the loop itself has no mixture code.
 from __future__ import annotations
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -184,17 +185,14 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
         }
         return env_state, obs, traj, data
 
-    def minibatches(data, key):
-        """`epochs * num_minibatches` minibatches stacked on a leading axis, each reshuffled per
-        epoch: flat `[S, B / M, ...]`, or time-ordered env columns `[S, T, N / M, ...]`."""
-        keys = jax.random.split(key, epochs)
+    def epoch_batches(data, key):
+        """One epoch's `num_minibatches` minibatches of `data`, freshly shuffled: flat
+        `[M, B / M, ...]` (data already flat `[B, ...]`), or env columns `[M, T, N / M, ...]`."""
         if objective.time_ordered:
-            perms = jax.vmap(lambda k: loop.shuffle(k, num_envs))(keys)
-            perms = perms.reshape(epochs * num_minibatches, num_envs // num_minibatches)
-            return jax.tree.map(lambda x: jnp.moveaxis(x[:, perms], 1, 0), data)
-        perms = jax.vmap(lambda k: loop.shuffle(k, batch_size))(keys)
-        perms = perms.reshape(epochs * num_minibatches, batch_size // num_minibatches)
-        return jax.tree.map(lambda x: x.reshape((batch_size, *x.shape[2:]))[perms], data)
+            perm = loop.shuffle(key, num_envs).reshape(num_minibatches, -1)
+            return jax.tree.map(lambda x: jnp.moveaxis(x[:, perm], 1, 0), data)
+        perm = loop.shuffle(key, batch_size).reshape(num_minibatches, -1)
+        return jax.tree.map(lambda x: x[perm], data)
 
     def loss_fn(params, batch, progress, key):
         outputs = network.apply(params, batch["obs"], method=ActorCritic.outputs)
@@ -203,17 +201,32 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def sgd_step(carry, inputs):
+        """One gradient step; skipped when the loss or gradient is not finite. Its stats leave
+        as one vector `[k]` (names sorted), zero when skipped."""
         params, opt_state, lr, progress = carry
         batch, key = inputs
         (loss, aux), grads = grad_fn(params, batch, progress, key)
-        grad_norm = optax.global_norm(grads)
+        # The norm of the raveled gradient: the expression optax.flatten's clip computes too.
+        grad_norm = optax.global_norm(jax.flatten_util.ravel_pytree(grads)[0])
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
         params, opt_state = loop.keep_finite(ok, (new_params, new_opt_state), (params, opt_state))
         stats = {"loss": loss, "grad_norm": grad_norm, **aux}
-        stats = jax.tree.map(lambda x: jnp.where(ok, x, 0.0), stats)
-        return (params, opt_state, lr, progress), (stats, ok)
+        stat_names[:] = sorted(stats)  # at trace time: the rows of the stacked stats
+        vector = jnp.stack([jnp.asarray(stats[k], jnp.float32) for k in stat_names])
+        return (params, opt_state, lr, progress), (jnp.where(ok, vector, 0.0), ok)
+
+    stat_names: list[str] = []
+
+    def epochs_of_sgd(carry, data, perm_keys, step_keys):
+        """`epochs` passes over `data`, each reshuffled (perm_keys `[E]`) into minibatches with
+        one gradient step each (step_keys `[E, M]`) -> (carry, (stats `[E, M, k]`, ok `[E, M]`))."""
+
+        def epoch(carry, keys):
+            return jax.lax.scan(sgd_step, carry, (epoch_batches(data, keys[0]), keys[1]))
+
+        return jax.lax.scan(epoch, carry, (perm_keys, step_keys))
 
     def update(state: TrainState):
         rng, k_roll, k_perm = jax.random.split(state.rng, 3)
@@ -226,11 +239,15 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
         env_state, obs, traj, data = collect(state, k_roll)
         k_targets, k_steps = jax.random.split(jax.random.fold_in(k_perm, 1))
         data.update(objective.targets(data, context(state.params, progress, k_targets)))
-        steps = (minibatches(data, k_perm), jax.random.split(k_steps, epochs * num_minibatches))
-        (params, opt_state, _, _), (stats, ok) = jax.lax.scan(
-            sgd_step, (state.params, state.opt_state, lr, progress), steps
-        )
-        metrics = loop.mean_where(stats, ok)
+        if not objective.time_ordered:  # flat once; each epoch gathers its minibatches
+            data = jax.tree.map(lambda x: x.reshape((batch_size, *x.shape[2:])), data)
+        perm_keys = jax.random.split(k_perm, epochs)
+        step_keys = jax.random.split(k_steps, epochs * num_minibatches)
+        step_keys = step_keys.reshape(epochs, num_minibatches, *step_keys.shape[1:])
+        carry = (state.params, state.opt_state, lr, progress)
+        (params, opt_state, _, _), (stats, ok) = epochs_of_sgd(carry, data, perm_keys, step_keys)
+        stats = dict(zip(stat_names, stats.reshape(-1, len(stat_names)).T, strict=True))
+        metrics = loop.mean_where(stats, ok.reshape(-1))
         metrics.update(
             nan_skipped=ok.size - jnp.sum(ok), learning_rate=jnp.asarray(lr, jnp.float32)
         )

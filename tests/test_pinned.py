@@ -23,6 +23,9 @@ from tests import pinned
 PINNED = dict(np.load(pinned.PATH))
 # case -> (rtol, atol); bit-equal when absent
 TOLERANCE = {"ppo_cartpole": (1e-5, 1e-6), "a2c_cartpole": (1e-5, 1e-6)}
+# The on-policy grad_norm metric is the norm of the raveled gradient (the one optax.flatten's
+# clipping computes, so XLA computes it once) instead of a sum over leaves: last-bit rounding.
+METRIC_TOLERANCE = {"grad_norm": (1e-6, 0.0)}
 
 
 def permutation_of_the_pinned_commit(key, n):
@@ -37,6 +40,6 @@ def test_case_reproduces_pinned_metrics(case, monkeypatch):
     assert want, f"no pinned arrays for {case}"
     missing = sorted(set(want) - set(got))
     assert not missing, f"{case}: metrics no longer reported: {missing}"
-    rtol, atol = TOLERANCE.get(case, (0.0, 0.0))
     for name, value in want.items():
+        rtol, atol = TOLERANCE.get(case, METRIC_TOLERANCE.get(name, (0.0, 0.0)))
         np.testing.assert_allclose(got[name], value, rtol=rtol, atol=atol, err_msg=f"{case}:{name}")
