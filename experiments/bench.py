@@ -5,6 +5,9 @@
     python -m experiments.bench --envs brax/ant --num-envs 2048 --total-timesteps 5000000 --algos ppo
     python -m experiments.bench --algos sac sac-64 pmoe-sac --envs Pendulum-v1 --peer rejax
     python -m experiments.bench --algos ppo pmoe-ppo --envs Pendulum-v1   # mixture overhead
+    python -m experiments.bench --compare HEAD~1 --algos ppo a2c sac  # new tree vs a commit
+    python -m experiments.bench --compare main --total-timesteps 4096 --repeats 2  # quick check
+    python -m experiments.bench --compare HEAD --algos sac --sac-timesteps 2000 --calls 1
 
 For every env it times, in one process and one run: the env-only random-action rollout of the same
 env and vector size (the ceiling: what the agent would reach if learning were free), then each
@@ -14,7 +17,8 @@ lr 3e-4, 200k steps; A2C on the same rollout with one gradient step per rollout)
 after ours on the same env and reports our SPS / theirs and our compile / theirs.
 
 SAC ("sac"): 1 env, buffer 100k, batch 256, one gradient step per env step, 1000 warm-up steps,
-256x256 relu, lr 3e-4, 20k steps (the issue's reference; `--total-timesteps` is ignored).
+256x256 relu, lr 3e-4, 20k steps (the issue's reference; `--total-timesteps` is ignored, set
+`--sac-timesteps` instead: one 256x256 call takes minutes on 2 CPU cores, ~130 SPS).
 Its peer is ../shared/bench/rejax_sac.py. That script asks for 256x256 via
 `agent_kwargs["hidden_layer_sizes"]`, but rejax 0.1.3's SAC reads the sizes from the top-level
 config and silently builds its 64x64 default (checked on its parameters), so "sac-64" (the same
@@ -24,17 +28,32 @@ config at 64x64) is the like-for-like comparison with that script and "sac" the 
 Gaussian agent (the mixture overhead), timed in pairs: the two compiled programs are called in
 alternation, `--repeats` times each, and the best calls are compared, so load that comes and goes
 on a shared machine hits both alike.
+
+`--compare REV` times the commit REV ("the old tree", checked out in a temporary `git worktree`
+that is removed afterwards, also on error or Ctrl-C) against the current working tree ("new",
+uncommitted edits included) on each requested algorithm and env, in fresh subprocesses run
+alternately old, new, old, new, ... (`--repeats` each). Every subprocess runs a self-contained
+worker script (WORKER below, written to a temporary file, so the old tree needs no worker mode of
+its own) with cwd and PYTHONPATH set to its tree, compiles the reference config once with
+`<module>.make_train(cfg)` and times `--calls` calls; the best SPS and the best compile seconds of
+each side are kept and reported as new / old ratios, with whether the two final returns are equal
+(same seed and config: a hint that the change is bit-equal). Before timing, each side's worker
+reports the file it imported `purejaxrl` from, and the run stops if that is not under its own tree
+(the venv's editable install points at this checkout). No env-only or peer rows in this mode.
 Results are printed as a table and written as JSON (`--out`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -44,10 +63,17 @@ import envs
 from envs.benchmark import random_rollout
 from purejaxrl import a2c, ppo, sac
 
-SHARED_BENCH = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_BENCH = REPO_ROOT.parent / "shared" / "bench"
 
 
-def reference_config(algo: str, env: str, num_envs: int, total_timesteps: int):
+def config_spec(
+    algo: str, env: str, num_envs: int, total_timesteps: int, sac_timesteps: int = 20_000
+):
+    """(module name in purejaxrl, config class name, config fields) of the reference config.
+
+    Plain data, so `--compare` can rebuild the same config in another tree's worker; it uses only
+    fields that the config classes have had since before the loop refactor."""
     common = dict(
         env=env,
         total_timesteps=total_timesteps,
@@ -62,19 +88,18 @@ def reference_config(algo: str, env: str, num_envs: int, total_timesteps: int):
         ent_coef=0.0,
         vf_coef=0.5,
     )
+    ppo_fields = dict(update_epochs=10, num_minibatches=8, clip_eps=0.2, **common)
     if algo == "ppo":
-        return ppo, ppo.PPOConfig(update_epochs=10, num_minibatches=8, clip_eps=0.2, **common)
+        return "ppo", "PPOConfig", ppo_fields
     if algo == "a2c":
-        return a2c, a2c.A2CConfig(**common)
+        return "a2c", "A2CConfig", common
+    mixture = dict(policy="pmoe", num_experts=4, mixture_grad="pmoe")
     if algo == "pmoe-ppo":
-        mixture = dict(policy="pmoe", num_experts=4, mixture_grad="pmoe")
-        return ppo, ppo.PPOConfig(
-            update_epochs=10, num_minibatches=8, clip_eps=0.2, **common, **mixture
-        )
+        return "ppo", "PPOConfig", {**ppo_fields, **mixture}
     if algo in ("sac", "sac-64", "pmoe-sac"):
-        sac_cfg = sac.SACConfig(
+        sac_fields = dict(
             env=env,
-            total_timesteps=20_000,
+            total_timesteps=sac_timesteps,
             num_envs=1,
             buffer_size=100_000,
             batch_size=256,
@@ -86,11 +111,20 @@ def reference_config(algo: str, env: str, num_envs: int, total_timesteps: int):
             tau=0.005,
         )
         if algo == "pmoe-sac":
-            sac_cfg = dataclasses.replace(
-                sac_cfg, policy="pmoe", num_experts=4, mixture_grad="pmoe"
-            )
-        return sac, sac_cfg
+            sac_fields.update(mixture)
+        return "sac", "SACConfig", sac_fields
     raise ValueError(f"unknown algo {algo!r}: allowed values are {list(ALGOS)}")
+
+
+def reference_config(
+    algo: str, env: str, num_envs: int, total_timesteps: int, sac_timesteps: int = 20_000
+):
+    """(module, config) of `algo`'s reference config on `env` (see the module docstring)."""
+    module_name, config_name, fields = config_spec(
+        algo, env, num_envs, total_timesteps, sac_timesteps
+    )
+    module = {"ppo": ppo, "a2c": a2c, "sac": sac}[module_name]
+    return module, getattr(module, config_name)(**fields)
 
 
 ALGOS = ("ppo", "a2c", "sac", "sac-64", "pmoe-ppo", "pmoe-sac")
@@ -137,9 +171,15 @@ def bench_env_only(env_id: str, num_envs: int, total_timesteps: int) -> dict:
 
 
 def bench_algo(
-    algo: str, env_id: str, num_envs: int, total_timesteps: int, seeds: int, repeats: int = 3
+    algo: str,
+    env_id: str,
+    num_envs: int,
+    total_timesteps: int,
+    seeds: int,
+    repeats: int = 3,
+    sac_timesteps: int = 20_000,
 ) -> dict:
-    module, cfg = reference_config(algo, env_id, num_envs, total_timesteps)
+    module, cfg = reference_config(algo, env_id, num_envs, total_timesteps, sac_timesteps)
     train = module.make_train(cfg)
     # One seed runs unbatched: a size-1 vmap axis costs ~10% on CPU and buys nothing.
     keys = jax.random.split(jax.random.key(0), seeds) if seeds > 1 else jax.random.key(0)
@@ -173,19 +213,207 @@ def bench_rejax(env_id: str, total_timesteps: int, seeds: int, algo: str = "ppo"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# --compare: the worker each tree runs. Self-contained on purpose: the old tree's bench.py may
+# predate this mode, and it must use only the API both trees share (`make_train(cfg)` ->
+# `train(key)` -> TrainOutput with metrics["env_steps"] and metrics["episode_return"]).
+WORKER = r'''"""experiments/bench.py --compare worker: times one config of the tree on its sys.path.
+
+argv[1]: JSON {"module", "config", "fields", "seeds", "calls"}, or {"module", "probe": true} to
+report only where the module was imported from. Prints one JSON line on stdout.
+"""
+import importlib
+import json
+import sys
+import time
+
+spec = json.loads(sys.argv[1])
+module = importlib.import_module("purejaxrl." + spec["module"])
+if spec.get("probe"):
+    print(json.dumps({"module_file": module.__file__}))
+    sys.exit(0)
+
+import jax
+import numpy as np
+
+fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["fields"].items()}
+cfg = getattr(module, spec["config"])(**fields)
+train = module.make_train(cfg)
+key = jax.random.key(0)
+if spec["seeds"] > 1:
+    key = jax.random.split(key, spec["seeds"])
+    train = jax.vmap(train)
+t0 = time.perf_counter()
+compiled = jax.jit(train).lower(key).compile()
+compile_s = time.perf_counter() - t0
+best = float("inf")
+for _ in range(spec["calls"]):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(key))
+    best = min(best, time.perf_counter() - t0)
+steps = int(np.sum(np.asarray(out.metrics["env_steps"])[..., -1]))
+final = float(np.mean(np.asarray(out.metrics["episode_return"])[..., -1]))
+print(json.dumps({"sps": steps / best, "best_s": best, "compile_s": compile_s, "steps": steps,
+                  "final_return": final, "module_file": module.__file__}))
+'''
+
+
+def git(*args: str, repo: pathlib.Path = REPO_ROOT) -> str:
+    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+@contextlib.contextmanager
+def old_worktree(rev: str, repo: pathlib.Path = REPO_ROOT):
+    """Yields (tree, commit): a temporary detached `git worktree` of `rev`, removed on exit
+    (also on an exception or KeyboardInterrupt) together with its temporary folder."""
+    commit = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", repo=repo)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    tree = tmp / "old"
+    try:
+        git("worktree", "add", "--detach", "--quiet", str(tree), commit, repo=repo)
+        yield tree, commit
+    finally:
+        if tree.exists():
+            subprocess.run(
+                ["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                capture_output=True,
+            )
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)
+
+
+def alternation(repeats: int) -> list[str]:
+    """The order of the worker runs: old, new, old, new, ... `repeats` of each."""
+    return [side for _ in range(repeats) for side in ("old", "new")]
+
+
+def run_worker(tree: pathlib.Path, worker: pathlib.Path, spec: dict) -> dict:
+    """Runs the worker script on `tree`'s packages (cwd and PYTHONPATH = tree); its JSON line."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
+    result = subprocess.run(
+        [sys.executable, str(worker), json.dumps(spec)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"bench worker failed in {tree} on {spec.get('module')}: {result.stderr[-3000:]}"
+        )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def check_imports(trees: dict, worker: pathlib.Path) -> dict:
+    """{side: file its worker imported purejaxrl.ppo from}; stops unless it is under its tree."""
+    found = {}
+    for side, tree in trees.items():
+        spec = {"module": "ppo", "probe": True}
+        found[side] = pathlib.Path(run_worker(tree, worker, spec)["module_file"])
+        if not found[side].resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(f"the {side} worker imported {found[side]}, not from {tree}")
+    return found
+
+
+def compare(args) -> tuple[list[dict], dict]:
+    """`--compare REV`: rows of new-tree vs old-tree timings (see the module docstring)."""
+    rows = []
+    with old_worktree(args.compare) as (old_tree, commit):
+        worker = old_tree.parent / "bench_worker.py"
+        worker.write_text(WORKER)
+        trees = {"old": old_tree, "new": REPO_ROOT}
+        check_imports(trees, worker)
+        info = {"rev": args.compare, "commit": commit}
+        print(f"old: {args.compare} = {commit[:12]} (worktree {old_tree}); new: {REPO_ROOT}")
+        print(
+            f"{'env':24s} {'what':10s} {'old SPS':>10s} {'new SPS':>10s} {'x old SPS':>10s}"
+            f" {'old comp s':>10s} {'new comp s':>10s} {'x old comp':>10s}  final return",
+            flush=True,
+        )
+        for env_id in args.envs:
+            for algo in args.algos:
+                module_name, config_name, fields = config_spec(
+                    algo, env_id, args.num_envs, args.total_timesteps, args.sac_timesteps
+                )
+                spec = dict(
+                    module=module_name,
+                    config=config_name,
+                    fields=fields,
+                    seeds=args.seeds,
+                    calls=args.calls,
+                )
+                runs = []
+                for side in alternation(args.repeats):
+                    runs.append({"side": side, **run_worker(trees[side], worker, spec)})
+                best = {
+                    side: {
+                        "sps": max(r["sps"] for r in runs if r["side"] == side),
+                        "compile_s": min(r["compile_s"] for r in runs if r["side"] == side),
+                        "final_return": [r["final_return"] for r in runs if r["side"] == side][-1],
+                    }
+                    for side in ("old", "new")
+                }
+                old, new = best["old"], best["new"]
+                row = {
+                    "env": env_id,
+                    "what": algo,
+                    **new,
+                    "old_sps": old["sps"],
+                    "old_compile_s": old["compile_s"],
+                    "old_final_return": old["final_return"],
+                    "x_old_sps": new["sps"] / old["sps"],
+                    "x_old_compile": new["compile_s"] / old["compile_s"],
+                    # Same seed and config: equal returns hint that the change is bit-equal.
+                    "same_final_return": new["final_return"] == old["final_return"],
+                    "runs": runs,
+                }
+                rows.append(row)
+                print(
+                    f"{env_id:24s} {algo:10s} {old['sps']:>10,.0f} {new['sps']:>10,.0f}"
+                    f" {row['x_old_sps']:>10.3f} {old['compile_s']:>10.1f}"
+                    f" {new['compile_s']:>10.1f} {row['x_old_compile']:>10.3f}"
+                    f"  {'same' if row['same_final_return'] else 'differs'}",
+                    flush=True,
+                )
+    return rows, info
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "CartPole-v1"])
     parser.add_argument("--algos", nargs="+", default=["ppo", "a2c"], choices=ALGOS)
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--total-timesteps", type=int, default=200_000)
+    parser.add_argument(
+        "--sac-timesteps", type=int, default=20_000, help="SAC rows (and their peer) only"
+    )
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per program (best)")
     parser.add_argument("--peer", choices=["rejax"], default=None)
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write results as JSON")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        default=None,
+        help="time the commit REV against the working tree, alternately in subprocesses",
+    )
+    parser.add_argument(
+        "--calls", type=int, default=3, help="--compare: timed calls per worker run (best)"
+    )
     args = parser.parse_args(argv)
+    if args.compare is not None and args.peer is not None:
+        parser.error("--compare and --peer cannot be combined")
+    if args.repeats < 1 or args.calls < 1:
+        parser.error("--repeats and --calls must be at least 1")
 
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+    if args.compare is not None:
+        rows, info = compare(args)
+        write_json(args, rows, compare=info)
+        return rows
     rows = []
     peer_runs: dict = {}
     programs: dict = {}  # (env, algo) -> (compiled, args), for paired timing
@@ -200,7 +428,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         for algo in args.algos:
             ours, programs[env_id, algo] = bench_algo(
-                algo, env_id, args.num_envs, args.total_timesteps, args.seeds, args.repeats
+                algo,
+                env_id,
+                args.num_envs,
+                args.total_timesteps,
+                args.seeds,
+                args.repeats,
+                args.sac_timesteps,
             )
             row = {"env": env_id, "what": algo, **ours, "x_env_only": ours["sps"] / ceiling["sps"]}
             baseline = next(
@@ -216,7 +450,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 # One peer run per env and algorithm, shared by "sac" and "sac-64".
                 fresh = (env_id, peer_algo) not in peer_runs
                 if fresh:
-                    steps = 20_000 if peer_algo == "sac" else args.total_timesteps
+                    steps = args.sac_timesteps if peer_algo == "sac" else args.total_timesteps
                     peer_runs[env_id, peer_algo] = bench_rejax(env_id, steps, args.seeds, peer_algo)
                 peer = peer_runs[env_id, peer_algo]
             if peer is not None:
@@ -245,6 +479,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if baseline is not None:
                 line += f"   time/update x{row['x_baseline_time']:.2f} of {BASELINE_OF[algo]}"
             print(line, flush=True)
+    write_json(args, rows)
+    return rows
+
+
+def write_json(args, rows: list[dict], **extra) -> None:
     if args.out is not None:
         args.out.write_text(
             json.dumps(
@@ -252,12 +491,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "jax": jax.__version__,
                     "device": str(jax.devices()[0]),
                     "args": {k: str(v) for k, v in vars(args).items()},
+                    **extra,
                     "rows": rows,
                 },
                 indent=2,
             )
         )
-    return rows
 
 
 if __name__ == "__main__":

@@ -396,3 +396,30 @@ def test_paired_time_ratio_orders_programs_by_work():
     light, heavy = chain(2).lower(x).compile(), chain(40).lower(x).compile()
     ratio = bench.paired_time_ratio((heavy, (x,)), (light, (x,)), repeats=3)
     assert ratio > 3, ratio
+
+
+def test_bench_compare_alternates_old_and_new():
+    from experiments import bench
+
+    assert bench.alternation(3) == ["old", "new"] * 3
+    with pytest.raises(SystemExit) as excinfo:
+        bench.main(["--compare", "HEAD", "--peer", "rejax"])
+    assert excinfo.value.code == 2
+    with pytest.raises(RuntimeError, match="rev-parse"):
+        with bench.old_worktree("no-such-rev-for-bench"):
+            pass
+
+
+def test_bench_compare_worker_imports_the_old_tree_and_the_worktree_goes():
+    from experiments import bench
+
+    with pytest.raises(KeyboardInterrupt):
+        with bench.old_worktree("HEAD") as (tree, commit):
+            assert bench.git("rev-parse", "HEAD", repo=tree) == commit
+            worker = tree.parent / "bench_worker.py"
+            worker.write_text(bench.WORKER)
+            found = bench.check_imports({"old": tree, "new": ROOT}, worker)
+            assert found == {"old": tree / "purejaxrl/ppo.py", "new": ROOT / "purejaxrl/ppo.py"}
+            raise KeyboardInterrupt
+    assert not tree.parent.exists()
+    assert str(tree) not in bench.git("worktree", "list", "--porcelain")
