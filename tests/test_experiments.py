@@ -133,6 +133,23 @@ def test_overrides_are_parsed_as_yaml_and_coerced():
     assert spec.num_seeds == 4 and spec.seed == 3
 
 
+def test_objective_is_selected_from_yaml_and_overrides(tmp_path):
+    values = runs.merge(
+        {**TINY, "objective": {"name": "ppo_clip", "clip_eps": 0.1}},
+        runs.parse_overrides(["objective.clip_eps=0.3"]),
+    )
+    spec = runs.build_spec(values)
+    assert dict(spec.config.objective) == {"name": "ppo_clip", "clip_eps": 0.3}
+    runs.write_config(tmp_path, spec)  # config.yaml round-trips
+    again = runs.build_spec(runs.load_yaml(tmp_path / "config.yaml"))
+    assert again.config == spec.config
+    agent = checkpoint.make_agent(again.algo, again.config)
+    assert agent.num_updates == again.config.num_updates  # the registered objective builds
+    values["objective"] = {"name": "ppo_clp"}
+    with pytest.raises(ValueError, match=r"did you mean \['ppo_clip'\]"):
+        checkpoint.make_agent("ppo", runs.build_spec(values).config)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
