@@ -36,10 +36,14 @@ alternately old, new, old, new, ... (`--repeats` each). Every subprocess runs a 
 worker script (WORKER below, written to a temporary file, so the old tree needs no worker mode of
 its own) with cwd and PYTHONPATH set to its tree, compiles the reference config once with
 `<module>.make_train(cfg)` and times `--calls` calls; the best SPS and the best compile seconds of
-each side are kept and reported as new / old ratios, with whether the two final returns are equal
-(same seed and config: a hint that the change is bit-equal). Before timing, each side's worker
-reports the file it imported `purejaxrl` from, and the run stops if that is not under its own tree
-(the venv's editable install points at this checkout). No env-only or peer rows in this mode.
+each side are kept and reported as new / old ratios, next to "(pairs)": the median over the
+adjacent old/new runs of their SPS ratio, steadier when the load drifts. On a loaded 2-core
+machine even identical trees can land 10-25% apart with the defaults: use more `--repeats` and
+`--calls` (or a quiet machine) before reading a 3% difference. The last column says whether the
+final returns are equal (same seed and config: a hint that the change is bit-equal). Before
+timing, each side's worker reports the file it imported `purejaxrl` from, and the run stops if
+that is not under its own tree (the venv's editable install points at this checkout). No env-only
+or peer rows in this mode.
 Results are printed as a table and written as JSON (`--out`).
 """
 
@@ -330,7 +334,8 @@ def compare(args) -> tuple[list[dict], dict]:
         print(f"old: {args.compare} = {commit[:12]} (worktree {old_tree}); new: {REPO_ROOT}")
         print(
             f"{'env':24s} {'what':10s} {'old SPS':>10s} {'new SPS':>10s} {'x old SPS':>10s}"
-            f" {'old comp s':>10s} {'new comp s':>10s} {'x old comp':>10s}  final return",
+            f" {'(pairs)':>8s} {'old comp s':>10s} {'new comp s':>10s} {'x old comp':>10s}"
+            "  final return",
             flush=True,
         )
         for env_id in args.envs:
@@ -357,6 +362,10 @@ def compare(args) -> tuple[list[dict], dict]:
                     for side in ("old", "new")
                 }
                 old, new = best["old"], best["new"]
+                # Each (old, new) pair of runs is adjacent in time: the median of their ratios is
+                # robust to load that drifts over the whole comparison.
+                pairs = zip(runs[0::2], runs[1::2], strict=True)
+                median_ratio = float(np.median([n["sps"] / o["sps"] for o, n in pairs]))
                 row = {
                     "env": env_id,
                     "what": algo,
@@ -365,6 +374,7 @@ def compare(args) -> tuple[list[dict], dict]:
                     "old_compile_s": old["compile_s"],
                     "old_final_return": old["final_return"],
                     "x_old_sps": new["sps"] / old["sps"],
+                    "x_old_sps_median_of_pairs": median_ratio,
                     "x_old_compile": new["compile_s"] / old["compile_s"],
                     # Same seed and config: equal returns hint that the change is bit-equal.
                     "same_final_return": new["final_return"] == old["final_return"],
@@ -373,7 +383,7 @@ def compare(args) -> tuple[list[dict], dict]:
                 rows.append(row)
                 print(
                     f"{env_id:24s} {algo:10s} {old['sps']:>10,.0f} {new['sps']:>10,.0f}"
-                    f" {row['x_old_sps']:>10.3f} {old['compile_s']:>10.1f}"
+                    f" {row['x_old_sps']:>10.3f} {median_ratio:>8.3f} {old['compile_s']:>10.1f}"
                     f" {new['compile_s']:>10.1f} {row['x_old_compile']:>10.3f}"
                     f"  {'same' if row['same_final_return'] else 'differs'}",
                     flush=True,
