@@ -25,6 +25,8 @@ estimator routes the gradient); the loop itself has no mixture code.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -143,15 +145,17 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
             f"{type(cfg).__name__}.num_minibatches={num_minibatches}: time-ordered minibatches "
             f"split the {num_envs} envs into whole columns; num_envs must be divisible by it"
         )
-    # Flattened: clipping and Adam run on one vector instead of one kernel set per leaf.
-    optimizer = optax.flatten(
-        optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5))
+    # Clipping and Adam run on the parameters raveled into one vector (see `sgd_step`); the
+    # optimiser state is the one `optax.flatten` of the same chain would hold.
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5)
     )
 
     def init(key, env_params) -> TrainState:
         def learner(k_params, obs):
             params = network.init(k_params, obs, method=ActorCritic.init_all)
-            return {"params": params, "opt_state": optimizer.init(params)}
+            flat = jax.flatten_util.ravel_pytree(params)[0]
+            return {"params": params, "opt_state": optimizer.init(flat)}
 
         return loop.start(env, env_params, key, learner)
 
@@ -194,37 +198,41 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
         perm = loop.shuffle(key, batch_size).reshape(num_minibatches, -1)
         return jax.tree.map(lambda x: x[perm], data)
 
-    def loss_fn(params, batch, progress, key):
+    def loss_fn(flat, unravel, batch, progress, key):
+        params = unravel(flat)
         outputs = network.apply(params, batch["obs"], method=ActorCritic.outputs)
         return objective.loss(outputs, batch, context(params, progress, key))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def sgd_step(carry, inputs):
-        """One gradient step; skipped when the loss or gradient is not finite. Its stats leave
-        as one vector `[k]` (names sorted), zero when skipped."""
-        params, opt_state, lr, progress = carry
+    def sgd_step(unravel, carry, inputs):
+        """One gradient step on the raveled parameters `flat` `[P]` (`unravel` rebuilds the
+        pytree; one vector: the gradient,
+        its clipping, Adam and the skip are a few fused kernels, not a set per leaf); skipped
+        when the loss or gradient is not finite. Its stats leave as one vector `[k]` (names
+        sorted), zero when skipped."""
+        flat, opt_state, lr, progress = carry
         batch, key = inputs
-        (loss, aux), grads = grad_fn(params, batch, progress, key)
-        # The norm of the raveled gradient: the expression optax.flatten's clip computes too.
-        grad_norm = optax.global_norm(jax.flatten_util.ravel_pytree(grads)[0])
+        (loss, aux), grads = grad_fn(flat, unravel, batch, progress, key)
+        grad_norm = optax.global_norm(grads)  # the same expression the clip computes: shared
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-        params, opt_state = loop.keep_finite(ok, (new_params, new_opt_state), (params, opt_state))
+        updates, new_opt_state = optimizer.update(grads, opt_state, flat)
+        flat = jnp.where(ok, flat - lr * updates, flat)
+        opt_state = loop.keep_finite(ok, new_opt_state, opt_state)
         stats = {"loss": loss, "grad_norm": grad_norm, **aux}
         stat_names[:] = sorted(stats)  # at trace time: the rows of the stacked stats
         vector = jnp.stack([jnp.asarray(stats[k], jnp.float32) for k in stat_names])
-        return (params, opt_state, lr, progress), (jnp.where(ok, vector, 0.0), ok)
+        return (flat, opt_state, lr, progress), (jnp.where(ok, vector, 0.0), ok)
 
     stat_names: list[str] = []
 
-    def epochs_of_sgd(carry, data, perm_keys, step_keys):
+    def epochs_of_sgd(unravel, carry, data, perm_keys, step_keys):
         """`epochs` passes over `data`, each reshuffled (perm_keys `[E]`) into minibatches with
         one gradient step each (step_keys `[E, M]`) -> (carry, (stats `[E, M, k]`, ok `[E, M]`))."""
 
         def epoch(carry, keys):
-            return jax.lax.scan(sgd_step, carry, (epoch_batches(data, keys[0]), keys[1]))
+            step = functools.partial(sgd_step, unravel)
+            return jax.lax.scan(step, carry, (epoch_batches(data, keys[0]), keys[1]))
 
         return jax.lax.scan(epoch, carry, (perm_keys, step_keys))
 
@@ -244,8 +252,12 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
         perm_keys = jax.random.split(k_perm, epochs)
         step_keys = jax.random.split(k_steps, epochs * num_minibatches)
         step_keys = step_keys.reshape(epochs, num_minibatches, *step_keys.shape[1:])
-        carry = (state.params, state.opt_state, lr, progress)
-        (params, opt_state, _, _), (stats, ok) = epochs_of_sgd(carry, data, perm_keys, step_keys)
+        flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+        carry = (flat, state.opt_state, lr, progress)
+        (flat, opt_state, _, _), (stats, ok) = epochs_of_sgd(
+            unravel, carry, data, perm_keys, step_keys
+        )
+        params = unravel(flat)
         stats = dict(zip(stat_names, stats.reshape(-1, len(stat_names)).T, strict=True))
         metrics = loop.mean_where(stats, ok.reshape(-1))
         metrics.update(

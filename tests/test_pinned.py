@@ -1,10 +1,12 @@
 """Today's agents reproduce the metrics pinned before the loop refactor (tests/pinned.py).
 
-Every case is bit-equal on this machine's CPU except the CartPole ones in `TOLERANCE`, which
-differ in the last bits: env params are now inputs of the program (carried in the TrainState so
+Every case is bit-equal on this machine's CPU except those in `TOLERANCE`, which differ in the
+last bits (float rounding, relative differences below 1e-6 where a value is not near zero). The
+CartPole cases: env params are now inputs of the program (carried in the TrainState so
 that runs can be vmapped over them) instead of compile-time constants, so XLA no longer
 constant-folds CartPole's physics constants and rounds a few products differently. With the
-default params closed over as constants (checked by hand), those cases are bit-equal too.
+default params closed over as constants (checked by hand), those cases are bit-equal too. PPO
+on Pendulum and PMOE-PPO: see the comment at `TOLERANCE`.
 
 One change is deliberate and isolated: the on-policy minibatch shuffle (`loop.shuffle`) draws
 its permutation with one packed sort instead of `jax.random.permutation`'s two payload sorts
@@ -22,7 +24,18 @@ from tests import pinned
 
 PINNED = dict(np.load(pinned.PATH))
 # case -> (rtol, atol); bit-equal when absent
-TOLERANCE = {"ppo_cartpole": (1e-5, 1e-6), "a2c_cartpole": (1e-5, 1e-6)}
+ROUNDING = (1e-5, 1e-6)
+TOLERANCE = {
+    "ppo_cartpole": ROUNDING,
+    "a2c_cartpole": ROUNDING,
+    # PPO's minibatch steps differentiate the loss w.r.t. the parameters raveled into one
+    # vector (the network reads slices of it), so XLA fuses and rounds a few reductions
+    # differently: last-bit differences in the per-minibatch stats (relative ~3e-7).
+    "ppo_pendulum": ROUNDING,
+    "pmoe_ppo_gumbel": ROUNDING,
+    "pmoe_ppo_pmoe": ROUNDING,
+    "pmoe_ppo_score": ROUNDING,
+}
 # The on-policy grad_norm metric is the norm of the raveled gradient (the one optax.flatten's
 # clipping computes, so XLA computes it once) instead of a sum over leaves: last-bit rounding.
 METRIC_TOLERANCE = {"grad_norm": (1e-6, 0.0)}
