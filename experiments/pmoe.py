@@ -34,8 +34,10 @@ Run folder DIR (default runs/pmoe-<task>-<timestamp>):
     metrics.csv    long format: algo, env, method, seed, update, env_steps, episode_return
     summary.json   per run "<algo>-<method>" (brax: "<algo>-<env>-<method>"): final_return_per_seed
                    (mean over the last 10% of updates), eval_deterministic/stochastic_per_seed,
-                   auc_per_seed (mean of the training curve), sps, compile_s, wall_s and, on the
-                   bandit, the experts at the three contexts; top level: the best run's numbers
+                   auc_per_seed (mean of the training curve), each with its mean, IQM and 95%
+                   stratified-bootstrap CIs over seeds (<name>_iqm, _iqm_ci, _mean_ci;
+                   experiments/aggregate.py), sps, compile_s, wall_s and, on the bandit, the
+                   experts at the three contexts; top level: the best run's numbers
     curves.png     learning curves (mean, min-max band across seeds), one panel per algo/env
     auc.png        AUC per method with per-seed points, one panel per algo/env
     experts.png    bandit only: reward landscape, action density and weighted experts per context
@@ -61,7 +63,7 @@ import numpy as np
 import yaml
 
 from envs import multimodal
-from experiments import runs
+from experiments import aggregate, runs
 from experiments.train import Progress
 from purejaxrl import checkpoint, evaluation, sac  # noqa: F401  (sac registers itself)
 from purejaxrl import config as C
@@ -396,8 +398,16 @@ def expert_stats(agent, state) -> dict:
     return stats
 
 
+def seed_summary(name: str, per_seed: np.ndarray) -> dict:
+    """<name>_iqm, <name>_iqm_ci and <name>_mean_ci ([lo, hi], 95% stratified bootstrap) over
+    the seeds' values `per_seed` [S] (experiments/aggregate.py)."""
+    s = aggregate.summarize(per_seed)
+    return {f"{name}_iqm": s["iqm"], f"{name}_iqm_ci": s["iqm_ci"], f"{name}_mean_ci": s["mean_ci"]}
+
+
 def curve_stats(returns: np.ndarray) -> dict:
-    """Final return (last FINAL_FRACTION of updates) and AUC (mean over updates) per seed."""
+    """Final return (last FINAL_FRACTION of updates) and AUC (mean over updates) per seed, with
+    their mean, IQM and CIs over seeds."""
     window = max(1, math.ceil(FINAL_FRACTION * returns.shape[1]))
     final = returns[:, -window:].mean(axis=1)
     auc = returns.mean(axis=1)
@@ -405,9 +415,11 @@ def curve_stats(returns: np.ndarray) -> dict:
         "final_return_per_seed": final.tolist(),
         "final_return_mean": float(final.mean()),
         "final_return_std": float(final.std()),
+        **seed_summary("final_return", final),
         "final_window_updates": window,
         "auc_per_seed": auc.tolist(),
         "auc_mean": float(auc.mean()),
+        **seed_summary("auc", auc),
     }
 
 
@@ -429,8 +441,10 @@ def run_one(run: Run, plan: Plan) -> tuple[dict, dict]:
         **curve_stats(returns),
         "eval_deterministic_per_seed": evals["deterministic"].tolist(),
         "eval_deterministic_mean": float(evals["deterministic"].mean()),
+        **seed_summary("eval_deterministic", evals["deterministic"]),
         "eval_stochastic_per_seed": evals["stochastic"].tolist(),
         "eval_stochastic_mean": float(evals["stochastic"].mean()),
+        **seed_summary("eval_stochastic", evals["stochastic"]),
         "sps": total_steps / train_s,
         "compile_s": compile_s,
         "train_s": train_s,
@@ -478,6 +492,8 @@ def make_summary(plan: Plan, results: dict[str, dict], wall_s: float) -> dict:
         "num_seeds": plan.seeds,
         "best_run": best,
         "final_return_mean": b["final_return_mean"],
+        "final_return_iqm": b.get("final_return_iqm", float("nan")),
+        "final_return_iqm_ci": b.get("final_return_iqm_ci", [float("nan")] * 2),
         "final_return_per_seed": b["final_return_per_seed"],
         "sps": b["sps"],
         "compile_s": sum(r["compile_s"] for r in results.values()),
@@ -487,6 +503,10 @@ def make_summary(plan: Plan, results: dict[str, dict], wall_s: float) -> dict:
             "of updates",
             "auc": "per seed, mean episode_return over all updates (warm-up included)",
             "eval": f"per seed, mean return of {plan.eval_episodes} fresh episodes",
+            "iqm": "interquartile mean over seeds (mean of the middle 50%, rliable's; with "
+            "fewer than 4 seeds the plain mean)",
+            "ci": f"[lo, hi]: 95% percentile interval over {aggregate.REPS} bootstrap "
+            "resamples of the seeds (seed 0)",
             "sps": "env steps of all seeds / train_s (compile excluded)",
             "both_modes_split": f"unblocked context: one expert with weight >= {MIN_WEIGHT} "
             f"within {MODE_TOL} of -mode, another within {MODE_TOL} of +mode (action space)",
@@ -724,12 +744,18 @@ def execute(plan: Plan) -> dict:
 
 def format_table(summary: dict) -> str:
     width = max(len(n) for n in summary["results"])
-    rows = [f"{'run':{width}s}  final [per seed]  eval det  eval stoch  AUC  SPS  compile_s  split"]
+    rows = [
+        f"{'run':{width}s}  final [per seed]  final IQM [95% CI]  eval det  eval stoch  AUC  "
+        "SPS  compile_s  split"
+    ]
+    nan = float("nan")
     for name, r in summary["results"].items():
         final = " ".join(f"{x:.2f}" for x in r["final_return_per_seed"])
-        split = r.get("experts", {}).get("both_modes_split_fraction", float("nan"))
+        split = r.get("experts", {}).get("both_modes_split_fraction", nan)
+        lo, hi = r.get("final_return_iqm_ci", [nan, nan])
         rows.append(
             f"{name:{width}s}  {r['final_return_mean']:.2f} [{final}]  "
+            f"{r.get('final_return_iqm', nan):.2f} [{lo:.2f}, {hi:.2f}]  "
             f"{r['eval_deterministic_mean']:.2f}  {r['eval_stochastic_mean']:.2f}  "
             f"{r['auc_mean']:.2f}  {r['sps']:.0f}  {r['compile_s']:.1f}  {split:.2f}"
         )

@@ -51,7 +51,9 @@ Run folder DIR (default runs/smoothing-<timestamp>):
     summary.json         per env and sigma: training (final return, sps, compile_s), clean
                          smoothed return, certified expected-reward bound per budget, attacked
                          return (mean, std, n) per budget, certify/attack seconds; per env the
-                         undefended policy's clean and attacked returns; the bound check
+                         undefended policy's clean and attacked returns; the bound check. Clean
+                         and attacked returns also get their IQM and 95% bootstrap CIs over
+                         episodes (_iqm, _iqm_ci, _mean_ci; experiments/aggregate.py)
     certificate_<env>.png   certified bound vs budget per sigma, attacked and clean returns, and
                          the undefended policy's attacked return
     thresholds_<env>.png    CartPole: certified P_adv[R >= v] vs v per budget, per sigma
@@ -74,7 +76,7 @@ import jax
 import numpy as np
 import yaml
 
-from experiments import runs
+from experiments import aggregate, runs
 from experiments.train import Progress
 from purejaxrl import checkpoint
 from purejaxrl import config as C
@@ -450,7 +452,7 @@ def attacked(run: Run, plan: Plan, state, key, bar) -> dict:
         compiled = fn.lower(state, key, sigma, np.float32(0.0), np.float32(0.01)).compile()
         compile_s += time.perf_counter() - t
         for step_size in settings["step_sizes"]:
-            means, stds, spent = [], [], []
+            means, stds, spent, iqms, iqm_cis, mean_cis = [], [], [], [], [], []
             for budget in plan.budgets:
                 t = time.perf_counter()
                 returns, sq = compiled(state, key, sigma, np.float32(budget), np.float32(step_size))
@@ -459,6 +461,10 @@ def attacked(run: Run, plan: Plan, state, key, bar) -> dict:
                 means.append(float(returns.mean()))
                 stds.append(float(returns.std()))
                 spent.append(float(np.sqrt(np.asarray(sq, np.float64)).mean()))
+                over_episodes = aggregate.summarize(returns)
+                iqms.append(over_episodes["iqm"])
+                iqm_cis.append(over_episodes["iqm_ci"])
+                mean_cis.append(over_episodes["mean_ci"])
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(
@@ -472,6 +478,9 @@ def attacked(run: Run, plan: Plan, state, key, bar) -> dict:
                     "lookahead": lookahead,
                     "attacked_return_mean": means,
                     "attacked_return_std": stds,
+                    "attacked_return_mean_ci": mean_cis,
+                    "attacked_return_iqm": iqms,
+                    "attacked_return_iqm_ci": iqm_cis,
                     "attacked_spent_budget_mean": spent,
                 }
             )
@@ -484,6 +493,9 @@ def attacked(run: Run, plan: Plan, state, key, bar) -> dict:
     return {
         "attacked_return_mean": pick("attacked_return_mean"),
         "attacked_return_std": pick("attacked_return_std"),
+        "attacked_return_mean_ci": pick("attacked_return_mean_ci"),
+        "attacked_return_iqm": pick("attacked_return_iqm"),
+        "attacked_return_iqm_ci": pick("attacked_return_iqm_ci"),
         "attacked_episodes": plan.attack_episodes,
         "attacked_spent_budget_mean": pick("attacked_spent_budget_mean"),
         "attacked_strongest_setting": [
@@ -617,6 +629,10 @@ def make_summary(plan: Plan, results: dict, check: dict | None, wall_s: float) -
             "attack_settings",
             "low": "the smallest possible episode return used by the bound: CartPole 0; "
             "Pendulum -16.2736044 per step (-(pi^2 + 0.1 * 8^2 + 0.001 * 2^2)) x 200 steps",
+            "iqm_and_ci": "clean_return_* and attacked_return_*: _iqm is the interquartile mean "
+            "over the episodes (mean of the middle 50%, rliable's), _iqm_ci and _mean_ci the 95% "
+            f"percentile intervals over {aggregate.REPS} bootstrap resamples of the episodes "
+            "(seed 0); they describe this one policy's episode returns, not seeds",
             "certify_s": "seconds of the one jitted call producing the clean returns "
             "(compile excluded, in certify_compile_s)",
             "attack_s_per_episode": "attack seconds / (episodes x budgets x settings), compile "
@@ -759,6 +775,10 @@ def execute(plan: Plan) -> dict:
                 "clean_return_min": float(returns.min()),
                 "clean_episodes": n,
             }
+            over_episodes = aggregate.summarize(returns)
+            r["clean_return_mean_ci"] = over_episodes["mean_ci"]
+            r["clean_return_iqm"] = over_episodes["iqm"]
+            r["clean_return_iqm_ci"] = over_episodes["iqm_ci"]
             if run.sigma > 0:
                 r["certify_s"] = timing["run_s"]
                 r["certify_compile_s"] = timing["compile_s"]

@@ -19,6 +19,13 @@ if the checkpoint is missing, corrupt or does not fit the config, it stops with 
 Status lines ("building ...", "initialising ...", "compiling ...") go to stderr as each step
 starts, the first one before jax is imported; `--no-progress` leaves out them and the bar, so
 only errors, warnings (e.g. a seed that finished no episode) and the final line remain.
+
+`--log tensorboard wandb` (default: none; metrics.csv is always written) also sends the progress
+reports (every `progress_every` updates, ~100 per run) to TensorBoard event files in DIR/tb/
+and/or a Weights & Biases run in DIR/wandb/ (`--wandb-project NAME`; WANDB_MODE=offline logs
+without network or account): the mean over seeds of each metric against env steps per seed,
+episode_return only once an episode has finished; see experiments/sinks.py. An unknown sink or
+a missing package (pip install 'purejaxrl-research[log]') is an error before anything runs.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import runs
+from experiments import runs, sinks
 
 # jax and purejaxrl are imported inside the functions that use them: importing them takes a few
 # seconds, and `main` reports what it is doing before that.
@@ -46,11 +53,14 @@ class Progress:
     Under vmap the callback may come once per seed with unbatched values or once with batched
     values: the bar shows the largest update_step and the mean return of the calls for that step;
     "return -" until a report shows a finished episode (before it, the metric is a placeholder 0)
-    or a nonzero return.
+    or a nonzero return. With `logging`, the callback is compiled in even without the bar, and
+    each report also goes to `reporter` (a `sinks.Reporter`, set once the sinks are started).
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, logging: bool = False):
         self.enabled = enabled
+        self.logging = logging
+        self.reporter: sinks.Reporter | None = None
         self.bar = None
         self._step = -1
         self._returns: list[float] = []
@@ -83,6 +93,8 @@ class Progress:
         self._step = initial
 
     def __call__(self, update_step, metrics) -> None:
+        if self.reporter is not None:
+            self.reporter(update_step, metrics)
         if self.bar is None:
             return
         step = int(np.max(update_step))
@@ -104,8 +116,9 @@ class Progress:
 
     @property
     def callback(self):
-        """The agent's progress_fn: None (no host callback compiled) when the bar is off."""
-        return self if self.enabled else None
+        """The agent's progress_fn: None (no host callback compiled) when neither the bar nor a
+        logging sink is on."""
+        return self if self.enabled or self.logging else None
 
     def close(self) -> None:
         if self.bar is not None:
@@ -120,6 +133,8 @@ class Plan:
     agent: Any
     progress: Progress
     checkpoint_every: int | None
+    log: list[str] = dataclasses.field(default_factory=list)
+    wandb_project: str | None = None
     resume: bool = False
     state: Any = None
     start_update: int = 0
@@ -151,7 +166,25 @@ def parse_args(argv):
         action="store_true",
         help="no progress bar or status lines (errors, warnings and the final line remain)",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--log",
+        nargs="+",
+        default=[],
+        metavar="SINK",
+        help="also log the progress reports to: tensorboard (DIR/tb/), wandb (DIR/wandb/); "
+        "default none (metrics.csv is always written)",
+    )
+    p.add_argument(
+        "--wandb-project",
+        metavar="NAME",
+        help="W&B project of --log wandb (default $WANDB_PROJECT or "
+        f"{sinks.DEFAULT_WANDB_PROJECT}); WANDB_MODE=offline logs without network or account",
+    )
+    args = p.parse_args(argv)
+    # `--log tensorboard lr=1e-3`: a key=value after --log is an override, not a sink name.
+    args.overrides += [x for x in args.log if "=" in x]
+    args.log = [x for x in args.log if "=" not in x]
+    return args
 
 
 def _count(n, word: str) -> str:
@@ -183,7 +216,11 @@ def prepare(args) -> Plan:
         raise ValueError(f"--checkpoint-every={args.checkpoint_every}: must be a positive integer")
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds={args.seeds}: must be a positive integer")
-    progress = Progress(enabled=not args.no_progress)
+    log = sinks.check_sinks(args.log)  # SinkError (a ValueError) for an unknown or missing sink
+    if args.wandb_project and "wandb" not in log:
+        raise ValueError("--wandb-project is for --log wandb, which is not given")
+    progress = Progress(enabled=not args.no_progress, logging=bool(log))
+    logging = {"log": log, "wandb_project": args.wandb_project}
 
     if args.resume:
         if args.config or args.out:
@@ -215,6 +252,7 @@ def prepare(args) -> Plan:
             agent=agent,
             progress=progress,
             checkpoint_every=args.checkpoint_every,
+            **logging,
             resume=True,
             state=state,
             start_update=int(info["update_step"]),
@@ -242,6 +280,7 @@ def prepare(args) -> Plan:
         agent=agent,
         progress=progress,
         checkpoint_every=args.checkpoint_every,
+        **logging,
     )
 
 
@@ -272,7 +311,64 @@ def retire_evaluation(run_dir: Path, checkpoint_update: int) -> str | None:
     )
 
 
+def seeds_with_return(run_dir: Path, last_update: int, num_seeds: int) -> list[bool]:
+    """Per seed, whether metrics.csv has a return for it up to `last_update` (it finished an
+    episode in an earlier session)."""
+    columns, data = runs.read_metrics(run_dir)
+    if not len(data):
+        return [False] * num_seeds
+    rows = data[data[:, columns.index("update")] <= last_update]
+    return [
+        f"episode_return_seed{i}" in columns
+        and bool(np.isfinite(rows[:, columns.index(f"episode_return_seed{i}")]).any())
+        for i in range(num_seeds)
+    ]
+
+
+def start_sinks(plan: Plan) -> list:
+    """The plan's logging sinks, fed by the progress callback; [] when none. Raises SinkError."""
+    if not plan.log:
+        return []
+    steps_per_update = plan.spec.config.num_envs * plan.spec.config.num_steps
+    started = sinks.make_sinks(
+        plan.log,
+        plan.run_dir,
+        {**plan.spec.to_dict(), "run_dir": str(plan.run_dir)},
+        wandb_project=plan.wandb_project,
+        resume_step=plan.start_update * steps_per_update if plan.resume else None,
+    )
+    plan.progress.reporter = sinks.Reporter(
+        started,
+        num_seeds=plan.spec.num_seeds,
+        started=(
+            seeds_with_return(plan.run_dir, plan.start_update, plan.spec.num_seeds)
+            if plan.resume
+            else None
+        ),
+        on_error=plan.progress.notice,
+    )
+    return started
+
+
 def execute(plan: Plan) -> dict:
+    """Trains the plan; the logging sinks are started first (before config.yaml is written, so a
+    sink that fails to start leaves no run behind) and closed at the end, also on error."""
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    active = start_sinks(plan)
+    try:
+        return _execute(plan)
+    finally:
+        if plan.progress.reporter is not None:
+            plan.progress.reporter.flush()
+            plan.progress.reporter = None
+        try:
+            sinks.close_sinks(active)
+        except Exception as e:  # the run folder is complete; only the log may lack its tail
+            plan.progress.notice(f"warning: closing the logging sinks failed: {e}")
+
+
+def _execute(plan: Plan) -> dict:
     import jax
 
     from purejaxrl import checkpoint
@@ -283,7 +379,6 @@ def execute(plan: Plan) -> dict:
     steps_per_update = cfg.num_envs * cfg.num_steps
     remaining = agent.num_updates - plan.start_update
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     runs.write_config(run_dir, spec)
     compile_s = 0.0
     if plan.resume:
@@ -336,6 +431,9 @@ def execute(plan: Plan) -> dict:
             t = time.perf_counter()
             out = jax.block_until_ready(compiled[n](state))
             train_s += time.perf_counter() - t
+            if plan.progress.reporter is not None:
+                jax.effects_barrier()  # every host callback of the segment has run
+                plan.progress.reporter.flush()
             state = out.state
             runs.append_metrics(run_dir, jax.device_get(out.metrics), first_update=done)
             done += n
@@ -431,6 +529,9 @@ def main(argv=None) -> int:
         return 0
     try:
         summary = execute(plan)
+    except sinks.SinkError as e:  # a logging sink that failed to start (e.g. wandb.init)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; continue from the last checkpoint with "

@@ -53,6 +53,9 @@ def test_pmoe_experiment_writes_run_folder(tiny_run):
     assert {"final_return_mean", "final_return_per_seed", "sps", "compile_s", "wall_s"} <= set(
         summary
     )
+    assert (
+        summary["final_return_iqm"] == summary["results"][summary["best_run"]]["final_return_iqm"]
+    )
     for name, r in summary["results"].items():
         assert (out / r["checkpoint"]).is_dir(), name
         for key in (
@@ -62,6 +65,11 @@ def test_pmoe_experiment_writes_run_folder(tiny_run):
             "auc_per_seed",
         ):
             assert len(r[key]) == 2 and _finite(r[key]), (name, key)
+        for prefix in ("final_return", "eval_deterministic", "eval_stochastic", "auc"):
+            lo, hi = r[f"{prefix}_iqm_ci"]  # 2 seeds: the IQM is the mean
+            assert lo <= r[f"{prefix}_iqm"] <= hi
+            assert r[f"{prefix}_mean_ci"] == pytest.approx([lo, hi])
+            assert min(r[f"{prefix}_per_seed"]) <= lo and hi <= max(r[f"{prefix}_per_seed"])
         assert r["sps"] > 0 and r["compile_s"] > 0 and r["wall_s"] > 0
         experts = r["experts"]
         k = 1 if r["method"] == "gaussian" else 2

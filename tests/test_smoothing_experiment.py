@@ -62,6 +62,15 @@ def test_smoothing_experiment_writes_run_folder(tmp_path):
         assert run["attacked_episodes"] == 4
         assert run["attack_s_per_episode"] > 0 and run["train"]["sps"] > 0
         assert 0 <= run["clean_return_mean"] <= 200
+        lo, hi = run["clean_return_mean_ci"]
+        assert lo <= run["clean_return_mean"] <= hi
+        lo, hi = run["clean_return_iqm_ci"]
+        assert 0 <= lo <= run["clean_return_iqm"] <= hi <= 200
+        assert len(run["attacked_return_iqm"]) == len(run["attacked_return_iqm_ci"]) == 2
+        for (lo, hi), mean in zip(
+            run["attacked_return_mean_ci"], run["attacked_return_mean"], strict=True
+        ):
+            assert lo <= mean <= hi
     assert r["clean_episodes"] == 200 and r["certify_s"] > 0
     bounds = r["certified_expected_reward"]
     assert len(bounds) == 2 and _finite(bounds)

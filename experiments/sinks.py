@@ -1,0 +1,419 @@
+"""Logging sinks for training metrics: TensorBoard event files and Weights & Biases (both off by
+default; the run folder's metrics.csv is always written).
+
+    sinks = make_sinks(["tensorboard", "wandb"], run_dir, config)   # checks names and packages
+    reporter = Reporter(sinks, num_seeds=4)      # an agent's progress_fn(update_step, metrics)
+    ...                                          # training calls reporter(update_step, metrics)
+    reporter.flush()
+    close_sinks(sinks)
+
+A sink has `log(step, scalars, prefix=None)` and `close()`. `step` is the x axis, an int;
+`scalars` maps names to floats; `prefix` (e.g. "lr=0.001", one per configuration of a sweep)
+goes in front of every name as "prefix/name". `TensorBoardSink` writes `add_scalar(tag,
+value, step)` (characters other than letters, digits and `_-./` in a tag become "_", so
+"lr=0.001" shows as "lr_0.001"); `WandbSink` logs each name against a step metric of its own
+("env_steps", or "prefix/env_steps"), so configurations logged one after another in one W&B run
+each get their own x axis, and a resumed run may log a step again.
+
+`Reporter` turns the agent's throttled progress reports (the host callback that also feeds the
+progress bar, every `progress_every` updates) into one `log` per reported update:
+
+- the step is the report's `env_steps` metric: environment steps per seed (update x num_envs x
+  num_steps), the x axis of metrics.csv and curve.png; `update_step` when there is none;
+- the scalars are `train/<metric>`, each the mean over seeds, and `train/update`;
+- `train/episode_return` and `train/episode_length` are the mean over the seeds that have
+  finished an episode, and are left out until one has: before its first finished episode a
+  seed's return is a placeholder 0. A seed counts once a report shows a finished episode
+  (`episodes_finished` > 0) or a nonzero return (the carried return of an episode that finished
+  between two reports), and from then on; these are the seeds metrics.csv averages over (a seed
+  whose finished episodes all returned exactly 0 may count a few reports later than there).
+
+Under a `jax.vmap` over seeds the host callback comes once per seed with unbatched values (in
+seed order), collected until every seed of the update has reported (`num_seeds`) or another
+update reports or `flush()`; a callback outside the vmap comes once with values batched over
+seeds (`[num_seeds]`), logged at once (a sweep passes each configuration's rows to
+`report`). A sink that raises is reported through `on_error` and dropped; training goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+SINKS = {  # name -> (package imported, pip package)
+    "tensorboard": ("tensorboardX", "tensorboardX"),
+    "wandb": ("wandb", "wandb"),
+}
+INSTALL_HINT = "pip install 'purejaxrl-research[log]'"
+STEP_METRIC = "env_steps"
+NAMESPACE = "train"
+DEFAULT_WANDB_PROJECT = "purejaxrl-research"
+
+
+class SinkError(ValueError):
+    """A sink that cannot be used: unknown name, missing package, or a failed start."""
+
+
+class Sink(Protocol):
+    def log(self, step: int, scalars: Mapping[str, float], prefix: str | None = None) -> None:
+        """Logs each scalar at `step` under "prefix/name" (under "name" without a prefix)."""
+
+    def close(self) -> None:
+        """Writes out what is buffered and releases the sink."""
+
+
+def tag(name: str, prefix: str | None) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def tb_tag(name: str, prefix: str | None) -> str:
+    """A TensorBoard tag: characters other than letters, digits and `_-./` become "_" (as
+    tensorboardX would do, with a log line each time), e.g. "lr=0.001/x" -> "lr_0.001/x"."""
+    return re.sub(r"[^-/\w.]", "_", tag(name, prefix)).lstrip("/")
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+class TensorBoardSink:
+    """TensorBoard event files in `log_dir` (tensorboardX `SummaryWriter`).
+
+    config: written once as text (tag "config"); purge_step: a resumed run's first new step, so
+    TensorBoard hides the events an earlier session wrote from that step on."""
+
+    name = "tensorboard"
+
+    def __init__(
+        self,
+        log_dir,
+        config: Mapping[str, Any] | None = None,
+        purge_step: int | None = None,
+        flush_secs: int = 10,
+    ):
+        require("tensorboard")
+        from tensorboardX import SummaryWriter
+
+        self.log_dir = Path(log_dir)
+        # The file is named by the second and host: a suffix keeps two sessions within one
+        # second (a quick resume) from writing the same file.
+        self.writer = SummaryWriter(
+            logdir=str(self.log_dir),
+            purge_step=purge_step,
+            flush_secs=flush_secs,
+            filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}",
+        )
+        if config:
+            import yaml
+
+            text = yaml.safe_dump(_plain(config), sort_keys=False)
+            self.writer.add_text("config", "```\n" + text + "```", global_step=purge_step or 0)
+
+    def log(self, step: int, scalars: Mapping[str, float], prefix: str | None = None) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(tb_tag(name, prefix), float(value), global_step=int(step))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """A Weights & Biases run: `wandb.init(project, dir=run_dir, config=config)`, so its files
+    go to `run_dir/wandb/`.
+
+    mode: "online", "offline" (no network or login needed; `wandb sync run_dir/wandb/offline-run-*`
+    uploads it later) or "disabled"; None takes WANDB_MODE (wandb's default: online). run_id
+    with resume="allow" continues an earlier run. The console is not captured (the progress bar
+    and the final line stay as they are)."""
+
+    name = "wandb"
+
+    def __init__(
+        self,
+        project: str | None,
+        run_dir,
+        config: Mapping[str, Any],
+        mode: str | None = None,
+        *,
+        name: str | None = None,
+        group: str | None = None,
+        run_id: str | None = None,
+        resume: str | None = None,
+        step_metric: str = STEP_METRIC,
+    ):
+        require("wandb")
+        import wandb
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.step_metric = step_metric
+        self._defined: set[str] = set()
+        try:
+            self.run = wandb.init(
+                project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
+                dir=str(self.run_dir),
+                config=_plain(config),
+                mode=mode or os.environ.get("WANDB_MODE") or None,
+                name=name,
+                group=group,
+                id=run_id,
+                resume=resume,
+                reinit="create_new",
+                settings=wandb.Settings(console="off"),
+            )
+        except Exception as e:
+            raise SinkError(
+                f"--log wandb: wandb.init failed ({type(e).__name__}: {e}); log in with "
+                "`wandb login`, or set WANDB_MODE=offline to write the run locally and "
+                "`wandb sync` it later"
+            ) from e
+
+    def _define(self, key: str, step_key: str) -> None:
+        if key in self._defined:
+            return
+        if step_key not in self._defined:
+            self.run.define_metric(_escape(step_key))
+            self._defined.add(step_key)
+        self.run.define_metric(_escape(key), step_metric=_escape(step_key))
+        self._defined.add(key)
+
+    def log(self, step: int, scalars: Mapping[str, float], prefix: str | None = None) -> None:
+        step_key = tag(self.step_metric, prefix)
+        data = {tag(name, prefix): float(value) for name, value in scalars.items()}
+        for key in data:
+            self._define(key, step_key)
+        self.run.log({**data, step_key: int(step)})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _escape(name: str) -> str:
+    """define_metric reads "." as nesting; a literal dot (e.g. "lr=0.001/...") is escaped."""
+    return name.replace(".", "\\.")
+
+
+def _plain(x):
+    """YAML/JSON-friendly copy: tuples -> lists, numpy scalars -> Python, mappings -> dict."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def check_sinks(names: Sequence[str]) -> list[str]:
+    """The sink names (comma-separated items split, duplicates dropped), checked without starting
+    any sink: an unknown name or a missing package raises SinkError."""
+    out: list[str] = []
+    for item in names:
+        for name in (n.strip().lower() for n in str(item).split(",")):
+            if not name or name in out:
+                continue
+            if name not in SINKS:
+                raise SinkError(
+                    f"--log {name}: unknown logging sink; choose from {sorted(SINKS)} "
+                    "(metrics.csv is always written)"
+                )
+            require(name)
+            out.append(name)
+    return out
+
+
+def require(name: str) -> None:
+    """SinkError saying how to install the package of sink `name` when it is missing."""
+    module, package = SINKS[name]
+    if importlib.util.find_spec(module) is None:
+        raise SinkError(
+            f"--log {name} needs the {package} package, which is not installed: "
+            f"{INSTALL_HINT} (or pip install {package})"
+        )
+
+
+def make_sinks(
+    names: Sequence[str],
+    run_dir,
+    config: Mapping[str, Any],
+    *,
+    wandb_project: str | None = None,
+    wandb_mode: str | None = None,
+    wandb_name: str | None = None,
+    resume_step: int | None = None,
+) -> list[Sink]:
+    """The sinks `names` for the run folder `run_dir`: "tensorboard" writes `run_dir/tb/`,
+    "wandb" `run_dir/wandb/` (a run of `wandb_project`, named `wandb_name`, default the folder's
+    name, with `config`).
+
+    resume_step: the step a resumed run continues from; TensorBoard then hides the events of an
+    earlier session after it, and W&B continues the run found in `run_dir/wandb/`. Raises
+    SinkError for an unknown name, a missing package or a sink that fails to start (the sinks
+    started before it are closed)."""
+    run_dir = Path(run_dir)
+    sinks: list[Sink] = []
+    try:
+        for name in check_sinks(names):
+            if name == "tensorboard":
+                purge = None if resume_step is None else int(resume_step) + 1
+                sinks.append(TensorBoardSink(run_dir / "tb", config=config, purge_step=purge))
+            elif name == "wandb":
+                run_id = previous_wandb_id(run_dir) if resume_step is not None else None
+                sinks.append(
+                    WandbSink(
+                        wandb_project,
+                        run_dir,
+                        config,
+                        mode=wandb_mode,
+                        name=wandb_name or run_dir.resolve().name,
+                        run_id=run_id,
+                        resume="allow" if run_id else None,
+                    )
+                )
+    except BaseException:
+        close_sinks(sinks)
+        raise
+    return sinks
+
+
+def previous_wandb_id(run_dir) -> str | None:
+    """The id of the newest W&B run in `run_dir/wandb/` (folders `[offline-]run-<time>-<id>`)."""
+    found = []
+    for path in (Path(run_dir) / "wandb").glob("*run-*-*"):
+        m = re.fullmatch(r"(?:offline-)?run-(\d{8}_\d{6})-(\w+)", path.name)
+        if m and path.is_dir():
+            found.append((m.group(1), m.group(2)))
+    return max(found)[1] if found else None
+
+
+def close_sinks(sinks: Sequence[Sink]) -> None:
+    """Closes every sink; the first error is raised after all were tried."""
+    error = None
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as e:
+            error = error or e
+    if error is not None:
+        raise error
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def per_seed(value, num_seeds: int) -> np.ndarray:
+    """float64 `[num_seeds]` from a metric batched over seeds (`[num_seeds, ...]`, extra axes
+    averaged) or shared by them (broadcast)."""
+    x = np.asarray(value, dtype=np.float64)
+    if x.ndim and x.shape[0] == num_seeds:
+        return x.reshape(num_seeds, -1).mean(axis=1)
+    return np.full(num_seeds, x.mean())
+
+
+def report_scalars(
+    update_step, metrics: Mapping[str, Any], started: np.ndarray | None = None
+) -> tuple[int, dict[str, float], np.ndarray]:
+    """(step, scalars, started) of one report batched over seeds: update_step `[S]` (or a
+    scalar, one seed), metrics {name: [S, ...]}; `started[i]`: seed i finished an episode
+    before (updated and returned). See the module docstring for what is logged."""
+    updates = np.atleast_1d(np.asarray(update_step))
+    n = updates.shape[0]
+    seeds = {k: per_seed(v, n) for k, v in metrics.items()}
+    started = np.zeros(n, bool) if started is None else np.asarray(started, bool).copy()
+    if started.shape[0] != n:
+        started = np.resize(np.concatenate([started, np.zeros(n, bool)]), n)
+    returns = seeds.get("episode_return")
+    if "episodes_finished" in seeds:
+        started |= seeds["episodes_finished"] > 0
+        if returns is not None:
+            started |= np.isfinite(returns) & (returns != 0)
+    else:  # a metric set without the count: nothing to tell apart (as metrics.csv)
+        started[:] = True
+    step = int(np.max(seeds[STEP_METRIC])) if STEP_METRIC in seeds else int(np.max(updates))
+    scalars = {f"{NAMESPACE}/update": float(np.max(updates))}
+    for name, values in seeds.items():
+        if name == STEP_METRIC:
+            continue
+        if name in ("episode_return", "episode_length"):
+            if not started.any():
+                continue
+            values = values[started]
+        scalars[f"{NAMESPACE}/{name}"] = float(np.mean(values))
+    return step, scalars, started
+
+
+class Reporter:
+    """Feeds `sinks` from progress reports: usable as an agent's `progress_fn(update_step,
+    metrics)` (see the module docstring) or called with complete reports through `report`.
+
+    prefix: passed to every sink's `log` (a sweep's configuration); num_seeds: how many
+    unbatched calls make one report (None: collected until another update or `flush`);
+    started: per seed, whether it finished an episode before (a resumed run); on_error(message)
+    is told once when a sink fails (it is then dropped)."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        prefix: str | None = None,
+        num_seeds: int | None = None,
+        started: Sequence[bool] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ):
+        self.sinks = list(sinks)
+        self.prefix = prefix
+        self.num_seeds = num_seeds
+        self.started = None if started is None else np.asarray(started, bool)
+        self.on_error = on_error
+        self._pending: list[tuple[int, dict]] = []
+
+    def __call__(self, update_step, metrics) -> None:
+        if np.ndim(update_step) == 0:  # one seed of a callback unrolled over a vmap
+            step = int(update_step)
+            if self._pending and self._pending[0][0] != step:
+                self.flush()
+            values = {
+                k: float(np.mean(np.asarray(v, dtype=np.float64))) for k, v in metrics.items()
+            }
+            self._pending.append((step, values))
+            if self.num_seeds is not None and len(self._pending) >= self.num_seeds:
+                self.flush()
+        else:
+            self.flush()
+            self.report(update_step, metrics)
+
+    def flush(self) -> None:
+        """Logs the collected per-seed calls of an update as one report."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        names = pending[0][1].keys()
+        self.report(
+            np.array([s for s, _ in pending]),
+            {k: np.array([m.get(k, np.nan) for _, m in pending]) for k in names},
+        )
+
+    def report(self, update_step, metrics: Mapping[str, Any]) -> None:
+        """Logs one report batched over seeds (`[S]` values; or scalars for one seed)."""
+        step, scalars, self.started = report_scalars(update_step, metrics, self.started)
+        for sink in list(self.sinks):
+            try:
+                sink.log(step, scalars, prefix=self.prefix)
+            except Exception as e:
+                self.sinks.remove(sink)
+                name = getattr(sink, "name", type(sink).__name__)
+                message = (
+                    f"warning: logging to {name} failed ({type(e).__name__}: {e}); "
+                    "it stops, training and metrics.csv go on"
+                )
+                if self.on_error is not None:
+                    self.on_error(message)

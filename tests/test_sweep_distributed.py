@@ -1,0 +1,77 @@
+"""A sweep over two real processes on 127.0.0.1 (jax.distributed, CPU collectives over gloo)
+equals the same sweep in one process: each process runs its half of the run axis and both end
+with every run's metrics."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    port, nproc, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    if nproc > 1:
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid
+        )
+    from purejaxrl import ppo, sweep
+    from tests.test_sweep import CFG
+    b = sweep.grid(CFG, {"learning_rate": [1e-3, 3e-3], "gamma": [0.9, 0.99]}, seeds=1)
+    res = sweep.run(b, ppo.make_agent, progress=False)
+    print(json.dumps({
+        "process": jax.process_index(), "processes": jax.process_count(),
+        "devices": jax.device_count(), "local": jax.local_device_count(),
+        "loss": res.metrics["loss"].tolist(),
+        "episode_return": res.metrics["episode_return"].tolist(),
+    }))
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, port: int) -> list[dict]:
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(port), str(nproc), str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(nproc)
+    ]
+    outs = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=600)
+        finally:
+            for q in procs:
+                if q.poll() is None:
+                    q.kill()
+        assert p.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    return outs
+
+
+def test_two_processes_on_localhost_equal_one_process():
+    two = launch(2, free_port())
+    (one,) = launch(1, free_port())
+    assert [o["process"] for o in two] == [0, 1]
+    assert all(o["processes"] == 2 and o["devices"] == 2 and o["local"] == 1 for o in two)
+    for o in two:  # each process ends with every run's metrics
+        for name in ("loss", "episode_return"):
+            np.testing.assert_allclose(o[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
