@@ -427,8 +427,7 @@ def run(
             f"static fields {list(batch.static)} take {len(statics)} value combinations: "
             f"{len(statics)} programs, compiled one after another"
         )
-    mesh = Mesh(np.asarray(devices), (AXIS,))
-    sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    sharding = run_sharding(devices)
     n_dev = len(devices)
 
     groups = [_Group(batch, s, make_agent, chunks, g, keep_state) for g, s in enumerate(statics)]
@@ -454,11 +453,11 @@ def run(
                 compile_s += time.perf_counter() - t0
             bar.begin(c)
             t0 = time.perf_counter()
-            arrays = [_put(x, sharding) for x in inputs]
+            arrays = [put(x, sharding) for x in inputs]
             out = group.compiled(*arrays)
             out = jax.block_until_ready(out)
             run_s += time.perf_counter() - t0
-            out = _gather(out)
+            out = gather(out)
             state, metrics = out if keep_state else (None, out)
             keep = slice(0, len(c.index))
             metrics_parts[i] = {k: np.asarray(v)[keep] for k, v in metrics.items()}
@@ -474,6 +473,12 @@ def run(
     return partial.finish(
         compile_s=compile_s, run_s=run_s, env_steps=env_steps, programs=len(groups)
     )
+
+
+def run_sharding(devices) -> NamedSharding:
+    """Leading axis split over `devices` (a 1-D mesh with axis "runs"), the rest replicated;
+    used for sweeps' run axis and ES populations."""
+    return NamedSharding(Mesh(np.asarray(devices), (AXIS,)), PartitionSpec(AXIS))
 
 
 def _padded_size(size: int, n_dev: int) -> int:
@@ -529,7 +534,7 @@ class _Group:
             return (out.state, metrics) if keep_state else metrics
 
         jitted = jax.jit(program, in_shardings=sharding, out_shardings=sharding)
-        arrays = [_put(x, sharding) for x in inputs]
+        arrays = [put(x, sharding) for x in inputs]
         self.compiled = jitted.lower(*arrays).compile()
 
 
@@ -539,9 +544,10 @@ def _device(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float32) if values.dtype == np.float64 else values
 
 
-def _put(tree, sharding):
-    """Host arrays -> global arrays sharded on their leading axis; each process supplies only
-    the shards of its own devices (the same host data exists on every process)."""
+def put(tree, sharding):
+    """Host arrays -> global arrays sharded on their leading axis (which must divide by the
+    device count); each process supplies only the shards of its own devices (the same host data
+    exists on every process)."""
 
     def put(x):
         x = np.asarray(x)
@@ -550,7 +556,8 @@ def _put(tree, sharding):
     return jax.tree.map(put, tree)
 
 
-def _gather(tree):
+def gather(tree):
+    """Global arrays -> numpy on every process (multi-host: an all-gather)."""
     if jax.process_count() > 1:
         return multihost_utils.process_allgather(tree, tiled=True)
     return jax.tree.map(np.asarray, tree)
