@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import meta.lpo  # noqa: F401  (registers the learned / hand-written objectives by name)
 from experiments import runs
 from purejaxrl import checkpoint
 

@@ -162,7 +162,10 @@ class RunSpec:
 
 def build_spec(values: Mapping[str, Any]) -> RunSpec:
     """RunSpec from a flat mapping; unknown keys and ill-typed values raise ValueError."""
-    from purejaxrl import checkpoint  # here, not at import: `experiments.train` starts fast
+    # Here, not at import: `experiments.train` starts fast. meta.lpo registers the objectives
+    # "lpo", "dpo" and "mdpo".
+    import meta.lpo  # noqa: F401
+    from purejaxrl import checkpoint
 
     algo = values.get("algo")
     if algo not in checkpoint.ALGOS:
