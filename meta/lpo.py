@@ -402,3 +402,7 @@ def _build_mdpo(cfg, step_size=1.0, min_step_size=0.05, anneal=True) -> objectiv
 objectives.register("lpo", _build_lpo)
 objectives.register("dpo", _build_dpo)
 objectives.register("mdpo", _build_mdpo)
+
+
+# Meta-training lives in its own module; its public names are part of `lpo`'s API.
+from meta.lpo_train import LPOConfig, MetaOutput, make_meta_train  # noqa: E402, F401
