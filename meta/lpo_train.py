@@ -1,4 +1,4 @@
-"""Meta-training of an LPO / TA-LPO drift with evolution strategies (re-exported by meta.lpo).
+"""Meta-training of an LPO / TA-LPO drift with evolution strategies (public through meta.lpo).
 
     cfg = lpo.LPOConfig(tasks=("CartPole-v1", "Acrobot-v1"), time_aware=True)
     meta_train = lpo.make_meta_train(cfg)
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meta import es
+from meta import drift, es
 from purejaxrl import config as C
 from purejaxrl import objectives, ppo
 
@@ -140,12 +140,10 @@ def compute_baselines(cfg: LPOConfig, key: jax.Array) -> dict[str, dict[str, flo
 def make_fitness(cfg: LPOConfig, baselines: Mapping[str, Mapping[str, float]] | None):
     """fitness(params, key) -> scalar: mean over tasks of the (normalised) final return of an
     inner PPO run trained with the drift `params` (see the module docstring)."""
-    from meta import lpo
-
     inners = [cfg.inner_config(task) for task in cfg.tasks]
 
     def fitness(params, key):
-        loss = lpo.learned_loss(params, time_aware=cfg.time_aware, ppo_init=cfg.ppo_init)
+        loss = drift.learned_loss(params, time_aware=cfg.time_aware, ppo_init=cfg.ppo_init)
         scores = []
         for i, (task, inner) in enumerate(zip(cfg.tasks, inners, strict=True)):
             out = inner_train(inner, loss)(jax.random.fold_in(key, i))
@@ -162,12 +160,11 @@ def make_fitness(cfg: LPOConfig, baselines: Mapping[str, Mapping[str, float]] | 
 def make_meta_train(cfg: LPOConfig):
     """`meta_train(key, *, devices=None, progress=True, checkpoint_dir=None, resume=False,
     on_generations=None) -> MetaOutput` (keywords as es.evolve's)."""
-    from meta import lpo
 
     def meta_train(key, **evolve_kwargs) -> MetaOutput:
         k_base, k_init, k_es = jax.random.split(key, 3)
         baselines = compute_baselines(cfg, k_base) if cfg.normalize else None
-        init = lpo.init_params(k_init, time_aware=cfg.time_aware, hidden=cfg.hidden)
+        init = drift.init_params(k_init, time_aware=cfg.time_aware, hidden=cfg.hidden)
         fitness = make_fitness(cfg, baselines)
         out = es.evolve(fitness, init, cfg.es, k_es, **evolve_kwargs)
         info = {

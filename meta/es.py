@@ -1,0 +1,682 @@
+"""Evolution strategies: evosax 0.3 driven as ask -> vmapped fitness -> tell, scanned and sharded.
+
+    from meta import es
+    cfg = es.ESConfig(strategy="open_es", population_size=16, num_generations=100)
+    out = es.evolve(fitness_fn, init_params, cfg, key, checkpoint_dir="runs/x/es", resume=True)
+    out.mean_params, out.best_params, out.best_fitness   # pytrees like init_params; a float
+    out.fitness                                          # [G, P] numpy, higher is better
+
+`fitness_fn(params, key) -> scalar` is maximised (evosax minimises: the driver negates). It sees
+one candidate (a pytree like `init_params`) and its key; the driver vmaps it over the population
+(it may be a whole inner training run).
+
+One generation (all inside one jitted function, `generations_per_call` of them in a `lax.scan`):
+its key fold_in(split(key)[1], g) -> (ask, fitness, tell) keys; ask -> `[P, ...]` candidates;
+vmapped fitness `[P]`; non-finite entries replaced (below); tell. Between calls the host shows
+progress, writes a checkpoint and calls `on_generations`. The keys depend only on the
+generation index g, not on `generations_per_call` or on where a run was interrupted.
+
+Antithetic sampling (evosax 0.3 `Open_ES(use_antithetic_sampling=True)` and `PGPE`, always):
+`z = concat([z_plus, -z_plus])`, so candidate i and candidate i + P/2 are the mirrored pair
+`mean +- std * z_i` (i < P/2). Both members of a pair get the same fitness key (the P/2 keys are
+repeated in that layout), so in a multi-task fitness they meet the same task and env randomness.
+SNES and CMA-ES sample P independent candidates, each with its own key.
+
+Non-finite fitness (NaN, +-inf): such a candidate is given the worst finite fitness of its
+generation (a finite value, so it ranks last, or ties for last, and z-score shaping stays
+finite); it never becomes `best_params`; `out.nonfinite` counts them per generation (and
+`out.fitness` keeps the raw values). A generation with no finite fitness leaves the ES state
+unchanged.
+
+Sharding: the population axis (candidates and their keys, and the fitness) is split over
+`devices` with `purejaxrl.sweep.run_sharding`; the ES state is replicated. `population_size`
+must divide by the device count (ValueError; no padding, which would waste whole inner runs).
+
+Checkpoints (`checkpoint_dir`): after every call, `checkpoint_dir/<generation>/` holds the ES
+state, base key, generation index, best so far, fitness history and the config (orbax, atomic,
+with a SHA-256 manifest: the helpers of `purejaxrl.checkpoint`). `resume=True` continues the
+newest one bit-exactly; it refuses (CheckpointError, a ValueError, naming the field) a
+checkpoint of another config (`num_generations` and `generations_per_call` may change), key or
+parameter shape.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import difflib
+import importlib.metadata
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from evosax.algorithms import CMA_ES, PGPE, SNES, Open_ES
+from evosax.core import fitness_shaping as shaping
+from evosax.core.optimizer import clipup
+from jax.sharding import NamedSharding, PartitionSpec
+
+from purejaxrl import checkpoint as ckpt
+from purejaxrl import sweep
+
+FORMAT = "es/1"
+STATE_ITEM, INFO_ITEM = "state", "info"
+RESUMABLE_FIELDS = frozenset({"num_generations", "generations_per_call"})
+
+# strategy -> (default learning_rate, default antithetic, default fitness_shaping)
+_DEFAULTS = {
+    "open_es": (0.03, True, "centered_rank"),
+    "snes": (1.0, False, "rank_weights"),
+    "cma_es": (None, False, "rank_weights"),
+    "pgpe": (0.03, True, "centered_rank"),
+}
+STRATEGIES = tuple(_DEFAULTS)
+SHAPINGS = ("centered_rank", "z_score", "none")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class ESConfig:
+    """An evolution strategy and its settings (validated on construction; None = the strategy's
+    default, filled in, so a config compares equal however its defaults were spelled).
+
+    strategy: "open_es" (OpenAI-ES: fixed isotropic std, Adam on the mean; default), "snes"
+        (separable NES: per-dimension std adapted; plain SGD on the mean), "cma_es" (full
+        covariance; sets its own step sizes) or "pgpe" (per-dimension std adapted; ClipUp on the
+        mean).
+    population_size: candidates per generation (P); even for open_es and pgpe (mirrored pairs).
+    num_generations: generations in all (G; may be raised when resuming).
+    generations_per_call: generations one jitted call scans (default 10); progress, the
+        callback and checkpoints happen between calls.
+    sigma: initial search std per dimension (default 0.03), > 0.
+    learning_rate: step size of the mean's optimiser, > 0: open_es Adam (default 0.03), pgpe
+        ClipUp (default 0.03, max speed 2x), snes SGD on the natural gradient (default 1.0);
+        cma_es takes none (None).
+    antithetic: mirrored sampling; open_es: True (default) or False; pgpe: always True; snes,
+        cma_es: False (not supported).
+    fitness_shaping: open_es, pgpe: "centered_rank" (ranks scaled to [-0.5, 0.5]; default),
+        "z_score" (standardised) or "none" (raw); snes and cma_es always use their own rank
+        weights ("rank_weights").
+    sigma_decay: open_es only: std multiplied by this each generation (default 1.0: constant).
+    weight_decay: L2 penalty `weight_decay * ||x||^2` subtracted from each candidate's fitness
+        before shaping (not from `fitness` as reported); default 0.0.
+    """
+
+    strategy: str = "open_es"
+    population_size: int = 16
+    num_generations: int = 100
+    generations_per_call: int = 10
+    sigma: float = 0.03
+    learning_rate: float | None = None
+    antithetic: bool | None = None
+    fitness_shaping: str | None = None
+    sigma_decay: float = 1.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.strategy not in _DEFAULTS:
+            hint = difflib.get_close_matches(str(self.strategy), STRATEGIES, n=1)
+            raise ValueError(
+                f"ESConfig.strategy={self.strategy!r} is unknown"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (choose from {list(STRATEGIES)})"
+            )
+        lr, anti, shape = _DEFAULTS[self.strategy]
+        where = f"ESConfig (strategy={self.strategy!r})"
+        for name in ("population_size", "num_generations", "generations_per_call"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{where}: {name}={value!r} must be a positive integer")
+            object.__setattr__(self, name, int(value))
+        if self.population_size < 2:
+            raise ValueError(f"{where}: population_size={self.population_size} must be >= 2")
+        _positive(where, "sigma", self.sigma)
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", lr)
+        elif lr is None:
+            raise ValueError(
+                f"{where}: learning_rate={self.learning_rate!r}: cma_es sets its own step "
+                "sizes; leave learning_rate unset"
+            )
+        else:
+            _positive(where, "learning_rate", self.learning_rate)
+        if self.antithetic is None:
+            object.__setattr__(self, "antithetic", anti)
+        elif not isinstance(self.antithetic, bool | np.bool_):
+            raise ValueError(f"{where}: antithetic={self.antithetic!r} must be true or false")
+        elif bool(self.antithetic) != anti and self.strategy != "open_es":
+            raise ValueError(
+                f"{where}: antithetic={self.antithetic}: "
+                + ("pgpe always samples mirrored pairs" if anti else "not supported here")
+            )
+        object.__setattr__(self, "antithetic", bool(self.antithetic))
+        if self.fitness_shaping is None:
+            object.__setattr__(self, "fitness_shaping", shape)
+        elif shape == "rank_weights" and self.fitness_shaping != shape:
+            raise ValueError(
+                f"{where}: fitness_shaping={self.fitness_shaping!r}: {self.strategy} shapes "
+                "fitness with its own rank weights; leave fitness_shaping unset"
+            )
+        elif shape != "rank_weights" and self.fitness_shaping not in SHAPINGS:
+            hint = difflib.get_close_matches(str(self.fitness_shaping), SHAPINGS, n=1)
+            raise ValueError(
+                f"{where}: fitness_shaping={self.fitness_shaping!r} is unknown"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (choose from {list(SHAPINGS)})"
+            )
+        if self.population_size % 2 and self.strategy in ("open_es", "pgpe"):
+            reason = "antithetic pairs" if self.antithetic else "evosax requires it"
+            raise ValueError(
+                f"{where}: population_size={self.population_size} must be even ({reason})"
+            )
+        _positive(where, "sigma_decay", self.sigma_decay)
+        if self.sigma_decay != 1.0 and self.strategy != "open_es":
+            raise ValueError(
+                f"{where}: sigma_decay={self.sigma_decay}: only open_es has a fixed std "
+                "schedule; the others adapt their std"
+            )
+        if not _is_number(self.weight_decay) or not self.weight_decay >= 0:
+            raise ValueError(f"{where}: weight_decay={self.weight_decay!r} must be >= 0")
+        for name in ("sigma", "sigma_decay", "weight_decay", "learning_rate"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+
+
+def _positive(where: str, name: str, value) -> None:
+    if not _is_number(value) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{where}: {name}={value!r} must be a finite number > 0")
+
+
+def make_strategy(cfg: ESConfig, init_params):
+    """(evosax strategy, its params) for `cfg`, with candidates shaped like `init_params`."""
+    fn = {
+        "centered_rank": shaping.centered_rank_fitness_shaping_fn,
+        "z_score": shaping.standardize_fitness_shaping_fn,
+        "none": shaping.identity_fitness_shaping_fn,
+        "rank_weights": shaping.weights_fitness_shaping_fn,
+    }[cfg.fitness_shaping]
+    if cfg.weight_decay > 0:  # evosax adds the penalty to the (minimised) fitness
+        fn = shaping.add_weight_decay(fn, cfg.weight_decay)
+    P, lr = cfg.population_size, cfg.learning_rate
+    if cfg.strategy == "open_es":
+        schedule = (
+            optax.constant_schedule(cfg.sigma)
+            if cfg.sigma_decay == 1.0
+            else optax.exponential_decay(cfg.sigma, 1, cfg.sigma_decay)
+        )
+        strategy = Open_ES(
+            P,
+            init_params,
+            use_antithetic_sampling=cfg.antithetic,
+            optimizer=optax.adam(lr),
+            std_schedule=schedule,
+            fitness_shaping_fn=fn,
+        )
+        return strategy, strategy.default_params
+    if cfg.strategy == "snes":
+        strategy = SNES(P, init_params, optimizer=optax.sgd(lr), fitness_shaping_fn=fn)
+    elif cfg.strategy == "pgpe":
+        strategy = PGPE(P, init_params, optimizer=clipup(lr, 2 * lr), fitness_shaping_fn=fn)
+    else:
+        strategy = CMA_ES(P, init_params, fitness_shaping_fn=fn)
+    params = strategy.default_params.replace(std_init=jnp.asarray(cfg.sigma, jnp.float32))
+    return strategy, params
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def candidate_keys(key: jax.Array, population_size: int, antithetic: bool) -> jax.Array:
+    """`[P]` fitness keys from one key; antithetic: the P/2 keys twice (i and i + P/2 share)."""
+    if antithetic:
+        half = jax.random.split(key, population_size // 2)
+        return jnp.concatenate([half, half])
+    return jax.random.split(key, population_size)
+
+
+def replace_nonfinite(fitness: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`[P]` -> (`[P]` with each non-finite entry set to the worst finite one (0 if none is
+    finite), the number replaced)."""
+    finite = jnp.isfinite(fitness)
+    worst = jnp.min(jnp.where(finite, fitness, jnp.inf))
+    worst = jnp.where(jnp.any(finite), worst, 0.0)
+    return jnp.where(finite, fitness, worst), jnp.sum(~finite).astype(jnp.int32)
+
+
+class Carry(NamedTuple):
+    """What one generation hands the next (replicated over devices)."""
+
+    es_state: Any  # evosax state
+    best_params: Any  # pytree like init_params: best finite candidate so far
+    best_fitness: jax.Array  # [] float32; -inf until a finite fitness is seen
+    key_data: jax.Array  # the base key's data (uint32)
+    generation: jax.Array  # [] int32: generations done
+
+
+@dataclasses.dataclass
+class ESOutput:
+    """The result of `evolve` (numpy leaves, on every process).
+
+    mean_params / best_params: pytrees like init_params (the final search mean; the best
+    candidate with finite fitness over all generations, init_params if there was none).
+    best_fitness: its fitness (-inf if none was finite). fitness: `[G, P]` raw fitness per
+    generation and candidate (non-finite values kept). nonfinite: `[G]` int, candidates per
+    generation whose fitness was not finite. state: the final evosax state. compile_s / run_s:
+    seconds compiling (this process) / running the generations (compile excluded).
+    """
+
+    mean_params: Any
+    best_params: Any
+    best_fitness: float
+    fitness: np.ndarray
+    nonfinite: np.ndarray
+    state: Any
+    compile_s: float
+    run_s: float
+
+    @property
+    def mean_fitness(self) -> np.ndarray:
+        """`[G]` mean over each generation's finite fitness (NaN if none)."""
+        return _finite_mean(self.fitness)
+
+    @property
+    def num_nonfinite(self) -> int:
+        return int(np.sum(self.nonfinite))
+
+
+def _finite_mean(fitness: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(fitness)
+    count = finite.sum(-1)
+    total = np.where(finite, fitness, 0.0).sum(-1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def evolve(
+    fitness_fn: Callable[[Any, jax.Array], jax.Array],
+    init_params,
+    cfg: ESConfig,
+    key: jax.Array,
+    *,
+    devices=None,
+    progress: bool = True,
+    checkpoint_dir=None,
+    resume: bool = False,
+    on_generations: Callable[[int, dict], None] | None = None,
+) -> ESOutput:
+    """Runs `cfg.num_generations` generations of `cfg.strategy` from mean `init_params`.
+
+    fitness_fn(params, key) -> scalar, higher is better (see the module docstring). key: a jax
+    key (typed or raw uint32). devices: None (all), an int n (the first n) or a list; the
+    population is sharded over them. progress: a tqdm bar with mean / best fitness.
+    checkpoint_dir: write a checkpoint after every call; resume=True continues the newest one
+    there (starts afresh if there is none). on_generations(generation, metrics) after every
+    call: generation = generations done, metrics = {"fitness": [n, P], "nonfinite": [n],
+    "mean_fitness": [n], "best_fitness": float, "mean_params": pytree} for the n generations of
+    that call (after that call's checkpoint: an exception there, or an interruption, loses
+    nothing). Returns ESOutput; `compile_s` is 0 when a program compiled by an earlier call for
+    the same fitness_fn, config and shapes is reused.
+    """
+    if not isinstance(cfg, ESConfig):
+        raise TypeError(f"evolve: cfg must be an ESConfig, got {type(cfg).__name__}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("evolve: resume=True needs a checkpoint_dir")
+    devices = sweep.resolve_devices(devices)
+    if cfg.population_size % len(devices):
+        raise ValueError(
+            f"evolve: ESConfig.population_size={cfg.population_size} must divide by the "
+            f"{len(devices)} devices it is sharded over (pass devices=n, or change the size)"
+        )
+    key_data, impl = _key_data(key)
+    init_params = jax.tree.map(jnp.asarray, init_params)
+    strategy, params = make_strategy(cfg, init_params)
+    carry = _initial_carry(strategy, params, init_params, key_data, impl)
+    history = np.zeros((0, cfg.population_size), np.float32)
+    nonfinite = np.zeros((0,), np.int32)
+
+    directory = None if checkpoint_dir is None else Path(checkpoint_dir).absolute()
+    if directory is not None:
+        saved = _complete_steps(directory)
+        if saved and not resume:
+            raise ckpt.CheckpointError(
+                f"{directory} already holds an ES checkpoint (generation {max(saved)}): pass "
+                "resume=True to continue it, or use another checkpoint_dir"
+            )
+        if saved:
+            carry, history, nonfinite = _load(directory, cfg, carry, impl)
+    start = int(carry.generation)
+    if start > cfg.num_generations:
+        raise ValueError(
+            f"evolve: the checkpoint is at generation {start}, past ESConfig.num_generations="
+            f"{cfg.num_generations}"
+        )
+
+    population_sharding = sweep.run_sharding(devices)
+    replicated = NamedSharding(population_sharding.mesh, PartitionSpec())
+    run_chunk = _make_chunk(strategy, params, cfg, fitness_fn, impl, population_sharding)
+    state = sweep.put(carry, replicated)
+    compiled = _ProgramCache(cfg, fitness_fn, init_params, impl, devices)
+    compile_s = run_s = 0.0
+    bar = _Bar(progress, cfg.num_generations, start)
+    try:
+        generation = start
+        while generation < cfg.num_generations:
+            n = min(cfg.generations_per_call, cfg.num_generations - generation)
+            program = compiled.get(n)
+            if program is None:
+                t0 = time.perf_counter()
+                jitted = jax.jit(
+                    lambda c, n=n: run_chunk(c, n),
+                    in_shardings=(replicated,),
+                    out_shardings=replicated,
+                )
+                program = jitted.lower(state).compile()
+                compiled.put(n, program)
+                compile_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            state, (fit, bad) = jax.block_until_ready(program(state))
+            run_s += time.perf_counter() - t0
+            fit, bad = sweep.gather((fit, bad))
+            history = np.concatenate([history, fit])
+            nonfinite = np.concatenate([nonfinite, bad])
+            generation += n
+            host = sweep.gather(state) if directory is not None or on_generations else None
+            if directory is not None:
+                _save(directory, host, history, nonfinite, cfg, impl)
+            best = float(sweep.gather(state.best_fitness))
+            bar.advance(n, _finite_mean(fit)[-1], best)
+            if on_generations is not None:
+                on_generations(
+                    generation,
+                    {
+                        "fitness": fit,
+                        "nonfinite": bad,
+                        "mean_fitness": _finite_mean(fit),
+                        "best_fitness": best,
+                        "mean_params": _mean_params(strategy, host.es_state),
+                    },
+                )
+    finally:
+        bar.close()
+    final = sweep.gather(state)
+    return ESOutput(
+        mean_params=_mean_params(strategy, final.es_state),
+        best_params=final.best_params,
+        best_fitness=float(final.best_fitness),
+        fitness=history,
+        nonfinite=nonfinite,
+        state=final.es_state,
+        compile_s=compile_s,
+        run_s=run_s,
+    )
+
+
+def _key_data(key) -> tuple[np.ndarray, str]:
+    """(raw key data, impl name) of a typed key or a raw uint32 key."""
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.shape != ():
+        raise ValueError(f"evolve: key must be a single key, got shape {key.shape}")
+    return np.asarray(jax.random.key_data(key)), str(jax.random.key_impl(key))
+
+
+def _initial_carry(strategy, params, init_params, key_data, impl: str) -> Carry:
+    """The carry before generation 0, as host numpy (strong dtypes, like a restored one)."""
+
+    @jax.jit
+    def init():
+        key = jax.random.wrap_key_data(jnp.asarray(key_data), impl=impl)
+        return Carry(
+            es_state=strategy.init(jax.random.split(key)[0], init_params, params),
+            best_params=init_params,
+            best_fitness=jnp.asarray(-jnp.inf, jnp.float32),
+            key_data=jnp.asarray(key_data),
+            generation=jnp.asarray(0, jnp.int32),
+        )
+
+    return jax.tree.map(np.asarray, init())
+
+
+def _make_chunk(strategy, params, cfg: ESConfig, fitness_fn, impl: str, sharding):
+    """run_chunk(carry, n) -> (carry, (fitness [n, P], nonfinite [n])): n generations."""
+    P, antithetic = cfg.population_size, cfg.antithetic
+    shard = lambda tree: jax.lax.with_sharding_constraint(tree, sharding)
+
+    def generation(carry: Carry, _):
+        key = jax.random.wrap_key_data(carry.key_data, impl=impl)
+        key = jax.random.fold_in(jax.random.split(key)[1], carry.generation)
+        k_ask, k_fit, k_tell = jax.random.split(key, 3)
+        population, asked = strategy.ask(k_ask, carry.es_state, params)
+        population = shard(population)
+        keys = shard(candidate_keys(k_fit, P, antithetic))
+        fitness = jax.vmap(fitness_fn)(population, keys)
+        if jnp.shape(fitness) != (P,):
+            raise ValueError(
+                "evolve: fitness_fn(params, key) must return a scalar, got shape "
+                f"{jnp.shape(fitness)[1:]}"
+            )
+        fitness = shard(jnp.asarray(fitness, jnp.float32))
+        clean, bad = replace_nonfinite(fitness)
+        told, _ = strategy.tell(k_tell, population, -clean, asked, params)  # evosax minimises
+        any_finite = bad < P
+        es_state = jax.tree.map(lambda new, old: jnp.where(any_finite, new, old), told, asked)
+        ranked = jnp.where(jnp.isfinite(fitness), fitness, -jnp.inf)
+        i = jnp.argmax(ranked)
+        better = ranked[i] > carry.best_fitness
+        best_params = jax.tree.map(
+            lambda old, pop: jnp.where(better, pop[i], old), carry.best_params, population
+        )
+        carry = Carry(
+            es_state=es_state,
+            best_params=best_params,
+            best_fitness=jnp.where(better, ranked[i], carry.best_fitness),
+            key_data=carry.key_data,
+            generation=carry.generation + 1,
+        )
+        return carry, (fitness, bad)
+
+    def run_chunk(carry: Carry, n: int):
+        return jax.lax.scan(generation, carry, length=n)
+
+    return run_chunk
+
+
+class _ProgramCache:
+    """Compiled chunk programs, kept across `evolve` calls (like `jax.jit`'s own cache, keyed
+    on the identity of `fitness_fn`): a resumed or repeated run of the same fitness, config
+    (`num_generations` and `generations_per_call` aside), parameter shapes and devices does not
+    compile again. The newest `_CACHE_SIZE` programs are kept."""
+
+    def __init__(self, cfg: ESConfig, fitness_fn, init_params, impl: str, devices):
+        static = dataclasses.replace(cfg, num_generations=1, generations_per_call=1)
+        shapes = tuple((np.shape(x), np.dtype(x.dtype).str) for x in jax.tree.leaves(init_params))
+        self.key = (static, fitness_fn, jax.tree.structure(init_params), shapes, impl)
+        self.key += (tuple(devices),)
+        try:
+            hash(self.key)
+        except TypeError:  # an unhashable fitness_fn: compile for this call only
+            self.key = None
+        self.local: dict[int, Any] = {}
+
+    def get(self, n: int):
+        if self.key is None:
+            return self.local.get(n)
+        program = _CACHE.get((*self.key, n))
+        if program is not None:
+            _CACHE.move_to_end((*self.key, n))
+        return program
+
+    def put(self, n: int, program) -> None:
+        if self.key is None:
+            self.local[n] = program
+            return
+        _CACHE[(*self.key, n)] = program
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+
+
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 8
+
+
+def _mean_params(strategy, es_state):
+    return jax.tree.map(np.asarray, strategy.get_mean(es_state))
+
+
+class _Bar:
+    """A tqdm bar over generations with mean / best fitness (progress=True), or nothing."""
+
+    def __init__(self, progress: bool, total: int, initial: int):
+        self.tqdm = None
+        if progress and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            self.tqdm = tqdm(
+                total=total, initial=initial, desc="es", unit="gen", dynamic_ncols=True
+            )
+
+    def advance(self, n: int, mean: float, best: float) -> None:
+        if self.tqdm is not None:
+            self.tqdm.set_postfix(mean=f"{mean:.4g}", best=f"{best:.4g}", refresh=False)
+            self.tqdm.update(n)
+
+    def close(self) -> None:
+        if self.tqdm is not None:
+            self.tqdm.close()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _complete_steps(directory: Path) -> list[int]:
+    return [s for s, d in ckpt._step_dirs(directory).items() if ckpt._has_manifest(d)]
+
+
+def _tree(carry: Carry, history: np.ndarray, nonfinite: np.ndarray) -> dict:
+    return {"carry": carry, "fitness": history, "nonfinite": nonfinite}
+
+
+def _save(directory: Path, carry: Carry, history, nonfinite, cfg: ESConfig, impl: str) -> Path:
+    """Writes generation `carry.generation` atomically (see purejaxrl.checkpoint): the leaves
+    are stored flat (orbax needs no knowledge of evosax / optax state classes); their paths,
+    shapes and digest go into the JSON info."""
+    generation = int(carry.generation)
+    tree = _tree(carry, history, nonfinite)
+    info = {
+        "format": FORMAT,
+        "config": dataclasses.asdict(cfg),
+        "generation": generation,
+        "key_impl": impl,
+        "key_data": np.asarray(carry.key_data).tolist(),
+        "versions": {
+            "jax": jax.__version__,
+            "evosax": importlib.metadata.version("evosax"),
+            "orbax": ocp.__version__,
+        },
+        "shapes": ckpt.shapes(tree),
+        "digest": ckpt.digest(tree),
+    }
+    existing = ckpt._step_dirs(directory)
+    complete = [s for s, d in existing.items() if ckpt._has_manifest(d)]
+    if complete and max(complete) >= generation:
+        raise ckpt.CheckpointError(
+            f"{directory} already holds a checkpoint at generation {max(complete)}"
+        )
+    for step, d in existing.items():
+        if step >= generation and step not in complete:
+            ckpt._remove_step(d)  # an unfinished save
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None, create=True, enable_async_checkpointing=False
+    )
+    with ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, INFO_ITEM)) as m:
+        m.save(
+            generation,
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardSave(_flat(tree)),
+                    INFO_ITEM: ocp.args.JsonSave(ckpt._jsonable(info)),
+                }
+            ),
+        )
+        m.wait_until_finished()
+    step_dir = directory / str(generation)
+    if not step_dir.is_dir():
+        raise ckpt.CheckpointError(f"orbax did not save generation {generation} in {directory}")
+    ckpt._write_manifest(step_dir)
+    for step, d in ckpt._step_dirs(directory).items():
+        if step != generation:
+            ckpt._remove_step(d)
+    return step_dir
+
+
+def _flat(tree) -> dict:
+    """{"00000": leaf, ...} in tree-flatten order."""
+    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def _load(directory: Path, cfg: ESConfig, fresh: Carry, impl: str):
+    """(carry, fitness history, nonfinite counts) of the newest checkpoint, checked against
+    `cfg`, the key and the parameter shapes of `fresh` (the carry a new run would start with)."""
+    path = directory / str(ckpt.latest_step(directory))
+    ckpt._verify_files(path)
+    info = ckpt._restore(path, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ckpt.CheckpointError(
+            f"checkpoint at {path} is not an ES checkpoint of format {FORMAT} "
+            f"(format {info.get('format') if isinstance(info, dict) else None!r})"
+        )
+    current = ckpt._jsonable(dataclasses.asdict(cfg))
+    problems = [
+        f"{name}: checkpoint {info['config'].get(name, '<absent>')!r} vs config {value!r}"
+        for name, value in current.items()
+        if name not in RESUMABLE_FIELDS and info["config"].get(name, "<absent>") != value
+    ]
+    if info["key_impl"] != impl or info["key_data"] != np.asarray(fresh.key_data).tolist():
+        problems.append("key: the checkpoint was started with another key")
+    if problems:
+        raise ckpt.CheckpointError(
+            f"checkpoint at {path} does not fit this run ({'; '.join(problems)}): use the "
+            "checkpoint's settings or another checkpoint_dir"
+        )
+    generation = int(info["generation"])
+    abstract = _tree(
+        fresh,
+        np.zeros((generation, cfg.population_size), np.float32),
+        np.zeros((generation,), np.int32),
+    )
+    expected = ckpt.shapes(abstract)
+    if expected != info["shapes"]:
+        differ = sorted(
+            k for k in {*expected, *info["shapes"]} if expected.get(k) != info["shapes"].get(k)
+        )
+        listed = "; ".join(
+            f"{k}: checkpoint {info['shapes'].get(k, 'absent')} vs now {expected.get(k, 'absent')}"
+            for k in differ
+        )
+        raise ckpt.CheckpointError(
+            f"checkpoint at {path} holds arrays of other shapes (other init_params?): {listed[:600]}"
+        )
+    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _flat(abstract).items()}
+    flat = ckpt._restore(path, **{STATE_ITEM: ocp.args.StandardRestore(target)})[STATE_ITEM]
+    leaves = [np.asarray(flat[k]) for k in sorted(flat)]
+    tree = jax.tree.unflatten(jax.tree.structure(abstract), leaves)
+    if ckpt.digest(tree) != info["digest"]:
+        raise ckpt.CheckpointError(
+            f"corrupt checkpoint at {path}: array contents fail their checksum"
+        )
+    return tree["carry"], tree["fitness"], tree["nonfinite"]
