@@ -8,6 +8,7 @@
     python -m experiments.bench --compare HEAD~1 --algos ppo a2c sac  # new tree vs a commit
     python -m experiments.bench --compare main --total-timesteps 4096 --repeats 2  # quick check
     python -m experiments.bench --compare HEAD --algos sac --sac-timesteps 2000 --calls 1
+    python -m experiments.bench --algos ppo --devices 2   # one run data parallel over 2 devices
 
 For every env it times, in one process and one run: the env-only random-action rollout of the same
 env and vector size (the ceiling: what the agent would reach if learning were free), then each
@@ -44,6 +45,12 @@ final returns are equal (same seed and config: a hint that the change is bit-equ
 timing, each side's worker reports the file it imported `purejaxrl` from, and the run stops if
 that is not under its own tree (the venv's editable install points at this checkout). No env-only
 or peer rows in this mode.
+`--devices N` (N > 1) runs the on-policy rows (ppo, a2c, pmoe-ppo) data parallel: one run
+whose envs and minibatches are split over N devices (purejaxrl/parallel.py); on CPU the bench asks
+XLA for N host devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, set before jax starts
+its backend). Each such row also compiles the one-device program in the same process and reports
+"x 1 device": the one-device best call time over the N-device one, the two timed in alternation
+(`--repeats` calls each, as the mixture rows). SAC rows stay on one device.
 Results are printed as a table and written as JSON (`--out`).
 """
 
@@ -132,6 +139,8 @@ def reference_config(
 
 
 ALGOS = ("ppo", "a2c", "sac", "sac-64", "pmoe-ppo", "pmoe-sac")
+# The rows `--devices` runs data parallel (the on-policy agents); SAC rows stay on one device.
+DATA_PARALLEL = ("ppo", "a2c", "pmoe-ppo")
 # For the mixture rows: the Gaussian agent they are compared with.
 BASELINE_OF = {"pmoe-ppo": "ppo", "pmoe-sac": "sac"}
 
@@ -182,9 +191,10 @@ def bench_algo(
     seeds: int,
     repeats: int = 3,
     sac_timesteps: int = 20_000,
+    devices: int = 1,
 ) -> dict:
     module, cfg = reference_config(algo, env_id, num_envs, total_timesteps, sac_timesteps)
-    train = module.make_train(cfg)
+    train = module.make_train(cfg, **({"devices": devices} if devices > 1 else {}))
     # One seed runs unbatched: a size-1 vmap axis costs ~10% on CPU and buys nothing.
     keys = jax.random.split(jax.random.key(0), seeds) if seeds > 1 else jax.random.key(0)
     if seeds > 1:
@@ -193,7 +203,17 @@ def bench_algo(
     steps = cfg.num_updates * cfg.num_envs * cfg.num_steps * seeds  # SAC: num_steps = 1
     final = float(np.mean(np.asarray(out.metrics["episode_return"])[..., -1]))
     result = {"sps": steps / seconds, "compile_s": compile_s, "final_return": final}
+    if devices > 1:
+        result["devices"] = devices
     return result, (compiled, (keys,))
+
+
+def ask_for_host_devices(count: int) -> None:
+    """On CPU, makes `count` host devices: XLA reads XLA_FLAGS when jax starts its backend (on the
+    first call that needs a device, not at `import jax`), so this must run before that."""
+    flag = f"--xla_force_host_platform_device_count={count}"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count=" not in f]
+    os.environ["XLA_FLAGS"] = " ".join([*flags, flag])
 
 
 def bench_rejax(env_id: str, total_timesteps: int, seeds: int, algo: str = "ppo") -> dict | None:
@@ -413,11 +433,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--calls", type=int, default=3, help="--compare: timed calls per worker run (best)"
     )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="on-policy rows: one run data parallel over N devices (CPU: N forced host devices),"
+        " timed against the one-device program",
+    )
     args = parser.parse_args(argv)
     if args.compare is not None and args.peer is not None:
         parser.error("--compare and --peer cannot be combined")
     if args.repeats < 1 or args.calls < 1:
         parser.error("--repeats and --calls must be at least 1")
+    if args.devices < 1:
+        parser.error("--devices must be at least 1")
+    if args.devices > 1 and args.compare is not None:
+        parser.error("--compare and --devices cannot be combined")
+    if args.devices > 1:
+        ask_for_host_devices(args.devices)
+        if jax.device_count() < args.devices:
+            parser.error(
+                f"--devices {args.devices}: only {jax.device_count()} device(s); jax started its"
+                " backend before the bench could ask for host devices (set XLA_FLAGS="
+                f"--xla_force_host_platform_device_count={args.devices} yourself)"
+            )
 
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
     if args.compare is not None:
@@ -437,6 +476,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             flush=True,
         )
         for algo in args.algos:
+            devices = args.devices if algo in DATA_PARALLEL else 1
             ours, programs[env_id, algo] = bench_algo(
                 algo,
                 env_id,
@@ -445,8 +485,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 args.seeds,
                 args.repeats,
                 args.sac_timesteps,
+                devices,
             )
             row = {"env": env_id, "what": algo, **ours, "x_env_only": ours["sps"] / ceiling["sps"]}
+            if devices > 1:
+                one, one_program = bench_algo(
+                    algo, env_id, args.num_envs, args.total_timesteps, args.seeds, args.repeats
+                )
+                # one-device time / N-device time, timed in alternation: the speed-up
+                row["x_one_device"] = paired_time_ratio(
+                    one_program, programs[env_id, algo], args.repeats
+                )
+                row["one_device_sps"] = one["sps"]
             baseline = next(
                 (r for r in rows if r["env"] == env_id and r["what"] == BASELINE_OF.get(algo)), None
             )
@@ -484,6 +534,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             line = f"{env_id:24s} {algo:14s} {ours['sps']:>12,.0f} {ours['compile_s']:>10.1f} {row['x_env_only']:>11.3f}"
             if peer is not None:
                 line += f" {row['x_peer_sps']:>11.2f} {row['x_peer_compile']:>15.2f}"
+            if devices > 1:
+                line += (
+                    f"   {devices} devices: x{row['x_one_device']:.2f} of 1 device (paired;"
+                    f" 1 device {row['one_device_sps']:,.0f} SPS)"
+                )
             if peer is not None and fresh:
                 line += f"\n{env_id:24s} {'rejax-' + peer_algo:14s} {peer['sps']:>12,.0f} {peer['compile_s']:>10.1f}"
             if baseline is not None:

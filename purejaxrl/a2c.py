@@ -22,7 +22,8 @@ class A2CConfig(actor_critic.OnPolicyConfig):
 
 
 def make_agent(cfg: A2CConfig, objective=None, **kwargs) -> actor_critic.Agent:
-    """The A2C agent; `objective` as in `ppo.make_agent` (default: GAE + policy gradient)."""
+    """The A2C agent; `objective` and kwargs (env, env_params, progress_fn, progress_every,
+    devices) as in `ppo.make_agent` (default objective: GAE + policy gradient)."""
     if not isinstance(cfg, A2CConfig):
         raise TypeError(f"a2c.make_agent needs an A2CConfig, got {type(cfg).__name__}")
     default = objectives.actor_critic(cfg, losses.policy_gradient())

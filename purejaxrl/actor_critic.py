@@ -13,6 +13,8 @@ One update reads top to bottom:
 
 The whole run is `lax.scan` over updates inside `train(key, env_params=None)`, so
 `jax.jit(jax.vmap(train))(keys)` is one XLA program; env params are inputs (kept in the state).
+`make_agent(..., devices=n)` splits one run's envs and minibatches over n devices (sharding
+constraints only; purejaxrl/parallel.py).
 Any minibatch whose loss or gradient is not finite is skipped (parameters and optimiser state
 kept) and counted in `metrics["nan_skipped"]`.
 
@@ -35,7 +37,7 @@ import optax
 
 from envs import spaces
 from purejaxrl import config as C
-from purejaxrl import loop, objectives, pmoe
+from purejaxrl import loop, objectives, parallel, pmoe
 from purejaxrl.distributions import HEADS, GaussianMixture, make_head
 from purejaxrl.loop import (  # noqa: F401  (re-exported: the on-policy API's names)
     Agent,
@@ -120,12 +122,22 @@ def make_network(cfg, action_space, head) -> ActorCritic:
     )
 
 
-def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, progress_every=None):
+def make_agent(
+    cfg,
+    objective,
+    env=None,
+    env_params=None,
+    progress_fn=None,
+    progress_every=None,
+    devices=None,
+):
     """Builds the on-policy agent for `cfg` trained on `objective` (see `resolve_objective`).
 
     env / env_params: a custom single env, or params replacing the defaults of `envs.make(cfg.env)`
     (must have their structure). progress_fn(update_step, metrics) runs on the host every
     `progress_every` updates (default ~100 calls per run); None compiles no callback.
+    devices: None (one device), an int n (the first n of `jax.devices()`) or a list of devices
+    to split the envs and every minibatch over, data parallel (purejaxrl/parallel.py).
     """
     validate(cfg)
     single_env, env_params = make_single_env(cfg, env, env_params)
@@ -145,6 +157,11 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
             f"{type(cfg).__name__}.num_minibatches={num_minibatches}: time-ordered minibatches "
             f"split the {num_envs} envs into whole columns; num_envs must be divisible by it"
         )
+    # Data parallel: constraints that split the envs and each minibatch over the devices; with
+    # devices=None none is traced and the program is the one-device one.
+    split = None if devices is None else parallel.EnvSplit(devices, num_envs, type(cfg).__name__)
+    spread = (lambda tree, axis: tree) if split is None else split.split
+    whole = (lambda tree: tree) if split is None else split.replicate
     # Clipping and Adam run on the parameters raveled into one vector (see `sgd_step`); the
     # optimiser state is the one `optax.flatten` of the same chain would hold.
     optimizer = optax.chain(
@@ -194,9 +211,9 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
         `[M, B / M, ...]` (data already flat `[B, ...]`), or env columns `[M, T, N / M, ...]`."""
         if objective.time_ordered:
             perm = loop.shuffle(key, num_envs).reshape(num_minibatches, -1)
-            return jax.tree.map(lambda x: jnp.moveaxis(x[:, perm], 1, 0), data)
+            return spread(jax.tree.map(lambda x: jnp.moveaxis(x[:, perm], 1, 0), data), 2)
         perm = loop.shuffle(key, batch_size).reshape(num_minibatches, -1)
-        return jax.tree.map(lambda x: x[perm], data)
+        return spread(jax.tree.map(lambda x: x[perm], data), 1)
 
     def loss_fn(flat, unravel, batch, progress, key):
         params = unravel(flat)
@@ -249,6 +266,7 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
         data.update(objective.targets(data, context(state.params, progress, k_targets)))
         if not objective.time_ordered:  # flat once; each epoch gathers its minibatches
             data = jax.tree.map(lambda x: x.reshape((batch_size, *x.shape[2:])), data)
+        data = whole(data)  # data parallel: every device gathers its minibatch shares from it
         perm_keys = jax.random.split(k_perm, epochs)
         step_keys = jax.random.split(k_steps, epochs * num_minibatches)
         step_keys = step_keys.reshape(epochs, num_minibatches, *step_keys.shape[1:])
@@ -268,6 +286,9 @@ def make_agent(cfg, objective, env=None, env_params=None, progress_fn=None, prog
         new = dict(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng)
         return loop.finish(state, info, metrics, batch_size, **new)
 
+    if split is not None:
+        make = lambda n: make_env(cfg, single_env, n)
+        init, update = split.wrap(init, update, parallel.env_leaves(make, env_params, num_envs))
     parts = (cfg, env, single_env, env_params, network, head, num_updates, init, update)
     return loop.make_agent(*parts, progress_fn=progress_fn, progress_every=progress_every)
 

@@ -2,6 +2,7 @@
 
 cfg = ppo.PPOConfig(env="Pendulum-v1", total_timesteps=200_000)
 out = jax.jit(jax.vmap(ppo.make_train(cfg)))(jax.random.split(jax.random.key(0), 4))
+out = jax.jit(ppo.make_train(cfg, devices=2))(jax.random.key(0))  # one run on two devices
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class PPOConfig(actor_critic.OnPolicyConfig):
 def make_agent(cfg: PPOConfig, objective=None, **kwargs) -> actor_critic.Agent:
     """The PPO agent. `objective` replaces GAE + clipped surrogate: an objectives.Objective, or a
     per-sample policy loss (e.g. a learned drift) used with GAE and the value loss; else the
-    config's `objective` spec. kwargs: env, env_params, progress_fn, progress_every."""
+    config's `objective` spec. kwargs: env, env_params, progress_fn, progress_every, devices (an
+    int n or a list: the envs and every minibatch split over n devices, data parallel; the same
+    numbers as one device up to float rounding, see purejaxrl/parallel.py)."""
     if not isinstance(cfg, PPOConfig):
         raise TypeError(f"ppo.make_agent needs a PPOConfig, got {type(cfg).__name__}")
     default = objectives.actor_critic(cfg, losses.ppo_clip(cfg.clip_eps))
