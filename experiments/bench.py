@@ -9,6 +9,7 @@
     python -m experiments.bench --compare main --total-timesteps 4096 --repeats 2  # quick check
     python -m experiments.bench --compare HEAD --algos sac --sac-timesteps 2000 --calls 1
     python -m experiments.bench --algos ppo --devices 2   # one run data parallel over 2 devices
+    python -m experiments.bench --sweep --envs CartPole-v1   # 64-run sweep vs one after another
 
 For every env it times, in one process and one run: the env-only random-action rollout of the same
 env and vector size (the ceiling: what the agent would reach if learning were free), then each
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -71,6 +73,7 @@ import jax
 import numpy as np
 
 import envs
+from envs import spaces
 from envs.benchmark import random_rollout
 from purejaxrl import a2c, ppo, sac
 
@@ -145,6 +148,14 @@ DATA_PARALLEL = ("ppo", "a2c", "pmoe-ppo")
 BASELINE_OF = {"pmoe-ppo": "ppo", "pmoe-sac": "sac"}
 
 
+def needs_continuous(algo: str, env_id: str) -> bool:
+    """True for a SAC row on a discrete-action env (which SAC cannot train): skipped."""
+    if "sac" not in algo:
+        return False
+    env, params = envs.make(env_id)
+    return spaces.is_discrete(env.action_space(params))
+
+
 def best_call(compiled, args, repeats: int) -> tuple[float, object]:
     """(best wall seconds of `repeats` calls of `compiled(*args)`, last output)."""
     best, out = float("inf"), None
@@ -214,6 +225,51 @@ def ask_for_host_devices(count: int) -> None:
     flag = f"--xla_force_host_platform_device_count={count}"
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count=" not in f]
     os.environ["XLA_FLAGS"] = " ".join([*flags, flag])
+
+
+SWEEP_SPACE = {"learning_rate": [1e-4, 3e-4, 1e-3, 3e-3], "ent_coef": [0.0, 0.003, 0.01, 0.03]}
+
+
+def bench_sweep(env_id: str, total_timesteps: int, seeds: int, repeats: int) -> dict:
+    """SWEEP_SPACE's 16 configurations x `seeds` runs of the reference PPO config: one program
+    sharded over every device (`sweep.run`) vs the same runs one after another through the
+    single-run program, compiled once with the swept values as its arguments. The two sides
+    alternate `repeats` times; best of each. Returns SPS over all runs, compile seconds, ratios."""
+    from purejaxrl import sweep
+
+    _, cfg = reference_config("ppo", env_id, 16, total_timesteps)
+    batch = sweep.grid(cfg, SWEEP_SPACE, seeds=seeds)
+    lrs = batch.values["learning_rate"].astype(np.float32)
+    ents = batch.values["ent_coef"].astype(np.float32)
+    keys = batch.keys
+
+    def single(learning_rate, ent_coef, key):
+        c = dataclasses.replace(cfg, learning_rate=learning_rate, ent_coef=ent_coef)
+        return ppo.make_agent(c).train(key).metrics["episode_return"]
+
+    t0 = time.perf_counter()
+    one = jax.jit(single).lower(lrs[0], ents[0], keys[0]).compile()
+    single_compile = time.perf_counter() - t0
+    best_seq = best_sweep = sweep_compile = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for r in range(batch.num_runs):
+            jax.block_until_ready(one(lrs[r], ents[r], keys[r]))
+        best_seq = min(best_seq, time.perf_counter() - t0)
+        res = sweep.run(batch, ppo.make_agent, progress=False)
+        best_sweep, sweep_compile = min(best_sweep, res.run_s), min(sweep_compile, res.compile_s)
+    steps = batch.num_runs * cfg.num_updates * cfg.num_envs * cfg.num_steps
+    return {
+        "env": env_id,
+        "runs": batch.num_runs,
+        "devices": jax.device_count(),
+        "sweep_sps": steps / best_sweep,
+        "sequential_sps": steps / best_seq,
+        "x_sequential": best_seq / best_sweep,
+        "sweep_compile_s": sweep_compile,
+        "single_compile_s": single_compile,
+        "x_compile": sweep_compile / single_compile,
+    }
 
 
 def bench_rejax(env_id: str, total_timesteps: int, seeds: int, algo: str = "ppo") -> dict | None:
@@ -360,6 +416,9 @@ def compare(args) -> tuple[list[dict], dict]:
         )
         for env_id in args.envs:
             for algo in args.algos:
+                if needs_continuous(algo, env_id):
+                    print(f"{env_id:24s} {algo:10s} skipped: SAC needs continuous actions")
+                    continue
                 module_name, config_name, fields = config_spec(
                     algo, env_id, args.num_envs, args.total_timesteps, args.sac_timesteps
                 )
@@ -440,7 +499,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="on-policy rows: one run data parallel over N devices (CPU: N forced host devices),"
         " timed against the one-device program",
     )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="only the sweep benchmark: 16 PPO configurations x --sweep-seeds as one program "
+        "sharded over the host's cores vs the same runs one after another",
+    )
+    parser.add_argument("--sweep-seeds", type=int, default=4)
+    parser.add_argument("--sweep-timesteps", type=int, default=100_000, help="per run")
     args = parser.parse_args(argv)
+    if args.sweep:
+        ask_for_host_devices(max(args.devices, os.cpu_count() or 1))
+        print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+        rows = []
+        for env_id in args.envs:
+            row = bench_sweep(env_id, args.sweep_timesteps, args.sweep_seeds, args.repeats)
+            print(
+                f"{env_id}: {row['runs']} runs over {row['devices']} devices: sweep "
+                f"{row['sweep_sps']:,.0f} SPS vs one after another {row['sequential_sps']:,.0f} "
+                f"(x{row['x_sequential']:.2f}); compile {row['sweep_compile_s']:.1f} s vs "
+                f"{row['single_compile_s']:.1f} s (x{row['x_compile']:.2f})",
+                flush=True,
+            )
+            rows.append(row)
+        write_json(args, rows)
+        return rows
     if args.compare is not None and args.peer is not None:
         parser.error("--compare and --peer cannot be combined")
     if args.repeats < 1 or args.calls < 1:
@@ -476,6 +559,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             flush=True,
         )
         for algo in args.algos:
+            if needs_continuous(algo, env_id):
+                print(f"{env_id:24s} {algo:14s} skipped: SAC needs continuous actions")
+                continue
             devices = args.devices if algo in DATA_PARALLEL else 1
             ours, programs[env_id, algo] = bench_algo(
                 algo,
