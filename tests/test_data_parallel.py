@@ -100,6 +100,9 @@ def runs():
     return one, json.loads(out.decode().strip().splitlines()[-1])
 
 
+# The child process and the one-device runs compile ~10 programs: ~100 s on this 2-core machine,
+# so these run with the slow checks.
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_devices_equal_one_device(runs, case):
     one, two = runs[0][case], runs[1][case]
@@ -121,6 +124,7 @@ def test_two_devices_equal_one_device(runs, case):
             )
 
 
+@pytest.mark.slow
 def test_bad_device_counts_are_refused(runs):
     errors = runs[1]["errors"]
     assert "num_envs=3 must be divisible by the number of devices (2)" in errors["indivisible"]

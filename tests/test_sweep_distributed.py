@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 CHILD = textwrap.dedent(
     """
@@ -67,6 +68,8 @@ def launch(nproc: int, port: int) -> list[dict]:
     return outs
 
 
+# Three fresh processes that each compile: ~80 s on this 2-core machine, so with the slow checks.
+@pytest.mark.slow
 def test_two_processes_on_localhost_equal_one_process():
     two = launch(2, free_port())
     (one,) = launch(1, free_port())
