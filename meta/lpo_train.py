@@ -158,12 +158,22 @@ def make_fitness(cfg: LPOConfig, baselines: Mapping[str, Mapping[str, float]] | 
 
 
 def make_meta_train(cfg: LPOConfig):
-    """`meta_train(key, *, devices=None, progress=True, checkpoint_dir=None, resume=False,
-    on_generations=None) -> MetaOutput` (keywords as es.evolve's)."""
+    """`meta_train(key, *, baselines=None, on_baselines=None, devices=None, progress=True,
+    checkpoint_dir=None, resume=False, on_generations=None) -> MetaOutput` (the last five as
+    es.evolve's). `baselines`: ones computed before for this config and key (e.g. by the run
+    being resumed), used instead of computing them again; `on_baselines(baselines)` is called
+    once they are known (None when `normalize` is off), before the ES starts."""
 
-    def meta_train(key, **evolve_kwargs) -> MetaOutput:
+    def meta_train(key, *, baselines=None, on_baselines=None, **evolve_kwargs) -> MetaOutput:
         k_base, k_init, k_es = jax.random.split(key, 3)
-        baselines = compute_baselines(cfg, k_base) if cfg.normalize else None
+        if not cfg.normalize:
+            baselines = None
+        elif baselines is None:
+            baselines = compute_baselines(cfg, k_base)
+        elif missing := sorted(set(cfg.tasks) - set(baselines)):
+            raise ValueError(f"meta_train: the given baselines lack the tasks {missing}")
+        if on_baselines is not None:
+            on_baselines(baselines)
         init = drift.init_params(k_init, time_aware=cfg.time_aware, hidden=cfg.hidden)
         fitness = make_fitness(cfg, baselines)
         out = es.evolve(fitness, init, cfg.es, k_es, **evolve_kwargs)
