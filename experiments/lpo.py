@@ -615,18 +615,6 @@ def write_yaml(run_dir: Path, values: Mapping[str, Any]) -> None:
     runs.atomic_write(run_dir / "config.yaml", yaml.safe_dump(dict(values), sort_keys=False))
 
 
-def write_json(path: Path, data: Any) -> None:
-    runs.atomic_write(path, json.dumps(data, indent=2, default=_json) + "\n")
-
-
-def _json(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(type(x))
-
-
 def _num(x) -> float | None:
     """A JSON number: None for NaN / inf."""
     x = float(x)
@@ -1126,7 +1114,7 @@ def run_meta_training(plan: Plan, session: dict, t_start: float):
     def on_baselines(baselines):
         session["baselines_s"] = time.perf_counter() - t_start
         if plan.baselines is None:
-            write_json(run_dir / "baselines.json", {"baselines": baselines})
+            runs.write_json(run_dir / "baselines.json", {"baselines": baselines})
         if baselines:
             listed = "; ".join(f"{t} {b['ppo']:.4g}, {b['low']:.4g}" for t, b in baselines.items())
             say(plan, f"PPO-clip baselines (final return, first-episode return): {listed}")
@@ -1207,7 +1195,7 @@ def execute(plan: Plan) -> dict:
         partial = summary_of(plan, read_fitness(run_dir), baselines, None, session)
         if plan.previous.get("meta_test") is not None:
             partial["meta_test_stale"] = "the drift changed; meta_test.json is of an older one"
-        write_json(run_dir / "summary.json", partial)
+        runs.write_json(run_dir / "summary.json", partial)
         say(plan, f"saved the learned drift to {run_dir / 'drift'}")
 
     t_test = time.perf_counter()
@@ -1218,11 +1206,11 @@ def execute(plan: Plan) -> dict:
         meta_test_run_s=table["run_s"],
         meta_test_s=time.perf_counter() - t_test,
     )
-    write_json(run_dir / "meta_test.json", table)
+    runs.write_json(run_dir / "meta_test.json", table)
     plot_meta_test(run_dir, table)
     session["wall_s"] = time.perf_counter() - t_start
     summary = summary_of(plan, read_fitness(run_dir), baselines, table, session)
-    write_json(run_dir / "summary.json", summary)
+    runs.write_json(run_dir / "summary.json", summary)
     return summary
 
 

@@ -211,6 +211,19 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data: Any) -> None:
+    """JSON (indented; numpy scalars and arrays as Python values), written atomically."""
+    atomic_write(path, json.dumps(data, indent=2, default=_plain_json) + "\n")
+
+
+def _plain_json(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
 def write_config(run_dir: Path, spec: RunSpec) -> None:
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
 

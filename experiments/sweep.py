@@ -657,7 +657,7 @@ def main(argv=None) -> int:
         return 0
     write_results(run_dir, batch, result)
     summary = make_summary(spec, batch, result, args.bootstrap, wall_s)
-    runs.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json))
+    runs.write_json(run_dir / "summary.json", summary)
     plot(run_dir, batch, result, summary, args.bootstrap)
     best = summary["best"]
     lo, hi = summary["configurations"][best["config"]]["final_return_iqm_ci95"] or [None, None]
@@ -671,19 +671,11 @@ def main(argv=None) -> int:
 
 
 def _ignore(done, total) -> None:
-    pass
+    """The progress function of processes other than 0: the same program, nothing shown."""
 
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.2f}"
-
-
-def _json(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(type(x))
 
 
 def _sinks(args, run_dir, spec, batch) -> list:

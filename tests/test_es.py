@@ -1,10 +1,6 @@
 """The ES driver (meta/es.py): learning, per-candidate evaluation, keys, sharding, checkpoints,
 config errors and non-finite fitness."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -13,6 +9,7 @@ import numpy as np
 import pytest
 
 from meta import es
+from tests.helpers import run_with_host_devices
 
 DIM, OPTIMUM = 10, 3.0
 INIT = {"w": jnp.zeros(DIM)}
@@ -126,13 +123,7 @@ CHILD = textwrap.dedent(
 
 
 def test_population_sharded_over_four_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = run_with_host_devices(CHILD, 4, timeout=300)
     four, one = np.asarray(got["four"]), np.asarray(got["one"])
     assert four.shape == one.shape == (6, 8)
     np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-5)

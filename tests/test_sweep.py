@@ -5,10 +5,6 @@ per module (fixtures). The multi-device checks run in a child process that force
 """
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,6 +13,7 @@ import numpy as np
 import pytest
 
 from purejaxrl import losses, objectives, ppo, sweep
+from tests.helpers import run_with_host_devices
 
 CFG = ppo.PPOConfig(
     env="CartPole-v1",
@@ -267,13 +264,7 @@ CHILD = textwrap.dedent(
 
 
 def test_sharded_over_four_devices_equals_one_device_and_pads_uneven_runs():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = run_with_host_devices(CHILD, 4, timeout=900)
     assert got["runs"] == 10  # 10 runs over 4 devices: padded to 12, padding dropped
     sharded, one, chunked = (np.asarray(got[k]) for k in ("sharded", "one", "chunked"))
     assert sharded.shape == one.shape == (10, 10)
