@@ -1,5 +1,5 @@
-"""Root pytest configuration: notebooks executed by the test suite run on tiny budgets, and the
-long learning checks (`-m slow`) get a longer per-test time limit than the default 1200 s.
+"""Root pytest configuration: notebooks executed by the test suite run on tiny budgets (all but the
+quickstart with the slow checks), and the long learning checks (`-m slow`) get a longer per-test time limit than the default 1200 s.
 
 The slow checks guard themselves against hangs (tests/isolated.py restarts a stalled child), so
 their pytest-timeout only has to stop a genuinely runaway test: 1200 s killed the xdist worker
@@ -15,7 +15,16 @@ os.environ.setdefault("PUREJAXRL_NOTEBOOK_SMOKE", "1")
 SLOW_TEST_TIMEOUT_S = 3000
 
 
+# The notebooks other than the quickstart (each a fresh kernel that compiles its programs, 20-70 s)
+# run with the slow checks; the quickstart stays in the default suite.
+FAST_NOTEBOOKS = ("01_quickstart.ipynb",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items):
     for item in items:
+        path = getattr(item, "path", None)
+        if path is not None and path.suffix == ".ipynb" and path.name not in FAST_NOTEBOOKS:
+            item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT_S))

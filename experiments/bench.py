@@ -10,6 +10,7 @@
     python -m experiments.bench --compare HEAD --algos sac --sac-timesteps 2000 --calls 1
     python -m experiments.bench --algos ppo --devices 2   # one run data parallel over 2 devices
     python -m experiments.bench --sweep --envs CartPole-v1   # 64-run sweep vs one after another
+    python -m experiments.bench --generation   # one LPO ES generation vs its candidates one by one
 
 For every env it times, in one process and one run: the env-only random-action rollout of the same
 env and vector size (the ceiling: what the agent would reach if learning were free), then each
@@ -71,6 +72,7 @@ import time
 
 import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 import envs
 from envs import spaces
@@ -272,6 +274,57 @@ def bench_sweep(env_id: str, total_timesteps: int, seeds: int, repeats: int) -> 
     }
 
 
+def bench_generation(repeats: int, population: int = 16) -> dict:
+    """One ES generation of LPO meta-training on the CPU config (experiments/configs/lpo_cpu.yaml:
+    `population` drift candidates x inner PPO on CartPole-v1 and Acrobot-v1, 64k steps each; the
+    population sharded over every device, then the ES update) vs training the same candidates one
+    after another with the single-candidate fitness program compiled once. The two sides
+    alternate `repeats` times; best of each. Returns seconds per generation and their ratio."""
+    from experiments import lpo as lpo_cli
+    from experiments import runs
+    from meta import drift, es, lpo_train
+
+    values = runs.load_yaml(REPO_ROOT / "experiments" / "configs" / "lpo_cpu.yaml")
+    cfg = lpo_cli.resolve(values).cfg
+    es_cfg = dataclasses.replace(
+        cfg.es, population_size=population, num_generations=1, generations_per_call=1
+    )
+    # Baselines only rescale the fitness: fixed ones keep the program and its cost unchanged.
+    fitness = lpo_train.make_fitness(cfg, {t: {"ppo": 1.0, "low": 0.0} for t in cfg.tasks})
+    init = drift.init_params(jax.random.key(1), time_aware=cfg.time_aware, hidden=cfg.hidden)
+    flat, unravel = ravel_pytree(init)
+    noise = jax.random.normal(jax.random.key(2), (population, flat.size))
+    candidates = [unravel(flat + es_cfg.sigma * noise[i]) for i in range(population)]
+    keys = jax.random.split(jax.random.key(3), population)
+
+    t0 = time.perf_counter()
+    one = jax.jit(fitness).lower(candidates[0], keys[0]).compile()
+    single_compile = time.perf_counter() - t0
+    best_seq = best_gen = gen_compile = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(population):
+            jax.block_until_ready(one(candidates[i], keys[i]))
+        best_seq = min(best_seq, time.perf_counter() - t0)
+        out = es.evolve(fitness, init, es_cfg, jax.random.key(0), progress=False)
+        best_gen = min(best_gen, out.run_s)
+        if out.compile_s > 0:  # later calls reuse the program compiled by the first
+            gen_compile = out.compile_s
+    inner_steps = sum(cfg.inner_config(t).total_timesteps for t in cfg.tasks)
+    return {
+        "population": population,
+        "tasks": list(cfg.tasks),
+        "devices": jax.device_count(),
+        "generation_s": best_gen,
+        "sequential_s": best_seq,
+        "x_sequential_time": best_gen / best_seq,
+        "generations_per_min": 60.0 / best_gen,
+        "inner_sps": population * inner_steps / best_gen,
+        "generation_compile_s": gen_compile,
+        "single_compile_s": single_compile,
+    }
+
+
 def bench_rejax(env_id: str, total_timesteps: int, seeds: int, algo: str = "ppo") -> dict | None:
     setup = SHARED_BENCH / "setup_rejax.sh"
     script = SHARED_BENCH / f"rejax_{algo}.py"
@@ -314,6 +367,7 @@ if spec.get("probe"):
 
 import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["fields"].items()}
 cfg = getattr(module, spec["config"])(**fields)
@@ -505,9 +559,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="only the sweep benchmark: 16 PPO configurations x --sweep-seeds as one program "
         "sharded over the host's cores vs the same runs one after another",
     )
+    parser.add_argument(
+        "--generation",
+        action="store_true",
+        help="only the ES benchmark: one LPO generation (population 16, lpo_cpu.yaml) sharded "
+        "over the host's cores vs its 16 candidates trained one after another",
+    )
+    parser.add_argument("--population", type=int, default=16, help="--generation only")
     parser.add_argument("--sweep-seeds", type=int, default=4)
     parser.add_argument("--sweep-timesteps", type=int, default=100_000, help="per run")
     args = parser.parse_args(argv)
+    if args.generation:
+        ask_for_host_devices(max(args.devices, os.cpu_count() or 1))
+        print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+        row = bench_generation(args.repeats, args.population)
+        print(
+            f"LPO generation, population {row['population']} over {row['devices']} devices: "
+            f"{row['generation_s']:.1f} s vs {row['sequential_s']:.1f} s one after another "
+            f"(x{row['x_sequential_time']:.2f} the time; {row['generations_per_min']:.2f} "
+            f"generations/min, {row['inner_sps']:,.0f} inner env steps/s); compile "
+            f"{row['generation_compile_s']:.1f} s vs {row['single_compile_s']:.1f} s",
+            flush=True,
+        )
+        write_json(args, [row])
+        return [row]
     if args.sweep:
         ask_for_host_devices(max(args.devices, os.cpu_count() or 1))
         print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")

@@ -19,7 +19,8 @@ with drift >= 0 and drift = 0 at r = 1. PPO-clip is the drift relu((r - clip(r, 
 
 Each factory returns a per-sample policy loss for the on-policy loop (purejaxrl/losses.py):
 `policy_loss(log_ratio [B], advantages [B], progress [], extras) -> (loss [], aux)`. Importing this
-module registers the objectives "lpo" (option `path`: a drift saved with `save`), "dpo" (alpha,
+module registers the objectives "lpo" (option `path`: a drift saved with `save`, or `shipped`: the
+name of one in meta/learned, e.g. "lpo-cpu"), "dpo" (alpha,
 beta) and "mdpo" (step_size, min_step_size, anneal) with `purejaxrl.objectives`.
 
     params = lpo.init_params(jax.random.key(0), time_aware=True)  # kernels [16, 128], [128, 1]
@@ -52,6 +53,7 @@ NUM_FEATURES = 8  # LPO's inputs; TA-LPO has twice as many
 DRIFT_OFFSET = 1e-4  # drift = relu(net - DRIFT_OFFSET)
 PPO_CLIP_EPS = 0.2  # the clip range of the PPO-initialised drift
 FEATURE_SETS = {False: "lpo-8", True: "ta-lpo-16"}  # time_aware -> the name saved in info
+SHIPPED_DIR = Path(__file__).parent / "learned"  # drifts meta-trained by this project (README there)
 
 # --------------------------------------------------------------------------- features and net
 
@@ -374,17 +376,42 @@ def load(path, time_aware: bool | None = None):
     return params, info
 
 
+def shipped() -> list[str]:
+    """Names of the learned drifts that ship with the package (meta/learned/README.md)."""
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / MANIFEST).is_file())
+
+
+def shipped_path(name: str) -> Path:
+    """Folder of the shipped drift `name` (e.g. "lpo-cpu", "ta-lpo-cpu"), for `load`;
+    ValueError with the known names otherwise."""
+    names = shipped()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"no shipped drift {name!r}{hint}; shipped: {names}")
+    return SHIPPED_DIR / name
+
+
+_shipped_names = shipped  # for _build_lpo, whose option `shipped` hides the function
+
+
 # --------------------------------------------------------------------------- registry
 
 
-def _build_lpo(cfg, path=None) -> objectives.ActorCritic:
-    """GAE + the learned drift saved at `path` (relative to the working directory), loaded now;
-    time_aware and ppo_init come from its info."""
+def _build_lpo(cfg, path=None, shipped=None) -> objectives.ActorCritic:
+    """GAE + the learned drift saved at `path` (relative to the working directory) or the one
+    shipped as `shipped` (see `shipped_path`), loaded now; time_aware and ppo_init come from its
+    info."""
     where = f"{type(cfg).__name__}.objective 'lpo'"
-    if path is None:
-        raise ValueError(f"{where}: needs path=<folder of a drift saved with meta.lpo.save>")
+    if (path is None) == (shipped is None):
+        raise ValueError(
+            f"{where}: needs either path=<folder of a drift saved with meta.lpo.save> or "
+            f"shipped=<one of {_shipped_names()}>"
+        )
     try:
-        params, info = load(path)
+        params, info = load(path if shipped is None else shipped_path(shipped))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     return objectives.actor_critic(cfg, learned_loss(params, info["time_aware"], info["ppo_init"]))

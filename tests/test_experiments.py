@@ -390,6 +390,7 @@ def test_shipped_configs_build(tmp_path):
             assert spec.config.num_updates >= 1, path.name
 
 
+@pytest.mark.slow  # ~25 s
 def test_bench_times_the_mixture_against_its_gaussian_in_pairs():
     from experiments import bench
 

@@ -286,13 +286,36 @@ def test_registered_objectives_build_from_specs(tmp_path):
     )
 
 
+def test_shipped_drifts_load_and_build():
+    """The drifts in meta/learned pass their manifests, have the features their names say, and
+    are zero at r = 1; `objective: {name: lpo, shipped: ...}` builds the same loss."""
+    assert {"lpo-cpu", "ta-lpo-cpu"} <= set(lpo.shipped())
+    log_ratio, adv = samples(64)
+    for name, time_aware in (("lpo-cpu", False), ("ta-lpo-cpu", True)):
+        params, info = lpo.load(lpo.shipped_path(name), time_aware=time_aware)
+        assert info["trained_on"]["tasks"] == ["CartPole-v1", "Acrobot-v1"]
+        assert info["trained_on"]["generations"] == 100
+        progress = 0.3 if time_aware else None
+        at_one = lpo.drift(params, jnp.zeros(8), jnp.linspace(-2, 2, 8), progress)
+        np.testing.assert_array_equal(at_one, 0.0)
+        built = objectives.build({"name": "lpo", "shipped": name}, CFG)
+        np.testing.assert_allclose(
+            built.policy_loss(log_ratio, adv, 0.3, {})[0],
+            lpo.learned_loss(params, time_aware, info["ppo_init"])(log_ratio, adv, 0.3, {})[0],
+        )
+
+
 def test_registry_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match=r"did you mean \['dpo'"):
         objectives.build({"name": "dpp"}, CFG)
     with pytest.raises(ValueError, match=r"did you mean \['mdpo'"):
         objectives.build({"name": "mdp0"}, CFG)
-    with pytest.raises(ValueError, match="'lpo': needs path"):
+    with pytest.raises(ValueError, match="'lpo': needs either path=.* or shipped=.*lpo-cpu"):
         objectives.build({"name": "lpo"}, CFG)
+    with pytest.raises(ValueError, match="needs either"):
+        objectives.build({"name": "lpo", "path": str(tmp_path), "shipped": "lpo-cpu"}, CFG)
+    with pytest.raises(ValueError, match="no shipped drift 'lpo-cp' \\(did you mean 'lpo-cpu'"):
+        objectives.build({"name": "lpo", "shipped": "lpo-cp"}, CFG)
     with pytest.raises(ValueError, match="'lpo': no saved drift"):
         objectives.build({"name": "lpo", "path": str(tmp_path / "missing")}, CFG)
     with pytest.raises(ValueError, match="gamma"):
@@ -314,6 +337,7 @@ def test_runs_registers_the_objectives_without_slowing_train_startup():
     assert proc.stdout.strip() == "['dpo', 'lpo', 'mdpo']", proc.stderr
 
 
+@pytest.mark.slow  # a CLI subprocess, ~45 s
 def test_train_cli_runs_dpo(tmp_path):
     """A tiny `python -m experiments.train ... objective.name=dpo` (one compile)."""
     spec = {

@@ -107,6 +107,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- the run folder
 
 
+@pytest.mark.slow  # the run_a fixture: a whole CLI run, ~100 s
 def test_run_folder_holds_every_output(run_a):
     for name in ("config.yaml", "baselines.json", "fitness.csv", "fitness.png", "drift.png",
                  "meta_test.json", "meta_test.png", "summary.json"):  # fmt: skip
@@ -155,6 +156,7 @@ def test_run_folder_holds_every_output(run_a):
     assert summary["wall_s"] > 0 and summary["sessions"][0]["mode"] == "new"
 
 
+@pytest.mark.slow  # the run_a fixture: a whole CLI run, ~100 s
 def test_saved_drift_loads_and_trains_through_the_registry(run_a):
     from experiments import runs
     from purejaxrl import checkpoint, objectives, ppo
@@ -176,6 +178,7 @@ def test_saved_drift_loads_and_trains_through_the_registry(run_a):
     assert agent.num_updates == 4
 
 
+@pytest.mark.slow  # the run_a fixture: a whole CLI run, ~100 s
 def test_resume_continues_exactly(run_a, config_file, compile_cache, tmp_path):
     out = tmp_path / "b"
     one = ["--config", str(config_file), "test_seeds=2", "es.num_generations=1"]
@@ -205,6 +208,7 @@ def test_resume_continues_exactly(run_a, config_file, compile_cache, tmp_path):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow  # a CLI run with a compile, ~30 s
 def test_interrupt_leaves_a_resumable_run(
     config_file, compile_cache, tmp_path, monkeypatch, capsys
 ):
@@ -224,6 +228,7 @@ def test_interrupt_leaves_a_resumable_run(
     assert len((out / "fitness.csv").read_text().splitlines()) == 2  # header + generation 1
 
 
+@pytest.mark.slow  # the run_a fixture: a whole CLI run, ~100 s
 def test_meta_test_only_reruns_the_meta_test(run_a, compile_cache, tmp_path):
     import shutil
 
@@ -266,6 +271,7 @@ def test_bad_input_stops_before_writing(
     assert not out.exists()
 
 
+@pytest.mark.slow  # the run_a fixture: a whole CLI run, ~100 s
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -67,7 +67,16 @@ def test_one_expert_mixture_is_the_gaussian_agent(algo):
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
-@pytest.mark.parametrize("grad", ["pmoe", "gumbel", "score"])
+# The Gumbel and score-function baselines also run in the pinned tests; their training checks
+# (~20 s each) run with the slow checks.
+@pytest.mark.parametrize(
+    "grad",
+    [
+        "pmoe",
+        pytest.param("gumbel", marks=pytest.mark.slow),
+        pytest.param("score", marks=pytest.mark.slow),
+    ],
+)
 def test_three_experts_train_with_every_estimator(algo, grad):
     agent, out = trained(algo, policy="pmoe", num_experts=3, mixture_grad=grad)
     m = {k: np.asarray(v) for k, v in out.metrics.items()}

@@ -43,6 +43,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the tiny_run fixture: a whole CLI run, ~65 s
 def test_pmoe_experiment_writes_run_folder(tiny_run):
     out = tiny_run
     for name in ("config.yaml", "metrics.csv", "summary.json", "curves.png", "auc.png"):
@@ -105,6 +106,7 @@ def test_pmoe_experiment_rejects_bad_arguments(args, message, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # the tiny_run fixture: a whole CLI run, ~65 s
 def test_merge_writes_one_folder_of_several_runs(tiny_run, tmp_path, capsys):
     other = tmp_path / "other"
     methods_at = TINY.index("--methods")

@@ -87,6 +87,7 @@ def test_smoothing_experiment_writes_run_folder(tmp_path):
     assert header == "env,sigma,update,env_steps,episode_return,episode_length"
 
 
+@pytest.mark.slow  # ~60 s
 def test_pendulum_reports_the_strongest_attack_setting(tmp_path):
     """Continuous actions: every (objective, step size) setting is run and kept; the reported
     attacked return per budget is the lowest setting mean."""

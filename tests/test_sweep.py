@@ -263,6 +263,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh 4-device process, ~60 s
 def test_sharded_over_four_devices_equals_one_device_and_pads_uneven_runs():
     got = run_with_host_devices(CHILD, 4, timeout=900)
     assert got["runs"] == 10  # 10 runs over 4 devices: padded to 12, padding dropped
