@@ -11,7 +11,7 @@ See `envs.core` for the API contract and `envs.wrappers` for the wrappers.
 
 from envs import spaces
 from envs.core import Environment, Wrapper
-from envs.registry import make, make_raw, register, registered
+from envs.registry import check_id, make, make_raw, register, registered
 from envs.wrappers import (
     AutoReset,
     ClipAction,
@@ -48,6 +48,7 @@ __all__ = [
     "obs_norm_stats",
     "register",
     "registered",
+    "check_id",
     "replace_obs_norm_stats",
     "reward_norm_stats",
     "spaces",

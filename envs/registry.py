@@ -99,10 +99,16 @@ def _unknown_id_error(env_id: str) -> ValueError:
     return ValueError(msg)
 
 
+def check_id(env_id: str) -> None:
+    """ValueError with close matches and the known ids unless `env_id` is registered (builds
+    nothing: cheap for brax ids too)."""
+    if not isinstance(env_id, str) or env_id not in _REGISTRY:
+        raise _unknown_id_error(str(env_id))
+
+
 def make_raw(env_id: str, **overrides) -> tuple[Environment, Any]:
     """The env without `AutoReset` (its episodes end in a terminal state), and its params."""
-    if env_id not in _REGISTRY:
-        raise _unknown_id_error(env_id)
+    check_id(env_id)
     return _REGISTRY[env_id](**overrides)
 
 

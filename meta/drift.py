@@ -53,7 +53,8 @@ NUM_FEATURES = 8  # LPO's inputs; TA-LPO has twice as many
 DRIFT_OFFSET = 1e-4  # drift = relu(net - DRIFT_OFFSET)
 PPO_CLIP_EPS = 0.2  # the clip range of the PPO-initialised drift
 FEATURE_SETS = {False: "lpo-8", True: "ta-lpo-16"}  # time_aware -> the name saved in info
-SHIPPED_DIR = Path(__file__).parent / "learned"  # drifts meta-trained by this project (README there)
+# Drifts meta-trained by this project (meta/learned/README.md says how and how well).
+SHIPPED_DIR = Path(__file__).parent / "learned"
 
 # --------------------------------------------------------------------------- features and net
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import envs
 from meta import drift, es
 from purejaxrl import config as C
 from purejaxrl import objectives, ppo
@@ -74,6 +75,11 @@ class LPOConfig:
     def __post_init__(self):
         if not self.tasks or not all(isinstance(t, str) for t in self.tasks):
             raise ValueError(f"LPOConfig.tasks={self.tasks!r}: a non-empty tuple of env ids")
+        for task in self.tasks:
+            try:
+                envs.check_id(task)
+            except ValueError as e:
+                raise ValueError(f"LPOConfig.tasks: {e}") from None
         unknown = sorted(set(self.task_inner) - set(self.tasks))
         if unknown:
             raise ValueError(f"LPOConfig.task_inner: {unknown} are not among tasks {self.tasks}")

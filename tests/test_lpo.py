@@ -305,6 +305,13 @@ def test_shipped_drifts_load_and_build():
         )
 
 
+def test_lpo_config_refuses_unknown_tasks_with_a_hint():
+    with pytest.raises(
+        ValueError, match="LPOConfig.tasks: unknown env id 'CartPol-v1'. Did you mean: CartPole-v1"
+    ):
+        lpo.LPOConfig(tasks=("CartPol-v1",))
+
+
 def test_registry_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match=r"did you mean \['dpo'"):
         objectives.build({"name": "dpp"}, CFG)
