@@ -9,7 +9,7 @@
 See `envs.core` for the API contract and `envs.wrappers` for the wrappers.
 """
 
-from envs import spaces
+from envs import gridworld, spaces
 from envs.core import Environment, Wrapper
 from envs.registry import check_id, make, make_raw, register, registered
 from envs.wrappers import (
@@ -49,6 +49,7 @@ __all__ = [
     "register",
     "registered",
     "check_id",
+    "gridworld",
     "replace_obs_norm_stats",
     "reward_norm_stats",
     "spaces",

@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from envs import multimodal
+from envs import gridworld, multimodal
 from envs.core import Environment, check_override_keys
 
 # id -> factory(**overrides) -> (raw env without auto-reset, env_params)
@@ -214,3 +214,5 @@ for _name in BRAX_NAMES:
 
 for _id in (multimodal.BANDIT_ID, multimodal.POINTMASS_ID):
     register(_id, lambda _id=_id, **overrides: multimodal.make(_id, **overrides))
+for _id in gridworld.IDS:
+    register(_id, lambda _id=_id, **overrides: gridworld.make(_id, **overrides))
