@@ -61,6 +61,8 @@ class TwinMLP(nn.Module):
     @nn.compact
     def __call__(self, x, member: int | None = None):
         act = ACTIVATIONS[self.activation]
+        if not self.hidden_sizes and member is None:  # no layers: both members see the input
+            return jnp.broadcast_to(x, (2, *x.shape))
         for i, size in enumerate(self.hidden_sizes):
             fan_in = x.shape[-1]
             kernel = self.param(

@@ -50,3 +50,20 @@ def test_vmapped_network_init_has_no_lapack_custom_call():
         jax.random.split(jax.random.key(0), 4)
     )
     assert "custom_call" not in hlo.as_text()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_no_hidden_layers_gives_linear_heads(shared):
+    """hidden_sizes=() (tabular agents on one-hot observations): policy, value and prediction are
+    linear in the observation, with separate or shared torsos."""
+    net = networks.ActorCritic(
+        action_dim=3, head_kind="categorical", hidden_sizes=(), shared=shared, prediction_size=2
+    )
+    obs = jax.random.normal(jax.random.key(0), (5, 4))
+    params = net.init(jax.random.key(1), obs, method=networks.ActorCritic.init_all)
+    out = net.apply(params, obs, method=networks.ActorCritic.outputs)
+    p = params["params"]
+    linear = lambda name: obs @ p[name]["kernel"] + p[name]["bias"]
+    np.testing.assert_allclose(out["policy"], linear("policy_out"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["value"], linear("value_out")[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["prediction"], linear("prediction_out"), rtol=1e-5, atol=1e-6)
