@@ -204,6 +204,8 @@ def make_agent(
             "value": values[:num_steps],
             "next_value": values[num_steps:],
         }
+        if objective.needs_next_obs:  # opt-in (LPG's y(s_t+1)): other objectives' data unchanged
+            data["next_obs"] = traj.final_obs
         return env_state, obs, traj, data
 
     def epoch_batches(data, key):

@@ -5,7 +5,8 @@ The loop (purejaxrl/actor_critic.py) runs rollout -> targets -> objective -> opt
 1. `rollout`: a dict of `[T, N, ...]` arrays, T = num_steps, N = num_envs:
      obs `[T, N, *obs]`, action `[T, N(, d)]`, log_prob (behaviour policy's log pi(a|s)),
      reward, terminated, truncated (bool), value V(s_t), next_value V(s'_t) of the observation
-     reached *before* any auto-reset (bootstrap target on truncation), all `[T, N]`.
+     reached *before* any auto-reset (bootstrap target on truncation), all `[T, N]`; and, only
+     for an objective with `needs_next_obs = True`, next_obs `[T, N, *obs]`: those observations.
 2. `objective.targets(rollout, ctx) -> dict` of extra `[T, N, ...]` arrays computed once per
    update with the update-start parameters (GAE advantages and return targets, ...).
 3. The loop splits rollout + targets into minibatches: a flat shuffle over T x N (leaves `[B, ...]`)
@@ -55,6 +56,7 @@ class Objective(abc.ABC):
     """Base class: no targets, flat minibatches. Subclasses define `loss`."""
 
     time_ordered = False  # True: minibatches of whole env columns `[T, n, ...]` in time order
+    needs_next_obs = False  # True: the rollout also holds "next_obs" (pre-reset s'_t) `[T, N, ...]`
 
     def targets(self, rollout: dict, ctx: Context) -> dict:
         return {}

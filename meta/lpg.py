@@ -1,0 +1,967 @@
+"""LPG and TA-LPG: a learned update rule for the on-policy loop, meta-trained with ES or meta-gradients.
+
+Learned Policy Gradient (Oh et al. 2020, arXiv 2007.08794) replaces the agent's loss by a network
+that reads a whole rollout and says, for every step, how to change the policy and what the agent's
+prediction vector y(s) should be:
+
+    inputs per step t:  r_t, d_t (terminated), gamma, pi(a_t|s_t), y(s_t), y(s_t+1)
+    backward GRU over the rollout, reset at episode ends   ->   pi_hat_t (a scalar), y_hat_t (softmax m)
+    agent loss:  mean(log pi(a_t|s_t) * pi_hat_t) + 0.5 KL(y(s_t) || y_hat_t)
+
+y is a categorical vector of width m (8) that the agent predicts with its network's prediction head
+(`prediction_size = m` in the config): the rule decides what it means. TA-LPG (Jackson et al., ICLR
+2024, arXiv 2402.05828) also feeds n/N (the fraction of the agent's updates done) and log N (N its
+number of updates), so the rule can change over the agent's lifetime.
+
+The network (`LPGNet`, `init_params`, `apply`; public code: EmptyJackson/groove):
+
+- each of y(s_t) and y(s_t+1) (probabilities `[m]`) is embedded by one shared MLP m -> 16 -> 1;
+  the y(s_t+1) embedding is zeroed where the episode terminated at t (no future beyond a terminal);
+- per step the core sees [r, terminated, gamma, pi(a|s), (n/N, log N), e(y_t), e(y_t+1)];
+- the core is a GRU (width 256) run backwards in time over the T steps of each env column (the
+  columns are a batch). **Reset convention:** a step t at which the episode ended (terminated or
+  truncated; `ended_t`) starts a fresh zero carry going backwards, so pi_hat_t and y_hat_t depend
+  on the inputs of steps t..e only, e the first step >= t with `ended_e` (or T - 1): what happens
+  after an episode's last step never reaches its outputs. The last step of a rollout also starts
+  from a zero carry (nothing is known beyond it but y(s_T), which enters as its y(s_t+1)). On a
+  truncation the y(s_t+1) embedding is kept: s_t+1 is the pre-reset observation, a real state to
+  bootstrap from (the project keeps termination and truncation apart; the reference code has one
+  `done` for both);
+- pi_hat = Dense(1)(relu(h)), y_hat = softmax(Dense(m)(relu(h))).
+
+The agent side (`objective(params)` -> `LPGObjective`, for `a2c.make_agent(cfg, objective=...)`,
+also the registered objective "lpg" with option `path`): `targets` runs the rule once per update
+over the whole `[T, N]` rollout with the update-start parameters (y(s_t+1) from the pre-reset next
+observations, which the loop adds for objectives that set `needs_next_obs`); its inputs pi, y(s_t),
+y(s_t+1) are data (stop-gradient). pi_hat and log y_hat are then batch data of `loss`: constants
+for the agent's gradient (the loop differentiates the loss in the agent's parameters only), and
+left differentiable in the rule's parameters, which is the path of the meta-gradient.
+
+Meta-training:
+
+- ES (`make_meta_train(LPGConfig(...), levels)`): fitness of a rule = final return of an A2C agent
+  trained with it for its whole lifetime on a level (env params) drawn from the candidate's key,
+  so the two members of an antithetic pair (same key in `meta.es.evolve`) meet the same level and
+  agent seed. LPG and TA-LPG.
+- Meta-gradient (`make_meta_gradient_train`, LPG only): K agent updates with the rule, then
+  A2C's -mean(log pi A) on a fresh rollout (A: GAE(0.99, 0.95) of a separate value critic) plus
+  regularisers, differentiated through the K updates; Adam 1e-4 on the rule. The K updates are
+  this module's differentiable copy of the loop's update (see `make_meta_gradient_train` for why
+  the loop's own `update` cannot be differentiated here).
+
+Levels: `levels` is None (the env's default params), a batch of env params (a pytree whose leaves
+have one leading axis [L]; one is drawn uniformly per key) or a function `sample_levels(key) ->
+level` (a level buffer plugs in here). Any env whose params are a pytree works, e.g.
+`envs.make("gridworld/dense")`'s levels.
+
+Save / load: `save(path, params, info)` / `load(path, y_size=None)` (orbax + SHA-256 manifest, as
+meta/drift.py; the same helpers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import struct
+
+import envs
+from meta import drift, es
+from meta.lpo_train import final_return
+from purejaxrl import a2c, actor_critic, checkpoint, loop, objectives
+from purejaxrl import config as C
+from purejaxrl.gae import gae
+from purejaxrl.initializers import orthogonal
+from purejaxrl.networks import MLP, ActorCritic
+from purejaxrl.rollout import rollout
+
+Y_SIZE = 8  # width m of the categorical prediction vector y
+HIDDEN = 256  # width of the backward GRU
+EMBED = 16  # hidden width of the shared y-embedding MLP (m -> 16 -> 1)
+KL_WEIGHT = 0.5  # agent loss: mean(log pi * pi_hat) + KL_WEIGHT * KL(y || y_hat)
+NUM_STEP_FEATURES = 4  # r, terminated, gamma, pi(a|s)
+NUM_TIME_FEATURES = 2  # TA-LPG: n/N, log N
+FORMAT = "lpg/1"
+
+# --------------------------------------------------------------------------- the network
+
+
+def step_features(reward, terminated, gamma, pi, progress=None, num_updates=None):
+    """The scalar inputs of every step `[T, N, 4]` = [r, terminated, gamma, pi(a|s)]; with
+    `progress` (n/N, `[]`) and `num_updates` (N), TA-LPG's `[T, N, 6]` = [..., n/N, log N].
+
+    reward, pi `[T, N]` float; terminated `[T, N]` bool; gamma a scalar (may be traced)."""
+    reward = jnp.asarray(reward, jnp.float32)
+    columns = [
+        reward,
+        jnp.asarray(terminated, jnp.float32),
+        jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), reward.shape),
+        jnp.asarray(pi, jnp.float32),
+    ]
+    if (progress is None) != (num_updates is None):
+        raise ValueError(
+            "lpg.step_features: give both progress (n/N) and num_updates (N), or neither"
+        )
+    if progress is not None:
+        log_n = jnp.log(jnp.asarray(num_updates, jnp.float32))
+        columns.append(jnp.broadcast_to(jnp.asarray(progress, jnp.float32), reward.shape))
+        columns.append(jnp.broadcast_to(log_n, reward.shape))
+    return jnp.stack(columns, axis=-1)
+
+
+class _Embed(nn.Module):
+    """The shared y embedding: Dense(width) -> relu -> Dense(1), `[..., m]` -> `[..., 1]`."""
+
+    width: int = EMBED
+
+    @nn.compact
+    def __call__(self, y):
+        h = nn.relu(nn.Dense(self.width, name="hidden")(y))
+        return nn.Dense(1, name="out")(h)
+
+
+class _BackwardStep(nn.Module):
+    """One step of the backward core: reset the carry where the episode ended, then a GRU cell."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, carry, inputs):
+        x, ended = inputs  # [N, F], [N]
+        carry = jnp.where(ended[..., None], jnp.zeros_like(carry), carry)
+        carry, h = nn.GRUCell(self.hidden, name="gru")(carry, x)
+        return carry, h
+
+
+class LPGNet(nn.Module):
+    """The LPG rule: `(features [T, N, F], y, y_next [T, N, m] probabilities, terminated, ended
+    [T, N] bool) -> (pi_hat [T, N], log y_hat [T, N, m])`; see the module docstring. F is 4
+    (LPG) or 6 (TA-LPG), from `step_features`."""
+
+    y_size: int = Y_SIZE
+    hidden: int = HIDDEN
+    embed: int = EMBED
+
+    @nn.compact
+    def __call__(self, features, y, y_next, terminated, ended):
+        embed = _Embed(self.embed, name="embed")  # one MLP for both y vectors
+        e_now = embed(y)
+        e_next = jnp.where(terminated[..., None], 0.0, embed(y_next))
+        x = jnp.concatenate([features, e_now, e_next], axis=-1)
+        core = nn.scan(
+            _BackwardStep,
+            variable_broadcast="params",
+            split_rngs={"params": False},
+            in_axes=0,
+            out_axes=0,
+            reverse=True,  # outputs stay in time order; step T-1 is processed first
+        )(self.hidden, name="core")
+        carry = jnp.zeros((*x.shape[1:-1], self.hidden), x.dtype)
+        _, h = core(carry, (x, ended))
+        h = nn.relu(h)
+        pi_hat = nn.Dense(1, name="pi_out")(h)[..., 0]
+        log_y_hat = jax.nn.log_softmax(nn.Dense(self.y_size, name="y_out")(h))
+        return pi_hat, log_y_hat
+
+
+class RuleShape(NamedTuple):
+    """What a rule's parameters fix: y width m, GRU width, time-aware inputs, embedding width."""
+
+    y_size: int
+    hidden: int
+    time_aware: bool
+    embed: int
+
+
+def init_params(key, time_aware: bool = False, y_size: int = Y_SIZE, hidden: int = HIDDEN):
+    """Flax params of a fresh rule (LPG; TA-LPG with `time_aware`)."""
+    for name, value in (("y_size", y_size), ("hidden", hidden)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"lpg.init_params: {name}={value!r} must be a positive integer")
+    num_features = NUM_STEP_FEATURES + (NUM_TIME_FEATURES if time_aware else 0)
+    return _initializer(num_features, int(y_size), int(hidden))(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _initializer(num_features: int, y_size: int, hidden: int):
+    """The jitted `init(key) -> params` of one rule shape (compiled once, not run op by op)."""
+    net = LPGNet(y_size, hidden)
+
+    def init(key):
+        f = jnp.zeros((1, 1, num_features), jnp.float32)
+        y = jnp.full((1, 1, y_size), 1.0 / y_size, jnp.float32)
+        done = jnp.zeros((1, 1), bool)
+        return net.init(key, f, y, y, done, done)
+
+    return jax.jit(init)
+
+
+def describe(params) -> RuleShape:
+    """The `RuleShape` of rule params (works on tracers and ShapeDtypeStructs); ValueError if
+    they are not LPG params as `init_params` makes them."""
+    try:
+        p = params["params"]
+        y_in, y_size = np.shape(p["y_out"]["kernel"])
+        in_width, hidden = np.shape(p["core"]["gru"]["ir"]["kernel"])
+        embed = np.shape(p["embed"]["hidden"]["kernel"])[1]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            "LPG params must be flax params {'params': {'embed', 'core', 'pi_out', 'y_out'}} as "
+            "lpg.init_params makes them"
+        ) from None
+    num_features = in_width - 2  # the two y embeddings
+    if num_features not in (NUM_STEP_FEATURES, NUM_STEP_FEATURES + NUM_TIME_FEATURES):
+        raise ValueError(f"LPG params take {num_features} step features; LPG takes 4, TA-LPG 6")
+    return RuleShape(int(y_size), int(hidden), num_features > NUM_STEP_FEATURES, int(embed))
+
+
+def forward(
+    params,
+    reward,
+    terminated,
+    pi,
+    y,
+    y_next,
+    *,
+    truncated=None,
+    gamma=0.99,
+    progress=None,
+    num_updates=None,
+):
+    """(pi_hat `[T, N]`, log y_hat `[T, N, m]`): `apply` with y_hat as log-probabilities."""
+    shape = describe(params)
+    if shape.time_aware and (progress is None or num_updates is None):
+        raise ValueError("TA-LPG params need progress (n/N) and num_updates (N)")
+    if not shape.time_aware and (progress is not None or num_updates is not None):
+        raise ValueError("LPG params (not time-aware) take no progress / num_updates")
+    terminated = jnp.asarray(terminated, bool)
+    ended = terminated if truncated is None else terminated | jnp.asarray(truncated, bool)
+    features = step_features(reward, terminated, gamma, pi, progress, num_updates)
+    net = LPGNet(shape.y_size, shape.hidden, shape.embed)
+    return net.apply(params, features, y, y_next, terminated, ended)
+
+
+def apply(params, reward, terminated, pi, y, y_next, **kwargs):
+    """The rule on a rollout: (pi_hat `[T, N]`, y_hat `[T, N, m]` probabilities).
+
+    reward `[T, N]`; terminated `[T, N]` bool (d_t: s_t+1 is terminal); pi `[T, N]` = pi(a_t|s_t)
+    of the taken actions; y, y_next `[T, N, m]` = y(s_t), y(s_t+1) as probabilities (s_t+1 the
+    pre-reset next observation). Keywords: truncated `[T, N]` bool (time-limit ends: the carry is
+    reset there too, the y(s_t+1) embedding kept), gamma (default 0.99), and for TA-LPG params
+    progress (n/N) and num_updates (N). Time runs along axis 0; the N columns are independent.
+    """
+    pi_hat, log_y_hat = forward(params, reward, terminated, pi, y, y_next, **kwargs)
+    return pi_hat, jnp.exp(log_y_hat)
+
+
+# --------------------------------------------------------------------------- agent objective
+
+
+@dataclasses.dataclass(frozen=True)
+class LPGObjective(objectives.Objective):
+    """The agent's loss under an LPG rule: mean(log pi(a|s) pi_hat) + kl_weight KL(y || y_hat).
+
+    params: the rule (may be traced: an ES candidate, or differentiated by the meta-gradient);
+    kl_weight (0.5) and gamma (the rule's gamma input) may be traced. Needs a categorical policy
+    and a prediction head of the rule's width (`prediction_size = m`). Metrics: policy_loss, kl,
+    entropy (policy), y_entropy, pi_hat_sq (mean pi_hat^2), y_hat_sq (mean ||y_hat||^2).
+    """
+
+    params: Any
+    kl_weight: Any = KL_WEIGHT
+    gamma: Any = 0.99
+
+    needs_next_obs = True
+
+    @property
+    def shape(self) -> RuleShape:
+        return describe(self.params)
+
+    def check(self, cfg) -> None:
+        name, m = type(cfg).__name__, self.shape.y_size
+        size = getattr(cfg, "prediction_size", 0)
+        if size != m:
+            raise ValueError(
+                f"{name}.prediction_size={size}: the LPG rule's y width is {m}; the agent's "
+                f"prediction head must match it (set prediction_size={m})"
+            )
+        if getattr(cfg, "policy", "auto") not in ("auto", "categorical"):
+            raise ValueError(
+                f"{name}.policy={cfg.policy!r}: LPG reads pi(a|s), the probability of the taken "
+                "action; it needs a categorical policy"
+            )
+
+    def targets(self, rollout, ctx):
+        """{"pi_hat": `[T, N]`, "log_y_hat": `[T, N, m]`} from the rule over the whole rollout.
+
+        Not stop-gradient: they enter `loss` as batch data, constants for the agent's gradient
+        (the loop differentiates in the agent's parameters only), and the meta-gradient reaches
+        the rule through them."""
+        if not getattr(ctx.head, "discrete", False):
+            raise ValueError("the LPG objective needs a categorical policy (discrete actions)")
+        num_steps = rollout["obs"].shape[0]
+        both = jnp.concatenate([rollout["obs"], rollout["next_obs"]], axis=0)
+        y_both = jax.nn.softmax(ctx.apply(both, method=ActorCritic.outputs)["prediction"])
+        pi = jnp.exp(rollout["log_prob"])  # the behaviour policy is the update-start policy
+        pi, y, y_next = jax.lax.stop_gradient((pi, y_both[:num_steps], y_both[num_steps:]))
+        time = {}
+        if self.shape.time_aware:
+            time = {"progress": ctx.progress, "num_updates": ctx.num_updates}
+        pi_hat, log_y_hat = forward(
+            self.params,
+            rollout["reward"],
+            rollout["terminated"],
+            pi,
+            y,
+            y_next,
+            truncated=rollout["truncated"],
+            gamma=self.gamma,
+            **time,
+        )
+        return {"pi_hat": pi_hat, "log_y_hat": log_y_hat}
+
+    def loss(self, outputs, batch, ctx):
+        policy = outputs["policy"]
+        log_pi = ctx.head.log_prob(policy, batch["action"])
+        pi_hat, log_y_hat = batch["pi_hat"], batch["log_y_hat"]
+        policy_loss = jnp.mean(log_pi * pi_hat)
+        log_y = jax.nn.log_softmax(outputs["prediction"])
+        y = jnp.exp(log_y)
+        kl = jnp.mean(jnp.sum(y * (log_y - log_y_hat), axis=-1))
+        total = policy_loss + self.kl_weight * kl
+        metrics = {
+            "policy_loss": policy_loss,
+            "kl": kl,
+            "entropy": jnp.mean(ctx.head.entropy(policy)),
+            "y_entropy": jnp.mean(-jnp.sum(y * log_y, axis=-1)),
+            "pi_hat_sq": jnp.mean(pi_hat**2),
+            "y_hat_sq": jnp.mean(jnp.sum(jnp.exp(2.0 * log_y_hat), axis=-1)),
+        }
+        return total, metrics
+
+
+def objective(params, kl_weight=KL_WEIGHT, gamma=0.99) -> LPGObjective:
+    """The agent-side objective of the rule `params` (see `LPGObjective`)."""
+    describe(params)  # refuses anything but LPG params, before any compile
+    return LPGObjective(params=params, kl_weight=kl_weight, gamma=gamma)
+
+
+# --------------------------------------------------------------------------- save / load
+
+PARAMS_ITEM, INFO_ITEM = "params", "info"
+_REQUIRED_INFO = {"format", "y_size", "hidden", "time_aware", "embed", "shapes", "digest"}
+
+
+def _as_rule_error(e: checkpoint.CheckpointError) -> checkpoint.CheckpointError:
+    """meta.drift's folder helpers name a "saved drift"; here it is a saved LPG rule."""
+    text = str(e).replace("saved drift", "saved LPG rule").replace("lpo.save", "lpg.save")
+    return checkpoint.CheckpointError(text)
+
+
+def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
+    """Writes the rule `params` and its info (JSON) to the folder `path` with orbax; returns it.
+
+    `info` may hold "trained_on" (free-form; default {}) and other JSON values; "y_size",
+    "hidden", "time_aware" and "embed" are taken from the params (ValueError if `info` says
+    otherwise). As `meta.lpo.save` (the same helpers): written beside `path`, given a SHA-256
+    manifest of every file, then moved into place; an existing saved rule at `path` is replaced,
+    any other existing path refused.
+    """
+    path = Path(path).absolute()
+    shape = describe(params)
+    record = {"trained_on": {}, **dict(info or {})}
+    for key, value in shape._asdict().items():
+        if key in record and record[key] != value:
+            raise ValueError(
+                f"lpg.save: info[{key!r}]={record[key]!r}, but the params have {value!r}"
+            )
+    params = jax.device_get(params)
+    record.update(shape._asdict(), format=FORMAT, shapes=checkpoint.shapes(params))
+    record.update(digest=checkpoint.digest(params))
+    try:
+        record = json.loads(json.dumps(record))
+    except TypeError as e:
+        raise ValueError(f"lpg.save: info is not JSON-serialisable: {e}") from None
+    if path.exists() and not (path / drift.MANIFEST).is_file():
+        raise ValueError(f"lpg.save: {path} exists and is not a saved rule; not overwriting it")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = {PARAMS_ITEM: ocp.args.StandardSave(params), INFO_ITEM: ocp.args.JsonSave(record)}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        checkpointer.save(tmp, args=ocp.args.Composite(**items))
+    listing = {"format": 1, "files": drift._listing(tmp)}
+    (tmp / drift.MANIFEST).write_text(json.dumps(listing, indent=1, sort_keys=True))
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def load(path, y_size: int | None = None, time_aware: bool | None = None):
+    """(params, info) of the rule saved at `path` (see `save`).
+
+    y_size / time_aware (None: whatever was saved) must match the saved rule, else ValueError
+    naming both (an agent's prediction head must have the rule's y width). A missing folder, a
+    file missing or altered since the save, or contents that fail their digest raise
+    CheckpointError (a ValueError) saying which.
+    """
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise checkpoint.CheckpointError(f"no saved LPG rule at {path}: the folder does not exist")
+    try:
+        drift._verify_files(path)
+        info = drift._restore(path, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
+    except checkpoint.CheckpointError as e:
+        raise _as_rule_error(e) from None
+    if not isinstance(info, dict) or not _REQUIRED_INFO <= set(info):
+        raise checkpoint.CheckpointError(
+            f"corrupt saved LPG rule at {path}: its info is incomplete"
+        )
+    if info["format"] != FORMAT:
+        raise checkpoint.CheckpointError(
+            f"saved LPG rule at {path} has format {info['format']!r}; this code reads {FORMAT!r}"
+        )
+    if y_size is not None and int(y_size) != info["y_size"]:
+        raise ValueError(
+            f"the LPG rule at {path} predicts y of width {info['y_size']}, but y_size={y_size} "
+            f"was asked for (an agent with prediction_size={y_size})"
+        )
+    if time_aware is not None and bool(time_aware) != info["time_aware"]:
+        raise ValueError(
+            f"the LPG rule at {path} has time_aware={info['time_aware']}, but "
+            f"time_aware={bool(time_aware)} was asked for"
+        )
+    shape = RuleShape(int(info["y_size"]), int(info["hidden"]), bool(info["time_aware"]), 0)
+    abstract = jax.eval_shape(
+        lambda key: init_params(key, shape.time_aware, shape.y_size, shape.hidden),
+        jax.random.key(0),
+    )
+    if checkpoint.shapes(abstract) != info["shapes"]:
+        raise checkpoint.CheckpointError(
+            f"saved LPG rule at {path} holds arrays of other shapes than this code makes: "
+            f"{info['shapes']}"
+        )
+    try:
+        restored = drift._restore(path, **{PARAMS_ITEM: ocp.args.StandardRestore(abstract)})
+    except checkpoint.CheckpointError as e:
+        raise _as_rule_error(e) from None
+    params = restored[PARAMS_ITEM]
+    if checkpoint.digest(params) != info["digest"]:
+        raise checkpoint.CheckpointError(
+            f"corrupt saved LPG rule at {path}: array contents fail their checksum"
+        )
+    return params, info
+
+
+def _build_lpg(cfg, path=None, kl_weight=KL_WEIGHT) -> LPGObjective:
+    """The rule saved at `path` (relative to the working directory), loaded now, for an agent
+    whose prediction_size must be the rule's y width; gamma input = the config's gamma."""
+    where = f"{type(cfg).__name__}.objective 'lpg'"
+    if path is None:
+        raise ValueError(f"{where}: needs path=<folder of a rule saved with meta.lpg.save>")
+    try:
+        params, _ = load(path, y_size=cfg.prediction_size)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return objective(params, kl_weight=kl_weight, gamma=cfg.gamma)
+
+
+objectives.register("lpg", _build_lpg)
+
+
+# --------------------------------------------------------------------------- meta-training: ES
+
+# CPU-sized inner A2C: a linear ("tabular") agent, 8 envs x 16 steps x 50 updates = 6,400 steps.
+CPU_INNER = {
+    "total_timesteps": 8 * 16 * 50,
+    "num_envs": 8,
+    "num_steps": 16,
+    "learning_rate": 0.1,
+    "hidden_sizes": (),
+    "shared_torso": True,
+    "gamma": 0.99,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LPGConfig:
+    """env (+ env_kwargs): the env whose levels the agents train on; inner: A2CConfig fields of
+    every agent (prediction_size is set to y_size); time_aware: TA-LPG; y_size, hidden: the rule's
+    y width and GRU width; kl_weight: the agent loss's KL weight; es: the ES settings (the
+    groove code's OpenES: sigma 0.1, Adam 1e-2; population = 2 x agents, one level per pair)."""
+
+    env: str = "Catch-bsuite"
+    env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    inner: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(CPU_INNER))
+    time_aware: bool = False
+    y_size: int = Y_SIZE
+    hidden: int = HIDDEN
+    kl_weight: float = KL_WEIGHT
+    es: es.ESConfig = dataclasses.field(
+        default_factory=lambda: es.ESConfig(
+            population_size=16, num_generations=100, sigma=0.1, learning_rate=0.01
+        )
+    )
+
+    def __post_init__(self):
+        try:
+            envs.check_id(self.env)
+        except ValueError as e:
+            raise ValueError(f"LPGConfig.env: {e}") from None
+        for name in ("y_size", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"LPGConfig.{name}={value!r}: must be a positive integer")
+        if not isinstance(self.es, es.ESConfig):
+            raise ValueError(f"LPGConfig.es must be an es.ESConfig, got {type(self.es).__name__}")
+        self.inner_config()  # builds and validates the inner config now
+
+    def inner_config(self) -> a2c.A2CConfig:
+        """The agents' A2CConfig (validated)."""
+        fields = {
+            **dict(self.inner),
+            "env": self.env,
+            "env_kwargs": dict(self.env_kwargs),
+            "prediction_size": self.y_size,
+        }
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        cfg = C.from_dict(a2c.A2CConfig, fields)
+        actor_critic.validate(cfg)
+        return cfg
+
+    def init_params(self, key):
+        return init_params(key, self.time_aware, self.y_size, self.hidden)
+
+
+def make_env(cfg: LPGConfig):
+    """(env, default level) of `cfg.env`, built once, outside any trace (the agents inside the
+    jitted fitness get this env: `envs.make` of a grid world validates its concrete default
+    level, which a traced call cannot)."""
+    return envs.make(cfg.env, **dict(cfg.env_kwargs))
+
+
+def level_sampler(levels, default=None) -> Callable[[jax.Array], Any]:
+    """`sample(key) -> level` from `levels`: None (always `default`), a batch of env params (a
+    pytree whose leaves share one leading axis [L]; uniform draw) or a function key -> level."""
+    if levels is None:
+        if default is None:
+            raise ValueError("level_sampler: levels=None needs the default level")
+        return lambda key: default
+    if callable(levels):
+        return levels
+    leaves = jax.tree.leaves(levels)
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if not leaves or len(sizes) != 1 or None in sizes or 0 in sizes:
+        raise ValueError(
+            "levels: a batch of env params needs one leading axis [L] > 0 on every leaf (got "
+            f"leading sizes {sorted(map(str, sizes))}); or pass a function sample_levels(key)"
+        )
+    (num,) = sizes
+    levels = jax.tree.map(jnp.asarray, levels)
+    return lambda key: jax.tree.map(lambda x: x[jax.random.randint(key, (), 0, num)], levels)
+
+
+def make_fitness(cfg: LPGConfig, levels=None):
+    """fitness(params, key) -> scalar: the final return (mean episode return of the last 5% of
+    updates, as meta.lpo) of an A2C agent trained for its lifetime with the rule `params` on the
+    level drawn from `key` (k_level, k_agent = split(key)). Non-finite (NaN) when any of the
+    agent's updates was skipped for a non-finite loss or gradient: es.evolve then gives the
+    candidate the worst fitness of its generation and never keeps it as best."""
+    inner = cfg.inner_config()
+    env, default = make_env(cfg)
+    sample = level_sampler(levels, default)
+
+    def fitness(params, key):
+        k_level, k_agent = jax.random.split(key)
+        rule_objective = objective(params, cfg.kl_weight, inner.gamma)
+        agent = a2c.make_agent(inner, rule_objective, env=env, env_params=default)
+        out = agent.train(k_agent, sample(k_level))
+        score = final_return(out.metrics["episode_return"])
+        clean = (jnp.sum(out.metrics["nan_skipped"]) == 0) & jnp.isfinite(score)
+        return jnp.where(clean, score, jnp.nan)
+
+    return fitness
+
+
+@dataclasses.dataclass
+class MetaOutput:
+    """params: the learned rule (ES mean); best_params: the best candidate; es: es.ESOutput;
+    info: what `save` records (trained_on)."""
+
+    params: Any
+    best_params: Any
+    es: es.ESOutput
+    info: dict
+
+
+def make_meta_train(cfg: LPGConfig, levels=None):
+    """`meta_train(key, *, init=None, **evolve_kwargs) -> MetaOutput`: ES over rules (LPG or
+    TA-LPG) from `init` (default `cfg.init_params(k_init)`), a generation = ask -> population x
+    whole agent lifetimes (vmapped, sharded over devices) -> tell; `evolve_kwargs` as
+    es.evolve's (devices, progress, checkpoint_dir, resume, on_generations). The candidates'
+    fitness function (`make_fitness(cfg, levels)`) is `meta_train.fitness`."""
+    fitness = make_fitness(cfg, levels)
+
+    def meta_train(key, *, init=None, **evolve_kwargs) -> MetaOutput:
+        k_init, k_es = jax.random.split(key)
+        init = cfg.init_params(k_init) if init is None else init
+        out = es.evolve(fitness, init, cfg.es, k_es, **evolve_kwargs)
+        source = "default" if levels is None else ("sampler" if callable(levels) else "set")
+        info = {
+            "trained_on": {
+                "method": "es",
+                "env": cfg.env,
+                "levels": source,
+                "inner": C.to_dict(cfg.inner_config()),
+                "es": dataclasses.asdict(cfg.es),
+                "generations": int(out.fitness.shape[0]),
+                "final_mean_fitness": float(out.mean_fitness[-1]),
+            }
+        }
+        return MetaOutput(out.mean_params, out.best_params, out, info)
+
+    meta_train.fitness = fitness
+    return meta_train
+
+
+# --------------------------------------------------------------------------- meta-gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaGradientConfig:
+    """Settings of the meta-gradient (Oh et al. 2020; groove's values).
+
+    num_agents: agents trained side by side (the rule's gradient is their mean); K =
+    num_agent_updates per meta-step; learning_rate: Adam on the rule (1e-4); max_grad_norm:
+    optional clip of the rule's gradient; gamma, gae_lambda: the meta-objective's GAE with the
+    separate value critic (critic_learning_rate, Adam); the regularisers (added to the loss):
+    -entropy_coef H(pi) + pi_hat_l2_coef E[pi_hat^2] - y_entropy_coef H(y) + y_hat_l2_coef
+    E[||y_hat||^2], averaged over the K updates; adam_eps_root: inside the square root of the
+    agents' Adam in the differentiated updates (see `make_meta_gradient_train`).
+    """
+
+    num_agents: int = 8
+    num_agent_updates: int = 5
+    num_steps: int = 100
+    learning_rate: float = 1e-4
+    max_grad_norm: float | None = None
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    entropy_coef: float = 5e-2
+    pi_hat_l2_coef: float = 5e-3
+    y_entropy_coef: float = 1e-3
+    y_hat_l2_coef: float = 1e-3
+    critic_learning_rate: float = 1e-3
+    adam_eps_root: float = 1e-8
+
+    def __post_init__(self):
+        for name in ("num_agents", "num_agent_updates", "num_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"MetaGradientConfig.{name}={value!r}: must be a positive integer")
+        for name in ("learning_rate", "critic_learning_rate", "adam_eps_root"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"MetaGradientConfig.{name}={value!r}: must be a number > 0")
+
+
+class _ValueCritic(nn.Module):
+    """The meta-objective's own V(s): the agent's torso sizes, then Dense(1)."""
+
+    hidden_sizes: tuple = ()
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs):
+        h = MLP(self.hidden_sizes, self.activation)(obs)
+        return nn.Dense(1, kernel_init=orthogonal(1.0))(h)[..., 0]
+
+
+@struct.dataclass
+class MetaGradientState:
+    """rule / rule_opt: the rule and its Adam state; agents: a TrainState batched over agents
+    `[A]`; critic / critic_opt: their value critics `[A]`; step: meta-steps done."""
+
+    rule: Any
+    rule_opt: Any
+    agents: Any
+    critic: Any
+    critic_opt: Any
+    step: jax.Array
+
+
+class MetaGradient(NamedTuple):
+    """init(key) -> MetaGradientState; meta_loss(rule, state, key) -> (loss [], aux) (mean over
+    agents; what `step` differentiates); step(state, key) -> (state, metrics);
+    train(key, num_steps=None) -> (state, metrics `[S]`); agent: the inner agent (env, network)."""
+
+    config: LPGConfig
+    settings: MetaGradientConfig
+    agent: Any
+    init: Callable
+    meta_loss: Callable
+    step: Callable
+    train: Callable
+
+
+def _collect(agent, params, state, key):
+    """A rollout `[T, N]` of the agent's policy `params` from `state`, as data (stop-gradient):
+    (env_state, obs, traj, {obs, action, log_prob, reward, terminated, truncated, next_obs})."""
+    network, head = agent.network, agent.head
+    params = jax.lax.stop_gradient(params)
+
+    def act(k, obs):
+        out = network.apply(params, obs, method=ActorCritic.actor)
+        action, log_prob = head.sample_and_log_prob(k, out)
+        return action, log_prob, head.to_env(action)
+
+    num_steps = agent.config.num_steps
+    env_state, obs, traj = rollout(
+        agent.env, state.env_params, act, state.env_state, state.obs, key, num_steps
+    )
+    data = {
+        "obs": traj.obs,
+        "action": traj.action,
+        "log_prob": traj.log_prob,
+        "reward": traj.reward,
+        "terminated": traj.terminated,
+        "truncated": traj.truncated,
+        "next_obs": traj.final_obs,
+    }
+    return env_state, obs, traj, jax.lax.stop_gradient(data)
+
+
+def make_meta_gradient_train(
+    cfg: LPGConfig, settings: MetaGradientConfig | None = None, levels=None
+) -> MetaGradient:
+    """Meta-gradient training of an LPG rule (not TA-LPG: ValueError).
+
+    A meta-step, for each of `num_agents` agents (vmapped): K updates of the agent with the rule
+    (each: a rollout, the rule's targets, one gradient step on the LPG loss), then a fresh
+    rollout of the updated agent, GAE(gamma, lambda) advantages A from the agent's value critic
+    (a separate network trained on these rollouts by MSE to the GAE targets), and the meta-loss
+
+        -mean(log pi_K(a|s) A) - 5e-2 H(pi) + 5e-3 E[pi_hat^2] - 1e-3 H(y) + 1e-3 E[||y_hat||^2]
+
+    (H(pi), H(y): entropies of the updated agent on each update's rollout; pi_hat, y_hat: the
+    rule's outputs; both averaged over the K updates). Its gradient in the rule's parameters,
+    through the K updates, averaged over agents, takes an Adam step (a non-finite gradient is
+    skipped and counted). Agents keep training across meta-steps; one that reaches its lifetime
+    (the inner config's number of updates) restarts on a new level with a new critic.
+
+    What is data: every rollout (observations, actions, rewards, the behaviour log-probs) and the
+    rule's inputs pi, y(s_t), y(s_t+1) are stop-gradient (acting uses the parameters as
+    constants), as in the reference code; the gradient reaches the rule through pi_hat and y_hat
+    in each update's loss, hence through the agent's parameters of later updates and the final
+    policy's log pi.
+
+    Why the K updates are not the loop's `agent.update`: its optimiser is Adam with nothing
+    inside the square root (optax `scale_by_adam(eps=1e-5)`, eps_root = 0). A linear agent on
+    one-hot-ish observations has exactly zero gradient on the weights of every observation unit
+    that is off throughout a rollout, so Adam's second moment there is 0 and the derivative of
+    sqrt(v) at 0 is infinite: 0 * inf = NaN, which the next matmul's transpose (summing over
+    those units) spreads to every parameter's meta-gradient (checked: the meta-gradient through
+    `agent.update` is NaN for the tabular Catch agent). So the updates here are the loop's update
+    written again for one epoch of one minibatch (A2C's), from the same pieces (the rollout
+    function, network, policy head, `LPGObjective.targets` / `.loss`, `loop.finish`), with the
+    same optimiser chain (global-norm clip, then Adam eps=1e-5, the config's learning rate and
+    annealing) but eps_root = `adam_eps_root` (1e-8), the fix optax documents for meta-gradients
+    through Adam. The agents' optimiser state has the loop's structure, so they are ordinary
+    TrainStates (e.g. `agent.run` continues them).
+    """
+    settings = MetaGradientConfig() if settings is None else settings
+    if cfg.time_aware:
+        raise ValueError(
+            "LPGConfig.time_aware=True: TA-LPG is meta-trained with ES only (meta-gradients "
+            "over K updates cannot learn lifetime-dependent rules; Jackson et al. 2024)"
+        )
+    inner = cfg.inner_config()  # A2C: one epoch of one minibatch per update
+    template = jax.eval_shape(cfg.init_params, jax.random.key(0))  # shapes: the agent's check
+    env, default = make_env(cfg)
+    agent = a2c.make_agent(
+        inner, objective(template, cfg.kl_weight, inner.gamma), env=env, env_params=default
+    )
+    sample = level_sampler(levels, default)
+    network, head = agent.network, agent.head
+    critic_net = _ValueCritic(tuple(inner.hidden_sizes), inner.activation)
+    critic_tx = optax.adam(settings.critic_learning_rate)
+    agent_tx = optax.chain(
+        optax.clip_by_global_norm(inner.max_grad_norm),
+        optax.scale_by_adam(eps=1e-5, eps_root=settings.adam_eps_root),
+    )
+    rule_tx = optax.adam(settings.learning_rate)
+    if settings.max_grad_norm is not None:
+        rule_tx = optax.chain(optax.clip_by_global_norm(settings.max_grad_norm), rule_tx)
+    batch_size = inner.num_envs * inner.num_steps
+    num_updates = agent.num_updates
+    s = settings
+
+    def context(params, progress, key):
+        apply_fn = lambda *args, method=None: network.apply(params, *args, method=method)
+        return objectives.Context(head, apply_fn, progress, num_updates, key)
+
+    def inner_update(rule, state):
+        """One differentiable agent update with the rule -> (state, stats of the regularisers)."""
+        rng, k_roll, k_loss = jax.random.split(state.rng, 3)
+        progress = state.update_step / num_updates
+        lr = inner.learning_rate
+        if inner.anneal_lr:
+            lr = lr * jnp.maximum(1.0 - progress, 0.0)
+        env_state, obs, traj, data = _collect(agent, state.params, state, k_roll)
+        rule_obj = objective(rule, cfg.kl_weight, inner.gamma)
+        data.update(rule_obj.targets(data, context(state.params, progress, k_loss)))
+        flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+
+        def loss_fn(flat):
+            params = unravel(flat)
+            outputs = network.apply(params, data["obs"], method=ActorCritic.outputs)
+            return rule_obj.loss(outputs, data, context(params, progress, k_loss))
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(flat)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        updates, opt_state = agent_tx.update(grads, state.opt_state, flat)
+        flat = jnp.where(ok, flat - lr * updates, flat)
+        opt_state = loop.keep_finite(ok, opt_state, state.opt_state)
+        params = unravel(flat)
+        after = network.apply(params, data["obs"], method=ActorCritic.outputs)
+        log_y = jax.nn.log_softmax(after["prediction"])
+        stats = {
+            "entropy": jnp.mean(head.entropy(after["policy"])),
+            "y_entropy": jnp.mean(-jnp.sum(jnp.exp(log_y) * log_y, axis=-1)),
+            "pi_hat_sq": aux["pi_hat_sq"],
+            "y_hat_sq": aux["y_hat_sq"],
+            "agent_loss": loss,
+            "agent_kl": aux["kl"],
+            "nan_skipped": 1 - ok.astype(jnp.int32),
+        }
+        info = {
+            "episode_done": traj.episode_done,
+            "episode_return": traj.episode_return,
+            "episode_length": traj.episode_length,
+        }
+        new = dict(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng)
+        state, _ = loop.finish(state, info, {}, batch_size, **new)
+        return state, stats
+
+    def agent_meta_loss(rule, state, critic, key):
+        """One agent: K updates, a fresh rollout, the regularised A2C loss -> (loss, aux)."""
+        state, stats = jax.lax.scan(
+            lambda st, _: inner_update(rule, st), state, None, length=s.num_agent_updates
+        )
+        stats = jax.tree.map(jnp.mean, stats)
+        env_state, obs, traj, data = _collect(agent, state.params, state, key)
+        values = critic_net.apply(critic, jnp.concatenate([data["obs"], data["next_obs"]]))
+        values = jax.lax.stop_gradient(values)
+        T = inner.num_steps
+        advantages, targets = gae(
+            data["reward"],
+            values[:T],
+            values[T:],
+            data["terminated"],
+            data["truncated"],
+            s.gamma,
+            s.gae_lambda,
+        )
+        policy = network.apply(state.params, data["obs"], method=ActorCritic.actor)
+        pg = -jnp.mean(head.log_prob(policy, data["action"]) * advantages)
+        reg = (
+            -s.entropy_coef * stats["entropy"]
+            + s.pi_hat_l2_coef * stats["pi_hat_sq"]
+            - s.y_entropy_coef * stats["y_entropy"]
+            + s.y_hat_l2_coef * stats["y_hat_sq"]
+        )
+        state = state.replace(env_state=env_state, obs=obs)
+        metrics = {"meta_pg_loss": pg, **stats}
+        metrics["episode_return"] = state.last_return
+        return pg + reg, (state, data, targets, metrics)
+
+    def meta_loss(rule, state: MetaGradientState, key):
+        keys = jax.random.split(key, s.num_agents)
+        losses, aux = jax.vmap(agent_meta_loss, in_axes=(None, 0, 0, 0))(
+            rule, state.agents, state.critic, keys
+        )
+        return jnp.mean(losses), aux
+
+    def critic_step(critic, opt, data, targets):
+        def loss_fn(c):
+            return jnp.mean((critic_net.apply(c, data["obs"]) - targets) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(critic)
+        updates, opt = critic_tx.update(grads, opt, critic)
+        return optax.apply_updates(critic, updates), opt, loss
+
+    def fresh(key):
+        """A new agent on a new level, with a new value critic."""
+        k_level, k_agent, k_critic = jax.random.split(key, 3)
+        state = agent.init(k_agent, sample(k_level))
+        critic = critic_net.init(k_critic, state.obs)
+        return state, critic, critic_tx.init(critic)
+
+    def init(key) -> MetaGradientState:
+        k_rule, k_agents = jax.random.split(jax.random.key(0) if key is None else key)
+        rule = cfg.init_params(k_rule)
+        agents, critic, critic_opt = jax.vmap(fresh)(jax.random.split(k_agents, s.num_agents))
+        return MetaGradientState(
+            rule=rule,
+            rule_opt=rule_tx.init(rule),
+            agents=agents,
+            critic=critic,
+            critic_opt=critic_opt,
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def step(state: MetaGradientState, key):
+        """One meta-step; its meta-loss is `meta_loss(state.rule, state, key)` (metrics)."""
+        (loss, (agents, data, targets, metrics)), grads = jax.value_and_grad(
+            meta_loss, has_aux=True
+        )(state.rule, state, key)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        updates, rule_opt = rule_tx.update(grads, state.rule_opt, state.rule)
+        rule = loop.keep_finite(ok, optax.apply_updates(state.rule, updates), state.rule)
+        rule_opt = loop.keep_finite(ok, rule_opt, state.rule_opt)
+        critic, critic_opt, critic_loss = jax.vmap(critic_step)(
+            state.critic, state.critic_opt, data, targets
+        )
+        # agents past their lifetime restart on a new level, with a new critic
+        done = agents.update_step >= num_updates
+        new = jax.vmap(fresh)(jax.random.split(jax.random.fold_in(key, 1), s.num_agents))
+        pick = lambda n, o: jnp.where(done.reshape(-1, *[1] * (jnp.ndim(o) - 1)), n, o)
+        agents, critic, critic_opt = jax.tree.map(pick, new, (agents, critic, critic_opt))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics.update(
+            meta_loss=loss,
+            rule_grad_norm=optax.global_norm(grads),
+            rule_skipped=1 - ok.astype(jnp.int32),
+            critic_loss=jnp.mean(critic_loss),
+            agents_restarted=jnp.sum(done),
+        )
+        new_state = MetaGradientState(rule, rule_opt, agents, critic, critic_opt, state.step + 1)
+        return new_state, metrics
+
+    def train(key, num_steps: int | None = None):
+        k_init, k_steps = jax.random.split(key)
+        steps = s.num_steps if num_steps is None else num_steps
+        state = init(k_init)
+        keys = jax.random.split(k_steps, steps)
+        return jax.lax.scan(step, state, keys)
+
+    return MetaGradient(cfg, settings, agent, init, meta_loss, step, train)

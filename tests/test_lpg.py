@@ -1,0 +1,457 @@
+"""meta.lpg: the LPG / TA-LPG rule network (backward core reset at episode ends), the agent-side
+objective in the on-policy loop, ES and meta-gradient meta-training, save / load and the "lpg"
+objective; the loop's opt-in next_obs.
+
+Programs are compiled once per module (fixtures): the ES generation loop, the population fitness
+(vmapped) and one candidate's fitness, one meta-gradient step, a tiny loop for next_obs."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from meta import es, lpg
+from purejaxrl import a2c, checkpoint, losses, objectives
+from purejaxrl.distributions import Categorical
+from purejaxrl.networks import ActorCritic
+
+HIDDEN = 16  # GRU width of the test rules
+INNER = dict(lpg.CPU_INNER, num_envs=8, num_steps=16, total_timesteps=8 * 16 * 30)
+POPULATION = 16
+ES_CFG = lpg.LPGConfig(
+    env="Catch-bsuite",
+    hidden=HIDDEN,
+    inner=INNER,
+    es=es.ESConfig(
+        population_size=POPULATION,
+        num_generations=50,
+        generations_per_call=50,
+        sigma=0.1,
+        learning_rate=0.1,
+    ),
+)
+# A fixed small level set: Catch params with two time limits (the episode ends at 9 steps, so
+# both levels are winnable); a batch of env params with a leading axis [L].
+_, CATCH = envs.make("Catch-bsuite")
+LEVELS = jax.tree.map(lambda x: jnp.asarray([x, 20]), CATCH)
+
+
+def rule(key=0, time_aware=False, y_size=lpg.Y_SIZE, hidden=HIDDEN):
+    return lpg.init_params(jax.random.key(key), time_aware, y_size, hidden)
+
+
+def stack(trees):
+    return jax.tree.map(lambda *x: jnp.stack(x), *trees)
+
+
+# --------------------------------------------------------------------------- the network
+
+
+def random_rollout(key, T, N, m=lpg.Y_SIZE):
+    k = jax.random.split(jax.random.key(key), 4)
+    return {
+        "reward": jax.random.normal(k[0], (T, N)),
+        "pi": jax.random.uniform(k[1], (T, N), minval=0.1, maxval=0.9),
+        "y": jax.nn.softmax(jax.random.normal(k[2], (T, N, m))),
+        "y_next": jax.nn.softmax(jax.random.normal(k[3], (T, N, m))),
+    }
+
+
+def test_backward_core_resets_at_episode_ends():
+    """Hand case, T = 6, two env columns: column 0 terminates at t = 2, column 1 is truncated at
+    t = 3. Going backwards, a step where the episode ended starts a fresh carry, so the outputs
+    at t depend on the inputs of steps t..e(t) exactly, e(t) the first end at or after t (else
+    the last step): the Jacobian of pi_hat and y_hat in the rewards has that pattern, nothing
+    crosses columns, and without the ends every earlier step sees every later one."""
+    T, N = 6, 2
+    data = random_rollout(0, T, N)
+    terminated = jnp.zeros((T, N), bool).at[2, 0].set(True)
+    truncated = jnp.zeros((T, N), bool).at[3, 1].set(True)
+    params = rule(1)
+
+    def outputs(reward, terminated, truncated):
+        pi_hat, y_hat = lpg.apply(
+            params,
+            reward,
+            terminated,
+            data["pi"],
+            data["y"],
+            data["y_next"],
+            truncated=truncated,
+        )
+        return pi_hat, y_hat
+
+    jacobian = jax.jit(lambda d, u: jax.jacobian(lambda r: outputs(r, d, u))(data["reward"]))
+
+    def dependence(terminated, truncated):
+        jac = jacobian(terminated, truncated)
+        pi_dep = np.abs(np.asarray(jac[0])) > 0  # [T, N, T, N]
+        y_dep = np.any(np.abs(np.asarray(jac[1])) > 0, axis=2)  # [T, N, T, N]
+        return pi_dep, y_dep
+
+    ends = {0: [2, 5], 1: [3, 5]}  # per column: the steps that start a fresh carry (+ the last)
+    expected = np.zeros((T, N, T, N), bool)
+    for n, column_ends in ends.items():
+        for t in range(T):
+            e = min(x for x in column_ends if x >= t)
+            expected[t, n, t : e + 1, n] = True
+    pi_dep, y_dep = dependence(terminated, truncated)
+    np.testing.assert_array_equal(pi_dep, expected)
+    np.testing.assert_array_equal(y_dep, expected)
+    # no ends: every step depends on itself and all later steps of its column
+    pi_dep, _ = dependence(jnp.zeros((T, N), bool), jnp.zeros((T, N), bool))
+    for n in range(N):
+        np.testing.assert_array_equal(pi_dep[:, n, :, n], np.triu(np.ones((T, T), bool)))
+
+
+def test_next_prediction_is_zeroed_at_termination_not_at_truncation():
+    """y(s_t+1) reaches the outputs of step t unless the episode terminated at t; on a
+    truncation it is the pre-reset state to bootstrap from and is kept."""
+    T, N = 4, 2
+    data = random_rollout(1, T, N)
+    terminated = jnp.zeros((T, N), bool).at[1, 0].set(True)
+    truncated = jnp.zeros((T, N), bool).at[1, 1].set(True)
+    params = rule(2)
+    jac = jax.jit(
+        jax.jacobian(
+            lambda yn: lpg.apply(
+                params,
+                data["reward"],
+                terminated,
+                data["pi"],
+                data["y"],
+                yn,
+                truncated=truncated,
+            )[0]
+        )
+    )(data["y_next"])  # [T, N, T, N, m]
+    touched = np.any(np.abs(np.asarray(jac)) > 0, axis=(0, 1, 4))  # which y_next[t, n] matter
+    assert not touched[1, 0]  # terminated: zeroed
+    assert touched[1, 1]  # truncated: kept
+    assert touched[0, 0] and touched[2, 0]
+
+
+def test_time_aware_inputs_are_progress_and_log_lifetime(monkeypatch):
+    """TA-LPG's extra step inputs are n/N and log N (not raw step counts), and the objective
+    passes the loop's progress n/N and number of updates N."""
+    T, N = 3, 2
+    reward = jnp.arange(T * N, dtype=jnp.float32).reshape(T, N)
+    terminated = jnp.zeros((T, N), bool).at[1, 0].set(True)
+    pi = jnp.full((T, N), 0.5)
+    x = np.asarray(lpg.step_features(reward, terminated, 0.9, pi, progress=0.25, num_updates=40))
+    assert x.shape == (T, N, 6)
+    np.testing.assert_allclose(x[..., 0], reward)
+    np.testing.assert_array_equal(x[..., 1], np.asarray(terminated, np.float32))
+    np.testing.assert_allclose(x[..., 2], 0.9)
+    np.testing.assert_allclose(x[..., 3], 0.5)
+    np.testing.assert_allclose(x[..., 4], 0.25)
+    np.testing.assert_allclose(x[..., 5], np.log(40.0), rtol=1e-6)
+    assert lpg.step_features(reward, terminated, 0.9, pi).shape == (T, N, 4)
+    assert lpg.describe(rule(time_aware=True)).time_aware
+    assert not lpg.describe(rule()).time_aware
+
+    # the objective's targets, with a Context as the loop builds it (progress n/N, N)
+    cfg = a2c.A2CConfig(
+        env="Catch-bsuite",
+        hidden_sizes=(),
+        shared_torso=True,
+        num_envs=N,
+        num_steps=T,
+        prediction_size=lpg.Y_SIZE,
+    )
+    agent = a2c.make_agent(cfg, lpg.objective(rule(time_aware=True)))
+    obs = (jax.random.uniform(jax.random.key(2), (T, N, 50)) < 0.1).astype(jnp.float32)
+    init = jax.jit(lambda k, o: agent.network.init(k, o, method=ActorCritic.init_all))
+    agent_params = init(jax.random.key(0), obs[0])
+    seen = []
+    real = lpg.step_features
+
+    def spy(*args, **kwargs):
+        features = real(*args, **kwargs)
+        jax.debug.callback(lambda x: seen.append(np.asarray(x)), features)
+        return features
+
+    monkeypatch.setattr(lpg, "step_features", spy)
+    rollout = {
+        "obs": obs,
+        "next_obs": obs,
+        "action": jnp.zeros((T, N), jnp.int32),
+        "log_prob": jnp.log(pi),
+        "reward": reward,
+        "terminated": terminated,
+        "truncated": jnp.zeros((T, N), bool),
+    }
+    apply = lambda *args, method=None: agent.network.apply(agent_params, *args, method=method)
+    ctx = objectives.Context(agent.head, apply, jnp.float32(0.3), 50, jax.random.key(1))
+    targets = jax.jit(lambda r: lpg.objective(r).targets(rollout, ctx))(rule(time_aware=True))
+    assert targets["pi_hat"].shape == (T, N) and targets["log_y_hat"].shape == (T, N, 8)
+    (features,) = seen
+    np.testing.assert_allclose(features[..., 4], 0.3, rtol=1e-6)
+    np.testing.assert_allclose(features[..., 5], np.log(50.0), rtol=1e-6)
+    np.testing.assert_allclose(features[..., 3], 0.5, rtol=1e-6)  # pi = exp(log_prob)
+    with pytest.raises(ValueError, match="TA-LPG params need progress"):
+        lpg.apply(rule(time_aware=True), reward, terminated, pi, obs[..., :8], obs[..., :8])
+
+
+# --------------------------------------------------------------------------- agent objective
+
+
+def test_lpg_loss_gradient_matches_hand_computation():
+    """loss = mean_b(log pi(a_b) pi_hat_b) + w mean_b KL(y_b || y_hat_b), B samples:
+    d/d logits_b = (onehot(a_b) - softmax(logits_b)) pi_hat_b / B;
+    d/d z_b (y = softmax(z)) = w y_b (log y_b - log y_hat_b - KL_b) / B."""
+    B, A, m, w = 5, 3, 4, 0.5
+    k = jax.random.split(jax.random.key(3), 5)
+    logits = jax.random.normal(k[0], (B, A))
+    z = jax.random.normal(k[1], (B, m))
+    action = jax.random.randint(k[2], (B,), 0, A)
+    pi_hat = jax.random.normal(k[3], (B,))
+    log_y_hat = jax.nn.log_softmax(jax.random.normal(k[4], (B, m)))
+    batch = {"action": action, "pi_hat": pi_hat, "log_y_hat": log_y_hat}
+    ctx = objectives.Context(Categorical(A), None, 0.0, 1, jax.random.key(0))
+    obj = lpg.objective(rule(y_size=m), kl_weight=w)
+
+    def loss(logits, z):
+        return obj.loss({"policy": logits, "prediction": z}, batch, ctx)[0]
+
+    g_logits, g_z = jax.jit(jax.grad(loss, argnums=(0, 1)))(logits, z)
+    p = np.asarray(jax.nn.softmax(logits), np.float64)
+    onehot = np.eye(A)[np.asarray(action)]
+    want_logits = (onehot - p) * np.asarray(pi_hat)[:, None] / B
+    y = np.asarray(jax.nn.softmax(z), np.float64)
+    log_ratio = np.log(y) - np.asarray(log_y_hat, np.float64)
+    kl = np.sum(y * log_ratio, axis=-1, keepdims=True)
+    want_z = w * y * (log_ratio - kl) / B
+    np.testing.assert_allclose(g_logits, want_logits, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g_z, want_z, rtol=1e-5, atol=1e-7)
+    value, metrics = obj.loss({"policy": logits, "prediction": z}, batch, ctx)
+    log_pi = np.log(p[np.arange(B), np.asarray(action)])
+    np.testing.assert_allclose(value, np.mean(log_pi * pi_hat) + w * kl.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["kl"], kl.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["pi_hat_sq"], np.mean(np.asarray(pi_hat) ** 2), rtol=1e-5)
+
+
+def test_objective_refuses_a_mismatched_prediction_size():
+    cfg = a2c.A2CConfig(
+        env="Catch-bsuite", hidden_sizes=(), shared_torso=True, num_envs=2, num_steps=4
+    )
+    with pytest.raises(ValueError, match=r"prediction_size=4: the LPG rule's y width is 8"):
+        a2c.make_agent(dataclasses.replace(cfg, prediction_size=4), lpg.objective(rule()))
+    with pytest.raises(ValueError, match=r"prediction_size=0.*set prediction_size=8"):
+        a2c.make_agent(cfg, lpg.objective(rule()))
+    with pytest.raises(ValueError, match="LPG params"):
+        lpg.objective({"params": {}})
+    a2c.make_agent(dataclasses.replace(cfg, prediction_size=8), lpg.objective(rule()))
+
+
+SEEN: list = []  # rollout arrays `targets` saw (at trace time)
+CAPTURED: list = []  # (obs, next_obs, ended) of a run
+
+
+class _Spy(objectives.ActorCritic):
+    """A2C's objective that records which rollout arrays `targets` sees."""
+
+    def targets(self, rollout, ctx):
+        SEEN.append(sorted(rollout))
+        return super().targets(rollout, ctx)
+
+
+class _WantsNextObs(objectives.ActorCritic):
+    """A2C's objective that opts in to next_obs and captures it."""
+
+    needs_next_obs = True
+
+    def targets(self, rollout, ctx):
+        ended = rollout["terminated"] | rollout["truncated"]
+        jax.debug.callback(
+            lambda *a: CAPTURED.append([np.asarray(x) for x in a]),
+            rollout["obs"],
+            rollout["next_obs"],
+            ended,
+        )
+        return super().targets(rollout, ctx)
+
+
+def test_next_obs_is_opt_in():
+    """Only an objective with needs_next_obs gets rollout["next_obs"]: the pre-reset next
+    observations, equal to the following step's observation unless the episode ended there
+    (tests/test_pinned.py checks that other objectives' runs are unchanged bit for bit)."""
+    cfg = a2c.A2CConfig(
+        env="Catch-bsuite", hidden_sizes=(4,), num_envs=2, num_steps=12, total_timesteps=24
+    )
+    SEEN.clear()
+    jax.eval_shape(a2c.make_agent(cfg, _Spy(losses.policy_gradient())).train, jax.random.key(0))
+    assert "next_obs" not in SEEN[-1] and not objectives.Objective.needs_next_obs
+    CAPTURED.clear()
+    jax.jit(a2c.make_agent(cfg, _WantsNextObs(losses.policy_gradient())).train)(jax.random.key(0))
+    ((obs, next_obs, ended),) = CAPTURED
+    assert next_obs.shape == obs.shape == (12, 2, 50)
+    keep = ~ended[:-1]
+    assert ended.any() and keep.any()
+    np.testing.assert_array_equal(next_obs[:-1][keep], obs[1:][keep])
+    assert not np.array_equal(next_obs[:-1][~keep], obs[1:][~keep])  # pre-reset, not the reset
+
+
+# --------------------------------------------------------------------------- ES
+
+
+@pytest.fixture(scope="module")
+def es_run():
+    meta_train = lpg.make_meta_train(ES_CFG, levels=LEVELS)
+    out = meta_train(jax.random.key(0), progress=False)
+    return meta_train, out
+
+
+@pytest.fixture(scope="module")
+def population_fitness(es_run):
+    """The population's fitness, vmapped as es.evolve does: params `[P]`, keys `[P]`."""
+    meta_train, _ = es_run
+    return jax.jit(jax.vmap(meta_train.fitness))
+
+
+@pytest.mark.slow  # 50 ES generations, ~40 s
+def test_es_meta_training_beats_the_initial_rule_on_the_same_keys(es_run, population_fitness):
+    meta_train, out = es_run
+    assert out.es.fitness.shape == (50, POPULATION) and out.es.num_nonfinite == 0
+    init = ES_CFG.init_params(jax.random.split(jax.random.key(0))[0])
+    keys = jax.random.split(jax.random.key(123), POPULATION)
+    replicate = lambda p: jax.tree.map(lambda x: jnp.broadcast_to(x, (POPULATION, *x.shape)), p)
+    before = np.asarray(population_fitness(replicate(init), keys))
+    after = np.asarray(population_fitness(replicate(out.params), keys))
+    assert after.mean() > before.mean() + 0.1, (before.mean(), after.mean())
+    assert np.mean(after > before) >= 0.5
+    assert out.info["trained_on"]["levels"] == "set"
+
+
+@pytest.mark.slow  # shares the ES run's fixture
+def test_population_fitness_equals_candidates_one_by_one(es_run, population_fitness):
+    """The vmapped fitness of a population (one level drawn per key, pairs share keys) equals
+    each candidate's fitness alone; a candidate whose training produces NaN gets a non-finite
+    fitness (es.evolve gives it the worst of its generation)."""
+    meta_train, out = es_run
+    candidates = [
+        jax.tree.map(
+            lambda x, i=i: x + 0.1 * i * jnp.sin(jnp.arange(x.size).reshape(x.shape)), out.params
+        )
+        for i in range(POPULATION)
+    ]
+    candidates[2] = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), candidates[2])
+    keys = es.candidate_keys(jax.random.key(7), POPULATION, antithetic=True)
+    together = np.asarray(population_fitness(stack(candidates), keys))
+    single = jax.jit(meta_train.fitness)
+    for i in (0, 2, 9):
+        alone = float(single(candidates[i], keys[i]))
+        np.testing.assert_allclose(alone, together[i], rtol=1e-6, equal_nan=True)
+    assert np.isnan(together[2]) and np.isfinite(np.delete(together, 2)).all()
+    clean, bad = es.replace_nonfinite(jnp.asarray(together))
+    assert int(bad) == 1 and float(clean[2]) == float(np.min(np.delete(together, 2)))
+
+
+def test_levels_are_drawn_from_the_key():
+    sample = lpg.level_sampler(LEVELS)
+    drawn = [int(sample(jax.random.key(i)).max_steps_in_episode) for i in range(20)]
+    assert set(drawn) == {int(CATCH.max_steps_in_episode), 20}
+    assert int(sample(jax.random.key(3)).max_steps_in_episode) == drawn[3]  # same key, same level
+    custom = lambda key: CATCH
+    assert lpg.level_sampler(custom) is custom
+    with pytest.raises(ValueError, match="leading axis"):
+        lpg.level_sampler(jax.tree.map(lambda x: jnp.asarray(x), CATCH))
+
+
+# --------------------------------------------------------------------------- meta-gradient
+
+MG_SETTINGS = lpg.MetaGradientConfig(num_agents=2, num_agent_updates=3, learning_rate=1e-3)
+
+
+@pytest.mark.slow  # differentiates through K updates, ~40 s
+def test_one_meta_gradient_step_decreases_the_meta_loss():
+    """An Adam step on the rule, on the meta-gradient through K agent updates, lowers the
+    meta-loss of the same agents on the same key."""
+    cfg = dataclasses.replace(ES_CFG, inner=dict(INNER, num_envs=4, num_steps=8))
+    mg = lpg.make_meta_gradient_train(cfg, MG_SETTINGS, levels=LEVELS)
+    k_init, key = jax.random.key(0), jax.random.key(5)
+    # one program: fresh agents (as mg.init(k_init)) with the given rule, then one meta-step
+    step_from_start = jax.jit(lambda rule: mg.step(mg.init(k_init).replace(rule=rule), key))
+    rule0 = cfg.init_params(jax.random.split(k_init)[0])  # the rule mg.init(k_init) makes
+    new, metrics = step_from_start(rule0)
+    assert int(metrics["rule_skipped"]) == 0 and float(metrics["rule_grad_norm"]) > 0
+    moved = max(
+        float(jnp.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(new.rule), jax.tree.leaves(rule0), strict=True)
+    )
+    assert moved > 0
+    _, again = step_from_start(new.rule)  # the meta-loss of the new rule
+    assert float(again["meta_loss"]) < float(metrics["meta_loss"])
+    assert np.all(np.asarray(new.agents.update_step) == MG_SETTINGS.num_agent_updates)
+    assert int(new.step) == 1
+
+
+def test_ta_lpg_is_es_only():
+    with pytest.raises(ValueError, match="ES only"):
+        lpg.make_meta_gradient_train(dataclasses.replace(ES_CFG, time_aware=True))
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+@pytest.mark.parametrize("time_aware", [False, True])
+def test_save_load_round_trip(tmp_path, time_aware):
+    params = rule(4, time_aware=time_aware)
+    lpg.save(tmp_path / "rule", params, {"trained_on": {"env": "Catch-bsuite"}})
+    loaded, info = lpg.load(tmp_path / "rule")
+    assert jax.tree.structure(loaded) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert info["time_aware"] is time_aware and info["y_size"] == 8 and info["hidden"] == HIDDEN
+    assert info["trained_on"] == {"env": "Catch-bsuite"}
+
+
+def test_loading_for_another_y_width_is_refused(tmp_path):
+    lpg.save(tmp_path / "rule", rule(y_size=6))
+    with pytest.raises(ValueError, match="predicts y of width 6, but y_size=8"):
+        lpg.load(tmp_path / "rule", y_size=8)
+    cfg = a2c.A2CConfig(
+        env="Catch-bsuite",
+        hidden_sizes=(),
+        shared_torso=True,
+        num_envs=2,
+        num_steps=4,
+        prediction_size=8,
+    )
+    spec = {"name": "lpg", "path": str(tmp_path / "rule")}
+    with pytest.raises(ValueError, match="'lpg': the LPG rule .* width 6"):
+        objectives.build(spec, cfg)
+    built = objectives.build(spec, dataclasses.replace(cfg, prediction_size=6))
+    assert isinstance(built, lpg.LPGObjective) and built.shape.y_size == 6
+    with pytest.raises(ValueError, match="needs path"):
+        objectives.build({"name": "lpg"}, cfg)
+
+
+def test_corrupt_or_missing_rules_are_clear_errors(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no saved LPG rule"):
+        lpg.load(tmp_path / "missing")
+    path = lpg.save(tmp_path / "rule", rule())
+    victim = next(p for p in sorted(path.rglob("*")) if p.is_file() and "ocdbt" in str(p))
+    victim.write_bytes(victim.read_bytes() + b"x")
+    with pytest.raises(checkpoint.CheckpointError, match="saved LPG rule.*fails its checksum"):
+        lpg.load(path)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="not a saved rule"):
+        lpg.save(tmp_path / "other", rule())
+
+
+def test_grid_world_levels_drop_in():
+    """A batch of `envs.gridworld` levels (env-params pytrees) is a level set for the ES
+    fitness (traced only: shapes)."""
+    from envs import gridworld
+
+    cfg = lpg.LPGConfig(
+        env="gridworld/all", hidden=HIDDEN, inner=dict(INNER, num_steps=20, total_timesteps=160)
+    )
+    levels = gridworld.sample_levels(jax.random.key(0), 4, "all")
+    fitness = lpg.make_fitness(cfg, levels)
+    out = jax.eval_shape(fitness, cfg.init_params(jax.random.key(0)), jax.random.key(1))
+    assert out.shape == () and out.dtype == jnp.float32
