@@ -163,7 +163,8 @@ class RunSpec:
 def build_spec(values: Mapping[str, Any]) -> RunSpec:
     """RunSpec from a flat mapping; unknown keys and ill-typed values raise ValueError."""
     # Here, not at import: `experiments.train` starts fast. meta.lpo registers the objectives
-    # "lpo", "dpo" and "mdpo".
+    # "lpo", "dpo" and "mdpo"; meta.lpg registers "lpg".
+    import meta.lpg  # noqa: F401
     import meta.lpo  # noqa: F401
     from purejaxrl import checkpoint
 

@@ -336,12 +336,12 @@ def test_runs_registers_the_objectives_without_slowing_train_startup():
     code = (
         "import sys; from experiments import runs, train; assert 'meta.lpo' not in sys.modules; "
         "runs.build_spec({'algo': 'ppo', 'env': 'CartPole-v1', 'objective': {'name': 'mdpo'}}); "
-        "from purejaxrl import objectives; print(sorted({'lpo', 'dpo', 'mdpo'} & set(objectives.REGISTRY)))"
+        "from purejaxrl import objectives; print(sorted({'lpo', 'dpo', 'mdpo', 'lpg'} & set(objectives.REGISTRY)))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
-    assert proc.stdout.strip() == "['dpo', 'lpo', 'mdpo']", proc.stderr
+    assert proc.stdout.strip() == "['dpo', 'lpg', 'lpo', 'mdpo']", proc.stderr
 
 
 @pytest.mark.slow  # a CLI subprocess, ~45 s
