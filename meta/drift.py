@@ -31,10 +31,6 @@ beta) and "mdpo" (step_size, min_step_size, anneal) with `purejaxrl.objectives`.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,8 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
+from meta import saved
 from purejaxrl import checkpoint, objectives
 from purejaxrl import config as C
 
@@ -235,48 +231,10 @@ def mdpo(step_size=1.0, min_step_size=0.05, anneal: bool = True) -> Callable:
 
 # --------------------------------------------------------------------------- save / load
 
-PARAMS_ITEM, INFO_ITEM = "params", "info"
-MANIFEST = "MANIFEST.sha256.json"  # every file orbax wrote, with its size and SHA-256
+MANIFEST = saved.MANIFEST  # every file orbax wrote, with its size and SHA-256
 FORMAT_VERSION = 1
 _REQUIRED_INFO = {"format", "features", "time_aware", "ppo_init", "hidden", "shapes", "digest"}
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _listing(folder: Path) -> dict[str, dict]:
-    return {
-        f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": _file_sha256(f)}
-        for f in sorted(folder.rglob("*"))
-        if f.is_file() and f.name != MANIFEST
-    }
-
-
-def _verify_files(folder: Path) -> None:
-    """Every file in the folder's MANIFEST is present with its saved size and SHA-256."""
-    bad = f"corrupt saved drift at {folder}:"
-    try:
-        files = json.loads((folder / MANIFEST).read_text())["files"]
-        entries = sorted((str(rel), int(e["size"]), str(e["sha256"])) for rel, e in files.items())
-    except FileNotFoundError:
-        raise checkpoint.CheckpointError(
-            f"{folder} holds no saved drift: {MANIFEST} is missing (not written by lpo.save, "
-            "or its save was interrupted)"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise checkpoint.CheckpointError(
-            f"{bad} {MANIFEST} is unreadable ({type(e).__name__})"
-        ) from None
-    for rel, size, sha in entries:
-        path = folder / rel
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise checkpoint.CheckpointError(f"{bad} {MANIFEST} lists a path outside it: {rel!r}")
-        if not path.is_file():
-            raise checkpoint.CheckpointError(f"{bad} file {rel} is missing")
-        if path.stat().st_size != size or _file_sha256(path) != sha:
-            raise checkpoint.CheckpointError(f"{bad} file {rel} fails its checksum")
+_KIND = saved.Kind("drift", "lpo.save")
 
 
 def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
@@ -286,9 +244,8 @@ def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
     default {}) and any other JSON values; "features" ("lpo-8" / "ta-lpo-16"), "time_aware" and
     "hidden" are taken from the params (ValueError if `info` says otherwise). The folder is written
     beside `path`, given a SHA-256 manifest, then moved into place; an existing saved drift at
-    `path` is replaced, any other existing path is refused.
+    `path` is replaced, any other existing path is refused (meta/saved.py).
     """
-    path = Path(path).absolute()
     time_aware = is_time_aware(params)
     record = {"ppo_init": False, "trained_on": {}, **dict(info or {})}
     derived = {
@@ -304,39 +261,7 @@ def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
     params = jax.device_get(params)
     record.update(derived, format=FORMAT_VERSION, shapes=checkpoint.shapes(params))
     record.update(digest=checkpoint.digest(params), ppo_init=bool(record["ppo_init"]))
-    try:
-        record = json.loads(json.dumps(record))
-    except TypeError as e:
-        raise ValueError(f"lpo.save: info is not JSON-serialisable: {e}") from None
-    if path.exists() and not (path / MANIFEST).is_file():
-        raise ValueError(f"lpo.save: {path} exists and is not a saved drift; not overwriting it")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    items = {PARAMS_ITEM: ocp.args.StandardSave(params), INFO_ITEM: ocp.args.JsonSave(record)}
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(tmp, args=ocp.args.Composite(**items))
-    listing = {"format": 1, "files": _listing(tmp)}
-    (tmp / MANIFEST).write_text(json.dumps(listing, indent=1, sort_keys=True))
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
-    return path
-
-
-def _restore(path: Path, **items):
-    try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-            return checkpointer.restore(path, args=ocp.args.Composite(**items))
-    except Exception as e:
-        line = (str(e).strip().splitlines() or [""])[0][:300]
-        raise checkpoint.CheckpointError(
-            f"corrupt or unreadable saved drift at {path}: {type(e).__name__}: {line}"
-        ) from e
+    return saved.write(path, params, record, _KIND)
 
 
 def load(path, time_aware: bool | None = None):
@@ -347,16 +272,7 @@ def load(path, time_aware: bool | None = None):
     digest raise ValueError (purejaxrl.checkpoint.CheckpointError) saying which.
     """
     path = Path(path).absolute()
-    if not path.is_dir():
-        raise checkpoint.CheckpointError(f"no saved drift at {path}: the folder does not exist")
-    _verify_files(path)
-    info = _restore(path, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
-    if not isinstance(info, dict) or not _REQUIRED_INFO <= set(info):
-        raise checkpoint.CheckpointError(f"corrupt saved drift at {path}: its info is incomplete")
-    if info["format"] != FORMAT_VERSION:
-        raise checkpoint.CheckpointError(
-            f"saved drift at {path} has format {info['format']}; this code reads {FORMAT_VERSION}"
-        )
+    info = saved.read_info(path, _KIND, _REQUIRED_INFO, FORMAT_VERSION)
     if time_aware is not None and bool(time_aware) != info["time_aware"]:
         raise ValueError(
             f"the drift at {path} was saved with {info['features']} features "
@@ -365,16 +281,7 @@ def load(path, time_aware: bool | None = None):
         )
     time_aware, hidden = bool(info["time_aware"]), int(info["hidden"])
     abstract = jax.eval_shape(lambda key: init_params(key, time_aware, hidden), jax.random.key(0))
-    if checkpoint.shapes(abstract) != info["shapes"]:
-        raise checkpoint.CheckpointError(
-            f"saved drift at {path} holds arrays of other shapes than its info says: {info['shapes']}"
-        )
-    params = _restore(path, **{PARAMS_ITEM: ocp.args.StandardRestore(abstract)})[PARAMS_ITEM]
-    if checkpoint.digest(params) != info["digest"]:
-        raise checkpoint.CheckpointError(
-            f"corrupt saved drift at {path}: array contents fail their checksum"
-        )
-    return params, info
+    return saved.read_params(path, _KIND, abstract, info), info
 
 
 def shipped() -> list[str]:

@@ -54,18 +54,15 @@ have one leading axis [L]; one is drawn uniformly per key) or a function `sample
 level` (a level buffer plugs in here). Any env whose params are a pytree works, e.g.
 `envs.make("gridworld/dense")`'s levels.
 
-Save / load: `save(path, params, info)` / `load(path, y_size=None)` (orbax + SHA-256 manifest, as
-meta/drift.py; the same helpers).
+Save / load: `save(path, params, info)` / `load(path, y_size=None)` (orbax + SHA-256 manifest,
+meta/saved.py, as for LPO drifts).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -76,11 +73,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import struct
 
 import envs
-from meta import drift, es
+from meta import es, saved
 from meta.lpo_train import final_return
 from purejaxrl import a2c, actor_critic, checkpoint, loop, objectives
 from purejaxrl import config as C
@@ -362,14 +358,8 @@ def objective(params, kl_weight=KL_WEIGHT, gamma=0.99) -> LPGObjective:
 
 # --------------------------------------------------------------------------- save / load
 
-PARAMS_ITEM, INFO_ITEM = "params", "info"
 _REQUIRED_INFO = {"format", "y_size", "hidden", "time_aware", "embed", "shapes", "digest"}
-
-
-def _as_rule_error(e: checkpoint.CheckpointError) -> checkpoint.CheckpointError:
-    """meta.drift's folder helpers name a "saved drift"; here it is a saved LPG rule."""
-    text = str(e).replace("saved drift", "saved LPG rule").replace("lpo.save", "lpg.save")
-    return checkpoint.CheckpointError(text)
+_KIND = saved.Kind("LPG rule", "lpg.save")
 
 
 def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
@@ -377,7 +367,7 @@ def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
 
     `info` may hold "trained_on" (free-form; default {}) and other JSON values; "y_size",
     "hidden", "time_aware" and "embed" are taken from the params (ValueError if `info` says
-    otherwise). As `meta.lpo.save` (the same helpers): written beside `path`, given a SHA-256
+    otherwise). As `meta.lpo.save` (meta/saved.py): written beside `path`, given a SHA-256
     manifest of every file, then moved into place; an existing saved rule at `path` is replaced,
     any other existing path refused.
     """
@@ -392,28 +382,7 @@ def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
     params = jax.device_get(params)
     record.update(shape._asdict(), format=FORMAT, shapes=checkpoint.shapes(params))
     record.update(digest=checkpoint.digest(params))
-    try:
-        record = json.loads(json.dumps(record))
-    except TypeError as e:
-        raise ValueError(f"lpg.save: info is not JSON-serialisable: {e}") from None
-    if path.exists() and not (path / drift.MANIFEST).is_file():
-        raise ValueError(f"lpg.save: {path} exists and is not a saved rule; not overwriting it")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    items = {PARAMS_ITEM: ocp.args.StandardSave(params), INFO_ITEM: ocp.args.JsonSave(record)}
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(tmp, args=ocp.args.Composite(**items))
-    listing = {"format": 1, "files": drift._listing(tmp)}
-    (tmp / drift.MANIFEST).write_text(json.dumps(listing, indent=1, sort_keys=True))
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
-    return path
+    return saved.write(path, params, record, _KIND)
 
 
 def load(path, y_size: int | None = None, time_aware: bool | None = None):
@@ -425,21 +394,7 @@ def load(path, y_size: int | None = None, time_aware: bool | None = None):
     CheckpointError (a ValueError) saying which.
     """
     path = Path(path).absolute()
-    if not path.is_dir():
-        raise checkpoint.CheckpointError(f"no saved LPG rule at {path}: the folder does not exist")
-    try:
-        drift._verify_files(path)
-        info = drift._restore(path, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
-    except checkpoint.CheckpointError as e:
-        raise _as_rule_error(e) from None
-    if not isinstance(info, dict) or not _REQUIRED_INFO <= set(info):
-        raise checkpoint.CheckpointError(
-            f"corrupt saved LPG rule at {path}: its info is incomplete"
-        )
-    if info["format"] != FORMAT:
-        raise checkpoint.CheckpointError(
-            f"saved LPG rule at {path} has format {info['format']!r}; this code reads {FORMAT!r}"
-        )
+    info = saved.read_info(path, _KIND, _REQUIRED_INFO, FORMAT)
     if y_size is not None and int(y_size) != info["y_size"]:
         raise ValueError(
             f"the LPG rule at {path} predicts y of width {info['y_size']}, but y_size={y_size} "
@@ -455,20 +410,7 @@ def load(path, y_size: int | None = None, time_aware: bool | None = None):
         lambda key: init_params(key, shape.time_aware, shape.y_size, shape.hidden),
         jax.random.key(0),
     )
-    if checkpoint.shapes(abstract) != info["shapes"]:
-        raise checkpoint.CheckpointError(
-            f"saved LPG rule at {path} holds arrays of other shapes than this code makes: "
-            f"{info['shapes']}"
-        )
-    try:
-        restored = drift._restore(path, **{PARAMS_ITEM: ocp.args.StandardRestore(abstract)})
-    except checkpoint.CheckpointError as e:
-        raise _as_rule_error(e) from None
-    params = restored[PARAMS_ITEM]
-    if checkpoint.digest(params) != info["digest"]:
-        raise checkpoint.CheckpointError(
-            f"corrupt saved LPG rule at {path}: array contents fail their checksum"
-        )
+    params = saved.read_params(path, _KIND, abstract, info)
     return params, info
 
 

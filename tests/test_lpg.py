@@ -439,7 +439,7 @@ def test_corrupt_or_missing_rules_are_clear_errors(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="saved LPG rule.*fails its checksum"):
         lpg.load(path)
     (tmp_path / "other").mkdir()
-    with pytest.raises(ValueError, match="not a saved rule"):
+    with pytest.raises(ValueError, match="is not a saved LPG rule; not overwriting"):
         lpg.save(tmp_path / "other", rule())
 
 
