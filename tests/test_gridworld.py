@@ -390,7 +390,9 @@ def test_bad_env_arguments_raise_value_errors():
         gw.GridWorld(level, obs_size=4)
     with pytest.raises(ValueError, match=r"Did you mean: gridworld/dense"):
         envs.make("gridworld/dens")
-    with pytest.raises(ValueError, match=r"not a gridworld id"):
+    with pytest.raises(
+        ValueError, match=r"unknown gridworld id .CartPole-v1.\. Known: gridworld/dense"
+    ):
         gw.make("CartPole-v1")
     with pytest.raises(ValueError, match=r"obs must be one of.*Did you mean: mlp"):
         envs.make("gridworld/dense", obs="mpl")

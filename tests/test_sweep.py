@@ -275,3 +275,21 @@ def test_sharded_over_four_devices_equals_one_device_and_pads_uneven_runs():
     np.testing.assert_allclose(chunked[:, :5], one[:, :5], rtol=1e-5, atol=1e-6)
     returns_sharded, returns_one = (np.asarray(x) for x in got["returns"])
     np.testing.assert_allclose(returns_sharded[:, :5], returns_one[:, :5], rtol=1e-5, atol=1e-5)
+
+
+def test_a_thousand_run_sweep_keeps_a_few_megabytes_of_metrics():
+    """Metrics are per-update scalars: 1,000 runs of the reference PPO config (200k steps, 97
+    updates) give `[1000, 97]` arrays, a few MB in all (shapes only: nothing is compiled)."""
+    cfg = ppo.PPOConfig(env="CartPole-v1", total_timesteps=200_000, num_envs=16, num_steps=128)
+    batch = sweep.grid(cfg, {"learning_rate": list(np.geomspace(1e-4, 1e-2, 250))}, seeds=4)
+    assert batch.num_runs == 1000
+
+    def metrics(learning_rate, key):
+        agent = ppo.make_agent(dataclasses.replace(cfg, learning_rate=learning_rate))
+        return agent.train(key).metrics
+
+    lrs = batch.values["learning_rate"].astype(np.float32)
+    shapes = jax.eval_shape(jax.vmap(metrics), lrs, batch.keys)
+    assert {s.shape for s in shapes.values()} == {(1000, 97)}
+    megabytes = sum(np.prod(s.shape) * s.dtype.itemsize for s in shapes.values()) / 2**20
+    assert megabytes < 8, megabytes
