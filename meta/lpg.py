@@ -83,7 +83,6 @@ from purejaxrl import config as C
 from purejaxrl.gae import gae
 from purejaxrl.initializers import orthogonal
 from purejaxrl.networks import MLP, ActorCritic
-from purejaxrl.rollout import rollout
 
 Y_SIZE = 8  # width m of the categorical prediction vector y
 HIDDEN = 256  # width of the backward GRU
@@ -668,27 +667,11 @@ class MetaGradient(NamedTuple):
 def _collect(agent, params, state, key):
     """A rollout `[T, N]` of the agent's policy `params` from `state`, as data (stop-gradient):
     (env_state, obs, traj, {obs, action, log_prob, reward, terminated, truncated, next_obs})."""
-    network, head = agent.network, agent.head
     params = jax.lax.stop_gradient(params)
-
-    def act(k, obs):
-        out = network.apply(params, obs, method=ActorCritic.actor)
-        action, log_prob = head.sample_and_log_prob(k, out)
-        return action, log_prob, head.to_env(action)
-
-    num_steps = agent.config.num_steps
-    env_state, obs, traj = rollout(
-        agent.env, state.env_params, act, state.env_state, state.obs, key, num_steps
+    env_state, obs, traj, data = actor_critic.policy_rollout(
+        agent.env, agent.network, agent.head, params, state, key, agent.config.num_steps
     )
-    data = {
-        "obs": traj.obs,
-        "action": traj.action,
-        "log_prob": traj.log_prob,
-        "reward": traj.reward,
-        "terminated": traj.terminated,
-        "truncated": traj.truncated,
-        "next_obs": traj.final_obs,
-    }
+    data["next_obs"] = traj.final_obs
     return env_state, obs, traj, jax.lax.stop_gradient(data)
 
 

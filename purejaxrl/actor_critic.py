@@ -122,6 +122,30 @@ def make_network(cfg, action_space, head) -> ActorCritic:
     )
 
 
+def policy_rollout(env, network, head, params, state, key, num_steps: int):
+    """`num_steps` steps of every env with the policy `params`, from `state`'s envs:
+    (env_state, obs, traj, data), data the rollout's `[T, N]` obs, action, log_prob, reward,
+    terminated and truncated (purejaxrl/objectives.py; the loop adds the values)."""
+
+    def act(k, obs):
+        out = network.apply(params, obs, method=ActorCritic.actor)
+        action, log_prob = head.sample_and_log_prob(k, out)
+        return action, log_prob, head.to_env(action)
+
+    env_state, obs, traj = rollout(
+        env, state.env_params, act, state.env_state, state.obs, key, num_steps
+    )
+    data = {
+        "obs": traj.obs,
+        "action": traj.action,
+        "log_prob": traj.log_prob,
+        "reward": traj.reward,
+        "terminated": traj.terminated,
+        "truncated": traj.truncated,
+    }
+    return env_state, obs, traj, data
+
+
 def make_agent(
     cfg,
     objective,
@@ -182,28 +206,13 @@ def make_agent(
 
     def collect(state, key):
         """Rollout `[T, N]` dict (see objectives) with values; the envs' new state and obs."""
-
-        def act(k, obs):
-            out = network.apply(state.params, obs, method=ActorCritic.actor)
-            action, log_prob = head.sample_and_log_prob(k, out)
-            return action, log_prob, head.to_env(action)
-
-        env_state, obs, traj = rollout(
-            env, state.env_params, act, state.env_state, state.obs, key, num_steps
+        env_state, obs, traj, data = policy_rollout(
+            env, network, head, state.params, state, key, num_steps
         )
         # Values of every observation and every pre-reset next observation: one batched call.
         both = jnp.concatenate([traj.obs, traj.final_obs], axis=0)
         values = network.apply(state.params, both, method=ActorCritic.critic)
-        data = {
-            "obs": traj.obs,
-            "action": traj.action,
-            "log_prob": traj.log_prob,
-            "reward": traj.reward,
-            "terminated": traj.terminated,
-            "truncated": traj.truncated,
-            "value": values[:num_steps],
-            "next_value": values[num_steps:],
-        }
+        data.update(value=values[:num_steps], next_value=values[num_steps:])
         if objective.needs_next_obs:  # opt-in (LPG's y(s_t+1)): other objectives' data unchanged
             data["next_obs"] = traj.final_obs
         return env_state, obs, traj, data

@@ -135,7 +135,7 @@ def test_population_sharded_over_four_devices_equals_one_device():
 
 
 class Interrupted(Exception):
-    pass
+    """Raised from on_generations to stop evolve between chunks, as a Ctrl-C would."""
 
 
 def _assert_bit_equal(a: es.ESOutput, b: es.ESOutput) -> None:
