@@ -28,6 +28,25 @@ finite); it never becomes `best_params`; `out.nonfinite` counts them per generat
 `out.fitness` keeps the raw values). A generation with no finite fitness leaves the ES state
 unchanged.
 
+Curriculum (`curriculum=`, optional): generation-level task state that `evolve` carries, for
+fitness functions that train on tasks chosen by the search itself (GROOVE's level buffer,
+`meta.groove`). An object with
+
+    metrics: tuple[str, ...]                         names of its per-generation scalars
+    init(key) -> state                               a pytree of arrays (checkpointed)
+    propose(state, key, num, shard) -> (state, tasks, info)
+        tasks: a pytree with leading axis [num], one task per antithetic pair (num = P/2; P
+        when not antithetic); info: any pytree handed to `update`; shard(tree) constrains a
+        [num]-leading pytree to the population's devices (for expensive work on the tasks)
+    update(state, tasks, info, fitness) -> (state, {name: [] for name in metrics})
+        fitness: `[num, 2]` raw fitness of each pair's two members (`[num, 1]` not antithetic)
+
+Then `fitness_fn(params, key, task)` gets its candidate's task (both members of a pair the same
+one), `out.curriculum` holds the metrics `{name: [G]}`, and the state is in the checkpoints (a
+resume continues it exactly). The curriculum's key is fold_in(generation key, 1), apart from
+the ask, fitness and tell keys, so a run's candidates do not depend on whether the fitness
+function is a curriculum's or not.
+
 Sharding: the population axis (candidates and their keys, and the fitness) is split over
 `devices` with `purejaxrl.sweep.run_sharding`; the ES state is replicated. `population_size`
 must divide by the device count (ValueError; no padding, which would waste whole inner runs).
@@ -77,7 +96,7 @@ _DEFAULTS = {
     "pgpe": (0.03, True, "centered_rank"),
 }
 STRATEGIES = tuple(_DEFAULTS)
-SHAPINGS = ("centered_rank", "z_score", "none")
+SHAPINGS = ("centered_rank", "z_score", "none", "pairwise")
 
 
 # --------------------------------------------------------------------------- config
@@ -103,8 +122,11 @@ class ESConfig:
     antithetic: mirrored sampling; open_es: True (default) or False; pgpe: always True; snes,
         cma_es: False (not supported).
     fitness_shaping: open_es, pgpe: "centered_rank" (ranks scaled to [-0.5, 0.5]; default),
-        "z_score" (standardised) or "none" (raw); snes and cma_es always use their own rank
-        weights ("rank_weights").
+        "z_score" (standardised), "none" (raw) or "pairwise" (antithetic only: within each
+        mirrored pair +0.5 for the better member, -0.5 for the worse, 0 on a tie: GROOVE's
+        signal, which compares only candidates that met the same task, so tasks of different
+        return scales mix fairly); snes and cma_es always use their own rank weights
+        ("rank_weights").
     sigma_decay: open_es only: std multiplied by this each generation (default 1.0: constant).
     weight_decay: L2 penalty `weight_decay * ||x||^2` subtracted from each candidate's fitness
         before shaping (not from `fitness` as reported); default 0.0.
@@ -172,6 +194,11 @@ class ESConfig:
                 + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + f" (choose from {list(SHAPINGS)})"
             )
+        if self.fitness_shaping == "pairwise" and not self.antithetic:
+            raise ValueError(
+                f"{where}: fitness_shaping='pairwise' compares the members of mirrored pairs; "
+                "it needs antithetic=True"
+            )
         if self.population_size % 2 and self.strategy in ("open_es", "pgpe"):
             reason = "antithetic pairs" if self.antithetic else "evosax requires it"
             raise ValueError(
@@ -206,6 +233,7 @@ def make_strategy(cfg: ESConfig, init_params):
         "z_score": shaping.standardize_fitness_shaping_fn,
         "none": shaping.identity_fitness_shaping_fn,
         "rank_weights": shaping.weights_fitness_shaping_fn,
+        "pairwise": pairwise_shaping,
     }[cfg.fitness_shaping]
     if cfg.weight_decay > 0:  # evosax adds the penalty to the (minimised) fitness
         fn = shaping.add_weight_decay(fn, cfg.weight_decay)
@@ -238,6 +266,15 @@ def make_strategy(cfg: ESConfig, init_params):
 # --------------------------------------------------------------------------- pieces
 
 
+def pairwise_shaping(population, fitness, state, params):
+    """evosax fitness shaping of mirrored pairs (candidate i and i + P/2): -0.5 for the member
+    with the lower (minimised: better) fitness, +0.5 for the other, 0 for both on a tie."""
+    del population, state, params
+    half = fitness.shape[0] // 2
+    sign = 0.5 * jnp.sign(fitness[:half] - fitness[half:])
+    return jnp.concatenate([sign, -sign])
+
+
 def candidate_keys(key: jax.Array, population_size: int, antithetic: bool) -> jax.Array:
     """`[P]` fitness keys from one key; antithetic: the P/2 keys twice (i and i + P/2 share)."""
     if antithetic:
@@ -263,6 +300,7 @@ class Carry(NamedTuple):
     best_fitness: jax.Array  # [] float32; -inf until a finite fitness is seen
     key_data: jax.Array  # the base key's data (uint32)
     generation: jax.Array  # [] int32: generations done
+    task_state: Any = ()  # the curriculum's state (none without a curriculum)
 
 
 @dataclasses.dataclass
@@ -275,6 +313,8 @@ class ESOutput:
     generation and candidate (non-finite values kept). nonfinite: `[G]` int, candidates per
     generation whose fitness was not finite. state: the final evosax state. compile_s / run_s:
     seconds compiling (this process) / running the generations (compile excluded).
+    curriculum: `{name: [G]}` the curriculum's metrics per generation ({} without one);
+    task_state: its final state (numpy; None without one).
     """
 
     mean_params: Any
@@ -285,6 +325,8 @@ class ESOutput:
     state: Any
     compile_s: float
     run_s: float
+    curriculum: dict = dataclasses.field(default_factory=dict)
+    task_state: Any = None
 
     @property
     def mean_fitness(self) -> np.ndarray:
@@ -317,6 +359,7 @@ def evolve(
     checkpoint_dir=None,
     resume: bool = False,
     on_generations: Callable[[int, dict], None] | None = None,
+    curriculum=None,
 ) -> ESOutput:
     """Runs `cfg.num_generations` generations of `cfg.strategy` from mean `init_params`.
 
@@ -328,8 +371,10 @@ def evolve(
     call: generation = generations done, metrics = {"fitness": [n, P], "nonfinite": [n],
     "mean_fitness": [n], "best_fitness": float, "mean_params": pytree} for the n generations of
     that call (after that call's checkpoint: an exception there, or an interruption, loses
-    nothing). Returns ESOutput; `compile_s` is 0 when a program compiled by an earlier call for
-    the same fitness_fn, config and shapes is reused.
+    nothing). curriculum: tasks chosen per generation (see the module docstring); then
+    fitness_fn(params, key, task) and the metrics also hold "curriculum": {name: [n]}. Returns
+    ESOutput; `compile_s` is 0 when a program compiled by an earlier call for the same
+    fitness_fn, curriculum, config and shapes is reused.
     """
     if not isinstance(cfg, ESConfig):
         raise TypeError(f"evolve: cfg must be an ESConfig, got {type(cfg).__name__}")
@@ -344,9 +389,11 @@ def evolve(
     key_data, impl = _key_data(key)
     init_params = jax.tree.map(jnp.asarray, init_params)
     strategy, params = make_strategy(cfg, init_params)
-    carry = _initial_carry(strategy, params, init_params, key_data, impl)
+    names = _check_curriculum(curriculum)
+    carry = _initial_carry(strategy, params, init_params, key_data, impl, curriculum)
     history = np.zeros((0, cfg.population_size), np.float32)
     nonfinite = np.zeros((0,), np.int32)
+    tasks = {name: np.zeros((0,), np.float32) for name in names}
 
     directory = None if checkpoint_dir is None else Path(checkpoint_dir).absolute()
     if directory is not None:
@@ -357,7 +404,7 @@ def evolve(
                 "resume=True to continue it, or use another checkpoint_dir"
             )
         if saved:
-            carry, history, nonfinite = _load(directory, cfg, carry, impl)
+            carry, history, nonfinite, tasks = _load(directory, cfg, carry, impl, names)
     start = int(carry.generation)
     if start > cfg.num_generations:
         raise ValueError(
@@ -367,9 +414,11 @@ def evolve(
 
     population_sharding = sweep.run_sharding(devices)
     replicated = NamedSharding(population_sharding.mesh, PartitionSpec())
-    run_chunk = _make_chunk(strategy, params, cfg, fitness_fn, impl, population_sharding)
+    run_chunk = _make_chunk(
+        strategy, params, cfg, fitness_fn, impl, population_sharding, curriculum
+    )
     state = sweep.put(carry, replicated)
-    compiled = _ProgramCache(cfg, fitness_fn, init_params, impl, devices)
+    compiled = _ProgramCache(cfg, (fitness_fn, curriculum), init_params, impl, devices)
     compile_s = run_s = 0.0
     bar = _Bar(progress, cfg.num_generations, start)
     try:
@@ -388,15 +437,16 @@ def evolve(
                 compiled.put(n, program)
                 compile_s += time.perf_counter() - t0
             t0 = time.perf_counter()
-            state, (fit, bad) = jax.block_until_ready(program(state))
+            state, (fit, bad, task_metrics) = jax.block_until_ready(program(state))
             run_s += time.perf_counter() - t0
-            fit, bad = sweep.gather((fit, bad))
+            fit, bad, task_metrics = sweep.gather((fit, bad, task_metrics))
             history = np.concatenate([history, fit])
             nonfinite = np.concatenate([nonfinite, bad])
+            tasks = {k: np.concatenate([v, task_metrics[k]]) for k, v in tasks.items()}
             generation += n
             host = sweep.gather(state) if directory is not None or on_generations else None
             if directory is not None:
-                _save(directory, host, history, nonfinite, cfg, impl)
+                _save(directory, host, history, nonfinite, cfg, impl, tasks)
             best = float(sweep.gather(state.best_fitness))
             bar.advance(n, _finite_mean(fit)[-1], best)
             if on_generations is not None:
@@ -408,6 +458,7 @@ def evolve(
                         "mean_fitness": _finite_mean(fit),
                         "best_fitness": best,
                         "mean_params": _mean_params(strategy, host.es_state),
+                        **({"curriculum": task_metrics} if curriculum is not None else {}),
                     },
                 )
     finally:
@@ -422,7 +473,25 @@ def evolve(
         state=final.es_state,
         compile_s=compile_s,
         run_s=run_s,
+        curriculum=tasks,
+        task_state=final.task_state if curriculum is not None else None,
     )
+
+
+def _check_curriculum(curriculum) -> tuple[str, ...]:
+    """The curriculum's metric names (() without one); TypeError if it lacks a method."""
+    if curriculum is None:
+        return ()
+    missing = [
+        m for m in ("init", "propose", "update") if not callable(getattr(curriculum, m, None))
+    ]
+    names = getattr(curriculum, "metrics", None)
+    if missing or not isinstance(names, tuple | list):
+        raise TypeError(
+            f"evolve: curriculum {type(curriculum).__name__} needs init, propose, update and a "
+            f"metrics tuple (missing: {missing + ([] if isinstance(names, tuple | list) else ['metrics'])})"
+        )
+    return tuple(str(n) for n in names)
 
 
 def _key_data(key) -> tuple[np.ndarray, str]:
@@ -435,27 +504,37 @@ def _key_data(key) -> tuple[np.ndarray, str]:
     return np.asarray(jax.random.key_data(key)), str(jax.random.key_impl(key))
 
 
-def _initial_carry(strategy, params, init_params, key_data, impl: str) -> Carry:
+def _initial_carry(strategy, params, init_params, key_data, impl: str, curriculum=None) -> Carry:
     """The carry before generation 0, as host numpy (strong dtypes, like a restored one)."""
 
     @jax.jit
     def init():
         key = jax.random.wrap_key_data(jnp.asarray(key_data), impl=impl)
+        k_init = jax.random.split(key)[0]
+        task_state = () if curriculum is None else curriculum.init(jax.random.fold_in(k_init, 1))
         return Carry(
-            es_state=strategy.init(jax.random.split(key)[0], init_params, params),
+            es_state=strategy.init(k_init, init_params, params),
             best_params=init_params,
             best_fitness=jnp.asarray(-jnp.inf, jnp.float32),
             key_data=jnp.asarray(key_data),
             generation=jnp.asarray(0, jnp.int32),
+            task_state=task_state,
         )
 
     return jax.tree.map(np.asarray, init())
 
 
-def _make_chunk(strategy, params, cfg: ESConfig, fitness_fn, impl: str, sharding):
-    """run_chunk(carry, n) -> (carry, (fitness [n, P], nonfinite [n])): n generations."""
+def _make_chunk(strategy, params, cfg: ESConfig, fitness_fn, impl: str, sharding, curriculum=None):
+    """run_chunk(carry, n) -> (carry, (fitness [n, P], nonfinite [n], curriculum metrics
+    {name: [n]})): n generations."""
     P, antithetic = cfg.population_size, cfg.antithetic
     shard = lambda tree: jax.lax.with_sharding_constraint(tree, sharding)
+    num_tasks = P // 2 if antithetic else P
+    devices = sharding.mesh.size
+
+    def shard_tasks(tree):
+        """Constrains a [num_tasks]-leading pytree to the devices (when they divide it)."""
+        return shard(tree) if num_tasks % devices == 0 else tree
 
     def generation(carry: Carry, _):
         key = jax.random.wrap_key_data(carry.key_data, impl=impl)
@@ -464,13 +543,27 @@ def _make_chunk(strategy, params, cfg: ESConfig, fitness_fn, impl: str, sharding
         population, asked = strategy.ask(k_ask, carry.es_state, params)
         population = shard(population)
         keys = shard(candidate_keys(k_fit, P, antithetic))
-        fitness = jax.vmap(fitness_fn)(population, keys)
+        task_state, task_metrics = carry.task_state, {}
+        if curriculum is None:
+            fitness = jax.vmap(fitness_fn)(population, keys)
+        else:
+            k_task = jax.random.fold_in(key, 1)
+            task_state, tasks, info = curriculum.propose(task_state, k_task, num_tasks, shard_tasks)
+            copies = 2 if antithetic else 1
+            per_candidate = shard(jax.tree.map(lambda x: jnp.concatenate([x] * copies), tasks))
+            fitness = jax.vmap(fitness_fn)(population, keys, per_candidate)
         if jnp.shape(fitness) != (P,):
             raise ValueError(
                 "evolve: fitness_fn(params, key) must return a scalar, got shape "
                 f"{jnp.shape(fitness)[1:]}"
             )
         fitness = shard(jnp.asarray(fitness, jnp.float32))
+        if curriculum is not None:
+            pairs = fitness.reshape(copies, num_tasks).T  # [num_tasks, copies]
+            task_state, task_metrics = curriculum.update(task_state, tasks, info, pairs)
+            task_metrics = {
+                k: jnp.asarray(task_metrics[k], jnp.float32) for k in curriculum.metrics
+            }
         clean, bad = replace_nonfinite(fitness)
         told, _ = strategy.tell(k_tell, population, -clean, asked, params)  # evosax minimises
         any_finite = bad < P
@@ -487,8 +580,9 @@ def _make_chunk(strategy, params, cfg: ESConfig, fitness_fn, impl: str, sharding
             best_fitness=jnp.where(better, ranked[i], carry.best_fitness),
             key_data=carry.key_data,
             generation=carry.generation + 1,
+            task_state=task_state,
         )
-        return carry, (fitness, bad)
+        return carry, (fitness, bad, task_metrics)
 
     def run_chunk(carry: Carry, n: int):
         return jax.lax.scan(generation, carry, length=n)
@@ -567,16 +661,21 @@ def _complete_steps(directory: Path) -> list[int]:
     return [s for s, d in ckpt._step_dirs(directory).items() if ckpt._has_manifest(d)]
 
 
-def _tree(carry: Carry, history: np.ndarray, nonfinite: np.ndarray) -> dict:
-    return {"carry": carry, "fitness": history, "nonfinite": nonfinite}
+def _tree(carry: Carry, history: np.ndarray, nonfinite: np.ndarray, tasks=None) -> dict:
+    tree = {"carry": carry, "fitness": history, "nonfinite": nonfinite}
+    if tasks:  # the curriculum's metric history {name: [G]} (absent without a curriculum)
+        tree["curriculum"] = tasks
+    return tree
 
 
-def _save(directory: Path, carry: Carry, history, nonfinite, cfg: ESConfig, impl: str) -> Path:
+def _save(
+    directory: Path, carry: Carry, history, nonfinite, cfg: ESConfig, impl: str, tasks=None
+) -> Path:
     """Writes generation `carry.generation` atomically (see purejaxrl.checkpoint): the leaves
     are stored flat (orbax needs no knowledge of evosax / optax state classes); their paths,
     shapes and digest go into the JSON info."""
     generation = int(carry.generation)
-    tree = _tree(carry, history, nonfinite)
+    tree = _tree(carry, history, nonfinite, tasks)
     info = {
         "format": FORMAT,
         "config": dataclasses.asdict(cfg),
@@ -629,9 +728,10 @@ def _flat(tree) -> dict:
     return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
-def _load(directory: Path, cfg: ESConfig, fresh: Carry, impl: str):
-    """(carry, fitness history, nonfinite counts) of the newest checkpoint, checked against
-    `cfg`, the key and the parameter shapes of `fresh` (the carry a new run would start with)."""
+def _load(directory: Path, cfg: ESConfig, fresh: Carry, impl: str, names=()):
+    """(carry, fitness history, nonfinite counts, curriculum metrics {name: [G]}) of the newest
+    checkpoint, checked against `cfg`, the key and the shapes of `fresh` (the carry a new run
+    would start with: its parameters and curriculum state) and the curriculum's metric names."""
     path = directory / str(ckpt.latest_step(directory))
     ckpt._verify_files(path)
     info = ckpt._restore(path, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
@@ -658,6 +758,7 @@ def _load(directory: Path, cfg: ESConfig, fresh: Carry, impl: str):
         fresh,
         np.zeros((generation, cfg.population_size), np.float32),
         np.zeros((generation,), np.int32),
+        {name: np.zeros((generation,), np.float32) for name in names},
     )
     expected = ckpt.shapes(abstract)
     if expected != info["shapes"]:
@@ -669,7 +770,8 @@ def _load(directory: Path, cfg: ESConfig, fresh: Carry, impl: str):
             for k in differ
         )
         raise ckpt.CheckpointError(
-            f"checkpoint at {path} holds arrays of other shapes (other init_params?): {listed[:600]}"
+            f"checkpoint at {path} holds arrays of other shapes (other init_params or "
+            f"curriculum?): {listed[:600]}"
         )
     target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _flat(abstract).items()}
     flat = ckpt._restore(path, **{STATE_ITEM: ocp.args.StandardRestore(target)})[STATE_ITEM]
@@ -679,4 +781,4 @@ def _load(directory: Path, cfg: ESConfig, fresh: Carry, impl: str):
         raise ckpt.CheckpointError(
             f"corrupt checkpoint at {path}: array contents fail their checksum"
         )
-    return tree["carry"], tree["fitness"], tree["nonfinite"]
+    return tree["carry"], tree["fitness"], tree["nonfinite"], tree.get("curriculum", {})

@@ -521,24 +521,35 @@ def level_sampler(levels, default=None) -> Callable[[jax.Array], Any]:
     return lambda key: jax.tree.map(lambda x: x[jax.random.randint(key, (), 0, num)], levels)
 
 
-def make_fitness(cfg: LPGConfig, levels=None):
-    """fitness(params, key) -> scalar: the final return (mean episode return of the last 5% of
-    updates, as meta.lpo) of an A2C agent trained for its lifetime with the rule `params` on the
-    level drawn from `key` (k_level, k_agent = split(key)). Non-finite (NaN) when any of the
-    agent's updates was skipped for a non-finite loss or gradient: es.evolve then gives the
-    candidate the worst fitness of its generation and never keeps it as best."""
+def make_level_fitness(cfg: LPGConfig):
+    """fitness(params, key, level) -> scalar: the final return (mean episode return of the last
+    5% of updates, as meta.lpo) of an A2C agent (seed `key`) trained for its lifetime with the
+    rule `params` on `level` (env params). Non-finite (NaN) when any of the agent's updates was
+    skipped for a non-finite loss or gradient: es.evolve then gives the candidate the worst
+    fitness of its generation and never keeps it as best."""
     inner = cfg.inner_config()
     env, default = make_env(cfg)
-    sample = level_sampler(levels, default)
 
-    def fitness(params, key):
-        k_level, k_agent = jax.random.split(key)
+    def fitness(params, key, level):
         rule_objective = objective(params, cfg.kl_weight, inner.gamma)
         agent = a2c.make_agent(inner, rule_objective, env=env, env_params=default)
-        out = agent.train(k_agent, sample(k_level))
+        out = agent.train(key, level)
         score = final_return(out.metrics["episode_return"])
         clean = (jnp.sum(out.metrics["nan_skipped"]) == 0) & jnp.isfinite(score)
         return jnp.where(clean, score, jnp.nan)
+
+    return fitness
+
+
+def make_fitness(cfg: LPGConfig, levels=None):
+    """fitness(params, key) -> scalar: `make_level_fitness(cfg)` on the level drawn from `key`
+    (k_level, k_agent = split(key); `levels` as `level_sampler`'s)."""
+    on_level = make_level_fitness(cfg)
+    sample = level_sampler(levels, make_env(cfg)[1])
+
+    def fitness(params, key):
+        k_level, k_agent = jax.random.split(key)
+        return on_level(params, k_agent, sample(k_level))
 
     return fitness
 
