@@ -11,6 +11,7 @@
     python -m experiments.bench --algos ppo --devices 2   # one run data parallel over 2 devices
     python -m experiments.bench --sweep --envs CartPole-v1   # 64-run sweep vs one after another
     python -m experiments.bench --generation   # one LPO ES generation vs its candidates one by one
+    python -m experiments.bench --groove       # a GROOVE meta-step vs an LPG meta-step with DR
 
 For every env it times, in one process and one run: the env-only random-action rollout of the same
 env and vector size (the ceiling: what the agent would reach if learning were free), then each
@@ -325,6 +326,61 @@ def bench_generation(repeats: int, population: int = 16) -> dict:
     }
 
 
+def bench_groove(repeats: int, generations: int = 10) -> dict:
+    """Meta-step cost of GROOVE against LPG with domain randomisation, on `meta.groove`'s default
+    config (LPG rule, population 16 = 8 pairs, tabular A2C agents on gridworld/small, 50 updates
+    of 8 x 16 steps each), the population sharded over every device. Three sides, each
+    `generations` ES generations in one call, alternated `repeats` times, best of each:
+
+    - "dr": fresh random levels, no antagonists (LPG-DR);
+    - "groove": algorithmic regret with the antagonist's return cached per level (buffer of 64,
+      replay 0.5, replay once 8 levels are in: from the second generation on), so an antagonist
+      is trained only for each new level;
+    - "uncached": the same with replay probability 0, an antagonist for every level at every
+      generation: what the public code pays (it retrains antagonists at every meta-step).
+
+    Returns seconds per generation of each and the ratios to "dr"."""
+    from meta import groove, level_buffer
+
+    base = groove.GrooveConfig()
+    es_cfg = dataclasses.replace(
+        base.lpg.es, num_generations=generations, generations_per_call=generations
+    )
+    buffer = level_buffer.BufferConfig(capacity=64, replay_prob=0.5, min_fill=0.125)
+    sides = {
+        "dr": dataclasses.replace(base, score="dr"),
+        "groove": dataclasses.replace(base, buffer=buffer),
+        "uncached": dataclasses.replace(base, buffer=dataclasses.replace(buffer, replay_prob=0.0)),
+    }
+    programs = {
+        name: groove.make_meta_train(
+            dataclasses.replace(cfg, lpg=dataclasses.replace(cfg.lpg, es=es_cfg))
+        )
+        for name, cfg in sides.items()
+    }
+    best = dict.fromkeys(sides, float("inf"))
+    compile_s, runs = {}, {}
+    for _ in range(repeats):
+        for name, meta_train in programs.items():
+            out = meta_train(jax.random.key(0), progress=False)
+            best[name] = min(best[name], out.es.run_s / generations)
+            if out.es.compile_s > 0:
+                compile_s[name] = out.es.compile_s
+            runs[name] = (out.antagonist_runs, out.antagonist_runs_uncached)
+    row = {
+        "population": es_cfg.population_size,
+        "generations": generations,
+        "devices": jax.device_count(),
+        **{f"{name}_generation_s": best[name] for name in sides},
+        **{f"{name}_compile_s": compile_s.get(name, float("nan")) for name in sides},
+        "x_dr_groove": best["groove"] / best["dr"],
+        "x_dr_uncached": best["uncached"] / best["dr"],
+        "antagonist_runs": runs["groove"][0],
+        "antagonist_runs_uncached": runs["uncached"][0],
+    }
+    return row
+
+
 def bench_rejax(env_id: str, total_timesteps: int, seeds: int, algo: str = "ppo") -> dict | None:
     setup = SHARED_BENCH / "setup_rejax.sh"
     script = SHARED_BENCH / f"rejax_{algo}.py"
@@ -566,9 +622,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "over the host's cores vs its 16 candidates trained one after another",
     )
     parser.add_argument("--population", type=int, default=16, help="--generation only")
+    parser.add_argument(
+        "--groove",
+        action="store_true",
+        help="only the GROOVE benchmark: meta-steps of GROOVE (cached antagonists), GROOVE "
+        "without the cache and LPG with domain randomisation, population 16, over the cores",
+    )
     parser.add_argument("--sweep-seeds", type=int, default=4)
     parser.add_argument("--sweep-timesteps", type=int, default=100_000, help="per run")
     args = parser.parse_args(argv)
+    if args.groove:
+        ask_for_host_devices(max(args.devices, os.cpu_count() or 1))
+        print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+        row = bench_groove(args.repeats)
+        print(
+            f"meta-step, population {row['population']} over {row['devices']} devices: LPG-DR "
+            f"{row['dr_generation_s']:.2f} s, GROOVE {row['groove_generation_s']:.2f} s "
+            f"(x{row['x_dr_groove']:.2f}; {row['antagonist_runs']} antagonists in "
+            f"{row['generations']} generations), GROOVE without the cache "
+            f"{row['uncached_generation_s']:.2f} s (x{row['x_dr_uncached']:.2f}; "
+            f"{row['antagonist_runs_uncached']} antagonists); compile DR "
+            f"{row['dr_compile_s']:.1f} s, GROOVE {row['groove_compile_s']:.1f} s",
+            flush=True,
+        )
+        write_json(args, [row])
+        return [row]
     if args.generation:
         ask_for_host_devices(max(args.devices, os.cpu_count() or 1))
         print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")

@@ -47,8 +47,9 @@ A generation whose agents produce NaN (a non-finite fitness): its pairs' AR is N
 buffer never admits (new levels) or stores as -inf (replayed levels: ranked last, first to be
 replaced); the ES driver ranks such candidates last and never keeps them as best.
 
-Lifetimes: every agent trains for the inner config's number of updates (a static shape); the
-per-level `lifetime` field of the grid worlds is not read here (TA-LPG sees the config's N).
+Lifetimes: every agent trains for the inner config's N updates (a static shape); with
+`LPGConfig.level_lifetime` a level's own lifetime L <= N is honoured (TA-LPG sees n/L and log L;
+the rule's agents and the antagonist are scored by their final return at update L).
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ import numpy as np
 
 from envs import gridworld
 from meta import es, level_buffer, lpg
-from meta.lpo_train import final_return
 from purejaxrl import a2c, actor_critic, losses, objectives
 from purejaxrl import config as C
 
@@ -177,9 +177,10 @@ def _scored_policy_gradient():
 
 def make_antagonist(cfg: GrooveConfig):
     """`antagonist(key, level) -> {"return": [], "pvl": []}`: an A2C agent (the standard
-    objective, `cfg.antagonist_config()`) trained for its lifetime on `level`; its final return
-    and its positive value loss (mean positive GAE advantage over the last 5% of updates). NaN
-    when any of its updates was skipped for a non-finite loss."""
+    objective, `cfg.antagonist_config()`) trained for its lifetime on `level` (the level's own
+    with `cfg.lpg.level_lifetime`, as the rule's agents); its final return and its positive value
+    loss (mean positive GAE advantage over the last 5% of updates). NaN when any of its updates
+    was skipped for a non-finite loss."""
     acfg = cfg.antagonist_config()
     env, default = lpg.make_env(cfg.lpg)
     objective = objectives.actor_critic(acfg, _scored_policy_gradient())
@@ -187,10 +188,11 @@ def make_antagonist(cfg: GrooveConfig):
 
     def antagonist(key, level):
         out = agent.train(key, level)
+        lifetime = lpg.level_lifetime(cfg.lpg, level, agent.num_updates)
         clean = jnp.sum(out.metrics["nan_skipped"]) == 0
         result = {
-            "return": final_return(out.metrics["episode_return"]),
-            "pvl": final_return(out.metrics["positive_advantage"]),
+            "return": lpg.final_return_at(out.metrics["episode_return"], lifetime),
+            "pvl": lpg.final_return_at(out.metrics["positive_advantage"], lifetime),
         }
         return jax.tree.map(lambda x: jnp.where(clean, x, jnp.nan), result)
 

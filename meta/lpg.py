@@ -77,7 +77,7 @@ from flax import struct
 
 import envs
 from meta import es, saved
-from meta.lpo_train import final_return
+from meta.lpo_train import FINAL_FRACTION, final_return
 from purejaxrl import a2c, actor_critic, checkpoint, loop, objectives
 from purejaxrl import config as C
 from purejaxrl.gae import gae
@@ -271,7 +271,10 @@ class LPGObjective(objectives.Objective):
     """The agent's loss under an LPG rule: mean(log pi(a|s) pi_hat) + kl_weight KL(y || y_hat).
 
     params: the rule (may be traced: an ES candidate, or differentiated by the meta-gradient);
-    kl_weight (0.5) and gamma (the rule's gamma input) may be traced. Needs a categorical policy
+    kl_weight (0.5) and gamma (the rule's gamma input) may be traced. lifetime: None (TA-LPG
+    sees n/N and log N of the agent's config) or the agent's lifetime L in updates (may be
+    traced, e.g. a grid-world level's): TA-LPG then sees min(n/L, 1) and log L, n the updates
+    done (`lifetime_features`). Needs a categorical policy
     and a prediction head of the rule's width (`prediction_size = m`). Metrics: policy_loss, kl,
     entropy (policy), y_entropy, pi_hat_sq (mean pi_hat^2), y_hat_sq (mean ||y_hat||^2).
     """
@@ -279,6 +282,7 @@ class LPGObjective(objectives.Objective):
     params: Any
     kl_weight: Any = KL_WEIGHT
     gamma: Any = 0.99
+    lifetime: Any = None
 
     needs_next_obs = True
 
@@ -315,7 +319,8 @@ class LPGObjective(objectives.Objective):
         pi, y, y_next = jax.lax.stop_gradient((pi, y_both[:num_steps], y_both[num_steps:]))
         time = {}
         if self.shape.time_aware:
-            time = {"progress": ctx.progress, "num_updates": ctx.num_updates}
+            progress, num_updates = lifetime_features(ctx, self.lifetime)
+            time = {"progress": progress, "num_updates": num_updates}
         pi_hat, log_y_hat = forward(
             self.params,
             rollout["reward"],
@@ -349,10 +354,20 @@ class LPGObjective(objectives.Objective):
         return total, metrics
 
 
-def objective(params, kl_weight=KL_WEIGHT, gamma=0.99) -> LPGObjective:
+def lifetime_features(ctx, lifetime=None):
+    """(progress, num_updates) TA-LPG sees: the loop's (n/N, N), or with a `lifetime` L (updates;
+    may be traced): (min(n/L, 1), L), n = the updates done (n/N * N)."""
+    if lifetime is None:
+        return ctx.progress, ctx.num_updates
+    lifetime = jnp.maximum(jnp.asarray(lifetime, jnp.float32), 1.0)
+    done = jnp.round(ctx.progress * ctx.num_updates)
+    return jnp.minimum(done / lifetime, 1.0), lifetime
+
+
+def objective(params, kl_weight=KL_WEIGHT, gamma=0.99, lifetime=None) -> LPGObjective:
     """The agent-side objective of the rule `params` (see `LPGObjective`)."""
     describe(params)  # refuses anything but LPG params, before any compile
-    return LPGObjective(params=params, kl_weight=kl_weight, gamma=gamma)
+    return LPGObjective(params=params, kl_weight=kl_weight, gamma=gamma, lifetime=lifetime)
 
 
 # --------------------------------------------------------------------------- save / load
@@ -448,7 +463,11 @@ class LPGConfig:
     """env (+ env_kwargs): the env whose levels the agents train on; inner: A2CConfig fields of
     every agent (prediction_size is set to y_size); time_aware: TA-LPG; y_size, hidden: the rule's
     y width and GRU width; kl_weight: the agent loss's KL weight; es: the ES settings (the
-    groove code's OpenES: sigma 0.1, Adam 1e-2; population = 2 x agents, one level per pair)."""
+    groove code's OpenES: sigma 0.1, Adam 1e-2; population = 2 x agents, one level per pair);
+    level_lifetime: honour each level's own lifetime L (its `lifetime` field, in updates, e.g.
+    the grid worlds' `gridworld/all_randlife`): agents still run the inner config's N updates
+    (a static shape), but TA-LPG sees n/L and log L, and the fitness is the final return at
+    update L (`final_return_at`); L is clipped to [1, N]."""
 
     env: str = "Catch-bsuite"
     env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -457,6 +476,7 @@ class LPGConfig:
     y_size: int = Y_SIZE
     hidden: int = HIDDEN
     kl_weight: float = KL_WEIGHT
+    level_lifetime: bool = False
     es: es.ESConfig = dataclasses.field(
         default_factory=lambda: es.ESConfig(
             population_size=16, num_generations=100, sigma=0.1, learning_rate=0.01
@@ -531,14 +551,39 @@ def make_level_fitness(cfg: LPGConfig):
     env, default = make_env(cfg)
 
     def fitness(params, key, level):
-        rule_objective = objective(params, cfg.kl_weight, inner.gamma)
+        lifetime = level_lifetime(cfg, level, inner.num_updates)
+        rule_objective = objective(params, cfg.kl_weight, inner.gamma, lifetime)
         agent = a2c.make_agent(inner, rule_objective, env=env, env_params=default)
         out = agent.train(key, level)
-        score = final_return(out.metrics["episode_return"])
+        score = final_return_at(out.metrics["episode_return"], lifetime)
         clean = (jnp.sum(out.metrics["nan_skipped"]) == 0) & jnp.isfinite(score)
         return jnp.where(clean, score, jnp.nan)
 
     return fitness
+
+
+def level_lifetime(cfg: LPGConfig, level, num_updates: int):
+    """A level's lifetime clipped to [1, num_updates] (int32 []) when `cfg.level_lifetime`, else
+    None; ValueError if the level has no `lifetime` field."""
+    if not cfg.level_lifetime:
+        return None
+    if not hasattr(level, "lifetime"):
+        raise ValueError(
+            f"LPGConfig.level_lifetime=True: the levels of {cfg.env} ({type(level).__name__}) "
+            "have no `lifetime` field"
+        )
+    return jnp.clip(jnp.asarray(level.lifetime, jnp.int32), 1, num_updates)
+
+
+def final_return_at(episode_return, lifetime=None):
+    """Final return of per-update returns `[U]` at update `lifetime` (None: U): the mean over
+    the last 5% (at least one) of the first `lifetime` updates, as `meta.lpo`'s final return."""
+    if lifetime is None:
+        return final_return(episode_return)
+    n = jnp.arange(episode_return.shape[-1])
+    window = jnp.maximum(jnp.ceil(FINAL_FRACTION * lifetime), 1)
+    inside = (n < lifetime) & (n >= lifetime - window)
+    return jnp.sum(jnp.where(inside, episode_return, 0.0), -1) / jnp.sum(inside)
 
 
 def make_fitness(cfg: LPGConfig, levels=None):
@@ -698,31 +743,23 @@ def make_meta_gradient_train(
 
         -mean(log pi_K(a|s) A) - 5e-2 H(pi) + 5e-3 E[pi_hat^2] - 1e-3 H(y) + 1e-3 E[||y_hat||^2]
 
-    (H(pi), H(y): entropies of the updated agent on each update's rollout; pi_hat, y_hat: the
-    rule's outputs; both averaged over the K updates). Its gradient in the rule's parameters,
-    through the K updates, averaged over agents, takes an Adam step (a non-finite gradient is
-    skipped and counted). Agents keep training across meta-steps; one that reaches its lifetime
-    (the inner config's number of updates) restarts on a new level with a new critic.
+    (H(pi), H(y): the agent's entropies on each update's rollout, before that update's step;
+    pi_hat, y_hat: the rule's outputs; all four averaged over the K updates). Its gradient in the
+    rule's parameters, through the K updates, averaged over agents, takes an Adam step (a
+    non-finite gradient is skipped and counted). Agents keep training across meta-steps; one that
+    reaches its lifetime (the inner config's number of updates) restarts on a new level with a
+    new critic.
 
-    What is data: every rollout (observations, actions, rewards, the behaviour log-probs) and the
-    rule's inputs pi, y(s_t), y(s_t+1) are stop-gradient (acting uses the parameters as
-    constants), as in the reference code; the gradient reaches the rule through pi_hat and y_hat
-    in each update's loss, hence through the agent's parameters of later updates and the final
-    policy's log pi.
-
-    Why the K updates are not the loop's `agent.update`: its optimiser is Adam with nothing
-    inside the square root (optax `scale_by_adam(eps=1e-5)`, eps_root = 0). A linear agent on
-    one-hot-ish observations has exactly zero gradient on the weights of every observation unit
-    that is off throughout a rollout, so Adam's second moment there is 0 and the derivative of
-    sqrt(v) at 0 is infinite: 0 * inf = NaN, which the next matmul's transpose (summing over
-    those units) spreads to every parameter's meta-gradient (checked: the meta-gradient through
-    `agent.update` is NaN for the tabular Catch agent). So the updates here are the loop's update
-    written again for one epoch of one minibatch (A2C's), from the same pieces (the rollout
-    function, network, policy head, `LPGObjective.targets` / `.loss`, `loop.finish`), with the
-    same optimiser chain (global-norm clip, then Adam eps=1e-5, the config's learning rate and
-    annealing) but eps_root = `adam_eps_root` (1e-8), the fix optax documents for meta-gradients
-    through Adam. The agents' optimiser state has the loop's structure, so they are ordinary
-    TrainStates (e.g. `agent.run` continues them).
+    The K updates are the loop's own `agent.update` of an agent whose objective holds the
+    (traced) rule, differentiated end to end. What is data: every rollout (observations,
+    actions, rewards, the behaviour log-probs) and the rule's inputs pi, y(s_t), y(s_t+1) are
+    stop-gradient, as in the reference code; the gradient reaches the rule through pi_hat and
+    y_hat in each update's loss, hence through the agent's parameters of later updates and the
+    final policy's log pi. The agents' Adam has `adam_eps_root` (1e-8) inside its square root
+    (the config field of that name; training uses 0): a linear agent on one-hot-ish observations
+    has exactly zero gradient on the weights of every observation unit that is off throughout a
+    rollout, Adam's second moment there is 0, and the derivative of sqrt(v) at 0 is infinite
+    (0 * inf = NaN, spread to every parameter's meta-gradient by the next matmul's transpose).
     """
     settings = MetaGradientConfig() if settings is None else settings
     if cfg.time_aware:
@@ -730,80 +767,36 @@ def make_meta_gradient_train(
             "LPGConfig.time_aware=True: TA-LPG is meta-trained with ES only (meta-gradients "
             "over K updates cannot learn lifetime-dependent rules; Jackson et al. 2024)"
         )
-    inner = cfg.inner_config()  # A2C: one epoch of one minibatch per update
-    template = jax.eval_shape(cfg.init_params, jax.random.key(0))  # shapes: the agent's check
+    # A2C: one epoch of one minibatch per update
+    inner = dataclasses.replace(cfg.inner_config(), adam_eps_root=settings.adam_eps_root)
     env, default = make_env(cfg)
-    agent = a2c.make_agent(
-        inner, objective(template, cfg.kl_weight, inner.gamma), env=env, env_params=default
-    )
+
+    def rule_agent(rule):
+        """The inner agent whose objective is the rule `rule` (traced or not)."""
+        rule_objective = objective(rule, cfg.kl_weight, inner.gamma)
+        return a2c.make_agent(inner, rule_objective, env=env, env_params=default)
+
+    template = jax.eval_shape(cfg.init_params, jax.random.key(0))  # shapes: the agent's check
+    agent = rule_agent(template)
     sample = level_sampler(levels, default)
     network, head = agent.network, agent.head
     critic_net = _ValueCritic(tuple(inner.hidden_sizes), inner.activation)
     critic_tx = optax.adam(settings.critic_learning_rate)
-    agent_tx = optax.chain(
-        optax.clip_by_global_norm(inner.max_grad_norm),
-        optax.scale_by_adam(eps=1e-5, eps_root=settings.adam_eps_root),
-    )
     rule_tx = optax.adam(settings.learning_rate)
     if settings.max_grad_norm is not None:
         rule_tx = optax.chain(optax.clip_by_global_norm(settings.max_grad_norm), rule_tx)
-    batch_size = inner.num_envs * inner.num_steps
     num_updates = agent.num_updates
     s = settings
-
-    def context(params, progress, key):
-        apply_fn = lambda *args, method=None: network.apply(params, *args, method=method)
-        return objectives.Context(head, apply_fn, progress, num_updates, key)
-
-    def inner_update(rule, state):
-        """One differentiable agent update with the rule -> (state, stats of the regularisers)."""
-        rng, k_roll, k_loss = jax.random.split(state.rng, 3)
-        progress = state.update_step / num_updates
-        lr = inner.learning_rate
-        if inner.anneal_lr:
-            lr = lr * jnp.maximum(1.0 - progress, 0.0)
-        env_state, obs, traj, data = _collect(agent, state.params, state, k_roll)
-        rule_obj = objective(rule, cfg.kl_weight, inner.gamma)
-        data.update(rule_obj.targets(data, context(state.params, progress, k_loss)))
-        flat, unravel = jax.flatten_util.ravel_pytree(state.params)
-
-        def loss_fn(flat):
-            params = unravel(flat)
-            outputs = network.apply(params, data["obs"], method=ActorCritic.outputs)
-            return rule_obj.loss(outputs, data, context(params, progress, k_loss))
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(flat)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
-        updates, opt_state = agent_tx.update(grads, state.opt_state, flat)
-        flat = jnp.where(ok, flat - lr * updates, flat)
-        opt_state = loop.keep_finite(ok, opt_state, state.opt_state)
-        params = unravel(flat)
-        after = network.apply(params, data["obs"], method=ActorCritic.outputs)
-        log_y = jax.nn.log_softmax(after["prediction"])
-        stats = {
-            "entropy": jnp.mean(head.entropy(after["policy"])),
-            "y_entropy": jnp.mean(-jnp.sum(jnp.exp(log_y) * log_y, axis=-1)),
-            "pi_hat_sq": aux["pi_hat_sq"],
-            "y_hat_sq": aux["y_hat_sq"],
-            "agent_loss": loss,
-            "agent_kl": aux["kl"],
-            "nan_skipped": 1 - ok.astype(jnp.int32),
-        }
-        info = {
-            "episode_done": traj.episode_done,
-            "episode_return": traj.episode_return,
-            "episode_length": traj.episode_length,
-        }
-        new = dict(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng)
-        state, _ = loop.finish(state, info, {}, batch_size, **new)
-        return state, stats
+    stat_names = ("entropy", "y_entropy", "pi_hat_sq", "y_hat_sq", "loss", "kl", "nan_skipped")
 
     def agent_meta_loss(rule, state, critic, key):
         """One agent: K updates, a fresh rollout, the regularised A2C loss -> (loss, aux)."""
-        state, stats = jax.lax.scan(
-            lambda st, _: inner_update(rule, st), state, None, length=s.num_agent_updates
+        update = rule_agent(rule).update
+        state, metrics = jax.lax.scan(
+            lambda st, _: update(st), state, None, length=s.num_agent_updates
         )
-        stats = jax.tree.map(jnp.mean, stats)
+        stats = {name: jnp.mean(metrics[name]) for name in stat_names}
+        stats["agent_loss"], stats["agent_kl"] = stats.pop("loss"), stats.pop("kl")
         env_state, obs, traj, data = _collect(agent, state.params, state, key)
         values = critic_net.apply(critic, jnp.concatenate([data["obs"], data["next_obs"]]))
         values = jax.lax.stop_gradient(values)

@@ -86,6 +86,7 @@ def validate(cfg) -> None:
     if hasattr(cfg, "clip_eps"):
         C.check_range(cfg, "clip_eps", 0.0, np.inf, low_open=True)
     C.check_range(cfg, "obs_noise_sigma", 0.0, np.inf)
+    C.check_range(cfg, "adam_eps_root", 0.0, np.inf)
     C.check_positive_int(cfg, "frame_stack")
 
 
@@ -189,7 +190,8 @@ def make_agent(
     # Clipping and Adam run on the parameters raveled into one vector (see `sgd_step`); the
     # optimiser state is the one `optax.flatten` of the same chain would hold.
     optimizer = optax.chain(
-        optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5)
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.scale_by_adam(eps=1e-5, eps_root=cfg.adam_eps_root),
     )
 
     def init(key, env_params) -> TrainState:
@@ -314,7 +316,8 @@ class OnPolicyConfig:
     objective (a registered objective's spec {"name": ..., **options}; () = the algorithm's).
     Leaves (vmappable): learning_rate, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm,
     init_log_std, gumbel_temperature, mixture_coef, obs_noise_sigma (std of the Gaussian noise
-    added to every observation in training and evaluation: policy smoothing, Kumar et al. 2022).
+    added to every observation in training and evaluation: policy smoothing, Kumar et al. 2022),
+    adam_eps_root (Adam's sqrt(v + eps_root); 0 by default, > 0 for meta-gradients).
     """
 
     env: str = C.static("CartPole-v1")
@@ -349,6 +352,9 @@ class OnPolicyConfig:
     gumbel_temperature: float = 0.5  # mixture_grad="gumbel"
     mixture_coef: float = 1.0  # weight of the mixing weights' loss
     obs_noise_sigma: float = 0.0  # observation noise std (envs.wrappers.ObservationNoise)
+    # Adam's eps inside the square root, sqrt(v + eps_root): 0 (optax's default) for training;
+    # > 0 to differentiate through updates (meta-gradients: d sqrt(v)/dv is infinite at v = 0)
+    adam_eps_root: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.env_kwargs, tuple):

@@ -455,3 +455,53 @@ def test_grid_world_levels_drop_in():
     fitness = lpg.make_fitness(cfg, levels)
     out = jax.eval_shape(fitness, cfg.init_params(jax.random.key(0)), jax.random.key(1))
     assert out.shape == () and out.dtype == jnp.float32
+
+
+# --------------------------------------------------------------------------- per-level lifetimes
+
+
+def test_final_return_at_a_lifetime_averages_the_last_5_percent_before_it():
+    returns = jnp.arange(100.0)
+    # lifetime 40: window ceil(0.05 * 40) = 2 -> updates 38, 39
+    assert float(lpg.final_return_at(returns, 40)) == 38.5
+    # lifetime 10: window 1 -> update 9; None: the last 5 of 100
+    assert float(lpg.final_return_at(returns, jnp.int32(10))) == 9.0
+    assert float(lpg.final_return_at(returns)) == np.mean(np.arange(95, 100))
+
+
+def test_lifetime_features_are_progress_through_the_level_lifetime():
+    ctx = objectives.Context(None, None, jnp.float32(10 / 50), 50, None)
+    assert lpg.lifetime_features(ctx) == (ctx.progress, 50)
+    progress, n = lpg.lifetime_features(ctx, 20)
+    assert float(progress) == 0.5 and float(n) == 20.0
+    progress, _ = lpg.lifetime_features(ctx, 8)  # past the lifetime: clipped at 1
+    assert float(progress) == 1.0
+
+
+def test_a_level_lifetime_equals_a_config_lifetime_for_its_updates():
+    """A TA-LPG agent run for 20 updates on a level of lifetime 10 (level_lifetime=True) sees
+    n/10 and log 10 and is scored at update 10: the same fitness as an agent configured for 10
+    updates (learning rate not annealed, so the first 10 updates are the same)."""
+    from envs import gridworld
+
+    params = rule(3, time_aware=True)
+    level = gridworld.default_level("small").replace(lifetime=jnp.int32(10))
+    base = dict(INNER, num_envs=4, num_steps=8, anneal_lr=False)
+    long = lpg.LPGConfig(env="gridworld/small", hidden=HIDDEN, time_aware=True,
+                         inner=dict(base, total_timesteps=4 * 8 * 20), level_lifetime=True)  # fmt: skip
+    short = dataclasses.replace(long, inner=dict(base, total_timesteps=4 * 8 * 10),
+                                level_lifetime=False)  # fmt: skip
+    key = jax.random.key(4)
+    got = jax.jit(lpg.make_level_fitness(long))(params, key, level)
+    want = jax.jit(lpg.make_level_fitness(short))(params, key, level)
+    assert np.isfinite(float(want))
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    # without the flag the long agent is scored at its own 20 updates
+    other = jax.jit(lpg.make_level_fitness(dataclasses.replace(long, level_lifetime=False)))
+    assert float(other(params, key, level)) != float(want)
+
+
+def test_level_lifetime_needs_levels_with_a_lifetime():
+    cfg = lpg.LPGConfig(env="Catch-bsuite", hidden=HIDDEN, inner=INNER, level_lifetime=True)
+    with pytest.raises(ValueError, match="no `lifetime` field"):
+        jax.eval_shape(lpg.make_fitness(cfg), rule(), jax.random.key(0))
