@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import difflib
 import importlib.metadata
 import math
 import time
@@ -82,6 +81,7 @@ from evosax.core.optimizer import clipup
 from jax.sharding import NamedSharding, PartitionSpec
 
 from purejaxrl import checkpoint as ckpt
+from purejaxrl import config as C
 from purejaxrl import sweep
 
 FORMAT = "es/1"
@@ -144,13 +144,7 @@ class ESConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        if self.strategy not in _DEFAULTS:
-            hint = difflib.get_close_matches(str(self.strategy), STRATEGIES, n=1)
-            raise ValueError(
-                f"ESConfig.strategy={self.strategy!r} is unknown"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" (choose from {list(STRATEGIES)})"
-            )
+        C.check_choice(self, "strategy", STRATEGIES)
         lr, anti, shape = _DEFAULTS[self.strategy]
         where = f"ESConfig (strategy={self.strategy!r})"
         for name in ("population_size", "num_generations", "generations_per_call"):
@@ -187,13 +181,8 @@ class ESConfig:
                 f"{where}: fitness_shaping={self.fitness_shaping!r}: {self.strategy} shapes "
                 "fitness with its own rank weights; leave fitness_shaping unset"
             )
-        elif shape != "rank_weights" and self.fitness_shaping not in SHAPINGS:
-            hint = difflib.get_close_matches(str(self.fitness_shaping), SHAPINGS, n=1)
-            raise ValueError(
-                f"{where}: fitness_shaping={self.fitness_shaping!r} is unknown"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" (choose from {list(SHAPINGS)})"
-            )
+        elif shape != "rank_weights":
+            C.check_choice(self, "fitness_shaping", SHAPINGS, where=where)
         if self.fitness_shaping == "pairwise" and not self.antithetic:
             raise ValueError(
                 f"{where}: fitness_shaping='pairwise' compares the members of mirrored pairs; "

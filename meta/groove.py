@@ -55,7 +55,6 @@ the rule's agents and the antagonist are scored by their final return at update 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -115,13 +114,7 @@ class GrooveConfig:
     def __post_init__(self):
         if not isinstance(self.lpg, lpg.LPGConfig):
             raise ValueError(f"GrooveConfig.lpg must be an lpg.LPGConfig, got {type(self.lpg)}")
-        if self.score not in SCORES:
-            hint = difflib.get_close_matches(str(self.score), SCORES, n=1)
-            raise ValueError(
-                f"GrooveConfig.score={self.score!r} is unknown"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" (choose from {list(SCORES)})"
-            )
+        C.check_choice(self, "score", SCORES)
         if not isinstance(self.buffer, level_buffer.BufferConfig):
             raise ValueError(
                 f"GrooveConfig.buffer must be a level_buffer.BufferConfig, got {type(self.buffer)}"

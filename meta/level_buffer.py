@@ -47,7 +47,6 @@ Minimum fill (`min_fill`, default 1.0 as in jaxued and the robust-PLR code): `de
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from typing import Any
 
@@ -55,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from purejaxrl import config as C
 
 PRIORITIZATIONS = ("rank", "proportional")
 
@@ -84,13 +85,7 @@ class BufferConfig:
         if isinstance(cap, bool) or not isinstance(cap, int | np.integer) or cap < 1:
             raise ValueError(f"BufferConfig.capacity={cap!r}: must be a positive integer")
         object.__setattr__(self, "capacity", int(cap))
-        if self.prioritization not in PRIORITIZATIONS:
-            hint = difflib.get_close_matches(str(self.prioritization), PRIORITIZATIONS, n=1)
-            raise ValueError(
-                f"BufferConfig.prioritization={self.prioritization!r} is unknown"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" (choose from {list(PRIORITIZATIONS)})"
-            )
+        C.check_choice(self, "prioritization", PRIORITIZATIONS)
         _check_number("replay_prob", self.replay_prob, 0.0, 1.0, "[0, 1]")
         _check_number("temperature", self.temperature, 0.0, math.inf, "(0, inf)", low_open=True)
         _check_number("staleness_coef", self.staleness_coef, 0.0, 1.0, "[0, 1]")

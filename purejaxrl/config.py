@@ -62,11 +62,22 @@ def check_range(
         raise ValueError(f"{_name(cfg)}.{field}={value!r}: must lie in {lb}{low:g}, {high:g}{rb}")
 
 
-def check_choice(cfg, field: str, allowed: Iterable[Any]) -> None:
+def close_match(value, choices: Iterable[Any]) -> str:
+    """ "; did you mean 'x'?" for the choice closest to `value` (by spelling), or ""."""
+    hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f"; did you mean {hint[0]!r}?" if hint else ""
+
+
+def check_choice(cfg, field: str, allowed: Iterable[Any], where: str | None = None) -> None:
+    """ValueError "<where>.<field>=<value> is unknown; did you mean ...? (allowed values are
+    [...])" unless the field's value is one of `allowed` (`where` defaults to the class name)."""
     value = getattr(cfg, field)
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(f"{_name(cfg)}.{field}={value!r}: allowed values are {list(allowed)}")
+        raise ValueError(
+            f"{where or _name(cfg)}.{field}={value!r} is unknown{close_match(value, allowed)} "
+            f"(allowed values are {list(allowed)})"
+        )
 
 
 def check_hidden_sizes(cfg, field: str = "hidden_sizes") -> None:
