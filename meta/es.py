@@ -361,7 +361,8 @@ def evolve(
     "mean_fitness": [n], "best_fitness": float, "mean_params": pytree} for the n generations of
     that call (after that call's checkpoint: an exception there, or an interruption, loses
     nothing). curriculum: tasks chosen per generation (see the module docstring); then
-    fitness_fn(params, key, task) and the metrics also hold "curriculum": {name: [n]}. Returns
+    fitness_fn(params, key, task) and the metrics also hold "curriculum": {name: [n]} and
+    "task_state" (the curriculum's state after that call, numpy). Returns
     ESOutput; `compile_s` is 0 when a program compiled by an earlier call for the same
     fitness_fn, curriculum, config and shapes is reused.
     """
@@ -447,7 +448,11 @@ def evolve(
                         "mean_fitness": _finite_mean(fit),
                         "best_fitness": best,
                         "mean_params": _mean_params(strategy, host.es_state),
-                        **({"curriculum": task_metrics} if curriculum is not None else {}),
+                        **(
+                            {"curriculum": task_metrics, "task_state": host.task_state}
+                            if curriculum is not None
+                            else {}
+                        ),
                     },
                 )
     finally:

@@ -349,15 +349,20 @@ def make_meta_train(cfg: GrooveConfig, sample_levels=None):
     """`meta_train(key, *, init=None, **evolve_kwargs) -> GrooveOutput`: ES over LPG / TA-LPG
     rules from `init` (default `cfg.lpg.init_params(k_init)`) with the curriculum of `cfg.score`;
     `evolve_kwargs` as `es.evolve`'s (devices, progress, checkpoint_dir, resume,
-    on_generations: its metrics also hold "curriculum"). `meta_train.fitness` is the
+    on_generations: its metrics also hold "curriculum" and "task_state", the buffer);
+    num_generations replaces the config's (with checkpoint_dir and resume=True: continue a run
+    further, reusing the compiled program). `meta_train.fitness` is the
     candidates' fitness(params, key, level); `meta_train.curriculum` the curriculum."""
     fitness = lpg.make_level_fitness(cfg.lpg)
     curriculum = make_curriculum(cfg, sample_levels)
 
-    def meta_train(key, *, init=None, **evolve_kwargs) -> GrooveOutput:
+    def meta_train(key, *, init=None, num_generations=None, **evolve_kwargs) -> GrooveOutput:
         k_init, k_es = jax.random.split(key)
         init = cfg.lpg.init_params(k_init) if init is None else init
-        out = es.evolve(fitness, init, cfg.lpg.es, k_es, curriculum=curriculum, **evolve_kwargs)
+        es_cfg = cfg.lpg.es
+        if num_generations is not None:  # e.g. to continue a checkpointed run further
+            es_cfg = dataclasses.replace(es_cfg, num_generations=num_generations)
+        out = es.evolve(fitness, init, es_cfg, k_es, curriculum=curriculum, **evolve_kwargs)
         result = GrooveOutput(
             out.mean_params, out.best_params, out, out.curriculum, out.task_state, {}
         )

@@ -169,6 +169,7 @@ def test_resume_with_a_level_buffer_equals_an_uninterrupted_run(tmp_path):
 
     def stop(generation, metrics):
         assert set(metrics["curriculum"]) == set(groove.BUFFER_METRICS)
+        assert int(metrics["task_state"].size) == metrics["curriculum"]["buffer_size"][-1]
         if generation == 8:
             raise Interrupted
 
@@ -243,7 +244,8 @@ def test_groove_meta_trains_on_random_grid_worlds_with_cached_antagonists(tmp_pa
         lpg=lpg.LPGConfig(env="gridworld/small", inner=inner, hidden=16, es=es_cfg),
         buffer=level_buffer.BufferConfig(capacity=8, replay_prob=0.5, min_fill=0.25),
     )
-    out = groove.make_meta_train(cfg)(jax.random.key(0), progress=False)
+    meta_train = groove.make_meta_train(cfg)
+    out = meta_train(jax.random.key(0), progress=False, checkpoint_dir=tmp_path / "es")
     replay = out.curriculum["replay"]
     assert 0 < replay.sum() < 6
     assert out.antagonist_runs == 2 * int((1 - replay).sum())
@@ -253,6 +255,12 @@ def test_groove_meta_trains_on_random_grid_worlds_with_cached_antagonists(tmp_pa
     assert size == out.curriculum["buffer_size"][-1]
     assert np.all(np.isfinite(out.buffer.extra["antagonist_return"][:size]))
     assert np.all(np.isfinite(out.es.fitness))
+    # continued further from its checkpoint: the same first 6 generations, the program reused
+    more = meta_train(jax.random.key(0), progress=False, checkpoint_dir=tmp_path / "es",
+                      resume=True, num_generations=9)  # fmt: skip
+    assert more.es.fitness.shape == (9, 4) and more.es.compile_s == 0
+    np.testing.assert_array_equal(more.es.fitness[:6], out.es.fitness)
+    np.testing.assert_array_equal(more.curriculum["replay"][:6], replay)
     path = lpg.save(tmp_path / "rule", out.params, out.info)
     params, info = lpg.load(path)
     assert info["trained_on"]["curriculum"] == "regret"
