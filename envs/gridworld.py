@@ -20,7 +20,9 @@ Spawning (`Level.random_spawn`, a bool leaf):
 - True (the reference's non-tabular "rand_*" levels): every reset draws distinct random free cells
   for the agent and the objects, and a respawning object appears on a random free cell not taken
   by the agent or another present object. (The tabular observation does not show where objects
-  are: pair random spawning with obs="mlp".)
+  are: pair random spawning with obs="mlp".) Only an env made with `random_spawn=True` spawns at
+  random (`envs.make(id, random_spawn=True)`); one made without it (the default) skips the
+  random-cell draws and treats every level it is given as fixed-spawn.
 
 Observations (`obs=`, static; the env observes an `obs_size` x `obs_size` grid and the first
 `obs_objects` objects, its static capacity; `validate_level` refuses levels that do not fit):
@@ -191,6 +193,11 @@ class GridWorld(Environment):
 
     obs: "tabular" | "mlp" (module docstring). obs_size / obs_objects: the static observation
     capacity (grid side and object slots); default: what the default level needs.
+    random_spawn: whether the env draws random spawn cells at all (static; default: the default
+    level's `random_spawn`). An env made without it treats every level as fixed-spawn and skips
+    the per-step random-cell draws (most of a tabular step's cost when the levels arrive as
+    runtime arrays, e.g. from a level buffer): levels with `random_spawn=True` need an env made
+    with `random_spawn=True` (`envs.make(id, random_spawn=True)`).
     """
 
     def __init__(
@@ -200,6 +207,7 @@ class GridWorld(Environment):
         obs_size: int | None = None,
         obs_objects: int | None = None,
         name: str = "gridworld",
+        random_spawn: bool | None = None,
     ):
         if obs not in OBS_KINDS:
             raise ValueError(f"obs must be one of {OBS_KINDS}, got {obs!r}{_hint(obs, OBS_KINDS)}")
@@ -213,6 +221,12 @@ class GridWorld(Environment):
         self.obs_size = int(obs_size)
         self.obs_objects = int(obs_objects)
         self._name = name
+        default_spawn = bool(np.asarray(level.random_spawn))
+        self.random_spawn = default_spawn if random_spawn is None else bool(random_spawn)
+        if default_spawn and not self.random_spawn:
+            raise ValueError(
+                "GridWorld(random_spawn=False) with a default level that spawns at random"
+            )
         validate_level(level, obs_size=self.obs_size, obs_objects=self.obs_objects)
         self._default_params = level
 
@@ -251,10 +265,12 @@ class GridWorld(Environment):
 
     def reset(self, key: jax.Array, params: Level):
         level = params
-        u = jax.random.uniform(key, (_CELLS,))
-        cells = _random_cells(u, free_cells(level), MAX_OBJECTS + 1)
-        pos = jnp.where(level.random_spawn, cells[0], level.start)
-        obj_pos = jnp.where(level.random_spawn, cells[1:], level.obj_pos)
+        pos, obj_pos = level.start, level.obj_pos
+        if self.random_spawn:
+            u = jax.random.uniform(key, (_CELLS,))
+            cells = _random_cells(u, free_cells(level), MAX_OBJECTS + 1)
+            pos = jnp.where(level.random_spawn, cells[0], pos)
+            obj_pos = jnp.where(level.random_spawn, cells[1:], obj_pos)
         state = State(
             pos=pos.astype(jnp.int32),
             obj_pos=obj_pos.astype(jnp.int32),
@@ -281,14 +297,16 @@ class GridWorld(Environment):
         absent = level.obj_mask & ~state.present
         respawn = absent & (u["respawn"] < level.obj_p_respawn)
         present = (state.present & ~collected) | respawn
-        # Random respawn cells: free, not the agent's, not another present object's.
-        taken = _cells_mask(pos[None], jnp.ones((1,), bool)) | _cells_mask(
-            state.obj_pos, state.present & ~collected
-        )
-        cells = _random_cells(u["cells"], free & ~taken, MAX_OBJECTS)
-        rank = jnp.clip(jnp.cumsum(respawn) - 1, 0, MAX_OBJECTS - 1)
-        moved = (respawn & level.random_spawn)[:, None]
-        obj_pos = jnp.where(moved, cells[rank], state.obj_pos)
+        obj_pos = state.obj_pos
+        if self.random_spawn:
+            # Random respawn cells: free, not the agent's, not another present object's.
+            taken = _cells_mask(pos[None], jnp.ones((1,), bool)) | _cells_mask(
+                state.obj_pos, state.present & ~collected
+            )
+            cells = _random_cells(u["cells"], free & ~taken, MAX_OBJECTS)
+            rank = jnp.clip(jnp.cumsum(respawn) - 1, 0, MAX_OBJECTS - 1)
+            moved = (respawn & level.random_spawn)[:, None]
+            obj_pos = jnp.where(moved, cells[rank], obj_pos)
 
         t = state.t + 1
         truncated = (t >= level.max_steps) & ~terminated
@@ -298,7 +316,7 @@ class GridWorld(Environment):
     def __repr__(self) -> str:
         return (
             f"GridWorld({self._name!r}, obs={self.obs!r}, obs_size={self.obs_size}, "
-            f"obs_objects={self.obs_objects})"
+            f"obs_objects={self.obs_objects}, random_spawn={self.random_spawn})"
         )
 
 
@@ -833,8 +851,11 @@ def optimal_return(level: Level, gamma: float = 1.0, horizon: int | None = None)
 
 
 def default_level(name: str, level_seed: int = 0) -> Level:
-    """The level `envs.make("gridworld/<name>")` starts from: the `level_seed` sample of `name`."""
-    return jax.tree.map(lambda x: x[0], sample_levels(jax.random.key(level_seed), 1, name))
+    """The level `envs.make("gridworld/<name>")` starts from: the `level_seed` sample of `name`
+    (concrete even when called inside a trace, e.g. `envs.make` in a vmapped sweep)."""
+    with jax.ensure_compile_time_eval():
+        level = sample_levels(jax.random.key(level_seed), 1, name)
+        return jax.tree.map(lambda x: x[0], level)
 
 
 def make(env_id: str, **overrides) -> tuple[Environment, Any]:

@@ -329,56 +329,63 @@ def bench_generation(repeats: int, population: int = 16) -> dict:
 def bench_groove(repeats: int, generations: int = 10) -> dict:
     """Meta-step cost of GROOVE against LPG with domain randomisation, on `meta.groove`'s default
     config (LPG rule, population 16 = 8 pairs, tabular A2C agents on gridworld/small, 50 updates
-    of 8 x 16 steps each), the population sharded over every device. Three sides, each
+    of 8 x 16 steps each), the population sharded over every device. Four sides, each
     `generations` ES generations in one call, alternated `repeats` times, best of each:
 
-    - "dr": fresh random levels, no antagonists (LPG-DR);
+    - "dr": fresh random levels, no antagonists (LPG-DR), through the same curriculum hook;
+    - "dr_key": LPG-DR as `meta.lpg.make_meta_train(cfg, sampler)` runs it, each candidate
+      drawing its level from its key inside the vmapped fitness (measured faster than "dr": a
+      curriculum hands the levels in as a batched input);
     - "groove": algorithmic regret with the antagonist's return cached per level (buffer of 64,
       replay 0.5, replay once 8 levels are in: from the second generation on), so an antagonist
       is trained only for each new level;
     - "uncached": the same with replay probability 0, an antagonist for every level at every
       generation: what the public code pays (it retrains antagonists at every meta-step).
 
-    Returns seconds per generation of each and the ratios to "dr"."""
-    from meta import groove, level_buffer
+    Returns seconds per generation of each and the ratios of GROOVE to both LPG-DR sides."""
+    from envs import gridworld
+    from meta import groove, level_buffer, lpg
 
     base = groove.GrooveConfig()
     es_cfg = dataclasses.replace(
         base.lpg.es, num_generations=generations, generations_per_call=generations
     )
+    lpg_cfg = dataclasses.replace(base.lpg, es=es_cfg)
     buffer = level_buffer.BufferConfig(capacity=64, replay_prob=0.5, min_fill=0.125)
-    sides = {
-        "dr": dataclasses.replace(base, score="dr"),
-        "groove": dataclasses.replace(base, buffer=buffer),
-        "uncached": dataclasses.replace(base, buffer=dataclasses.replace(buffer, replay_prob=0.0)),
+    scored = {
+        "dr": dataclasses.replace(base, lpg=lpg_cfg, score="dr"),
+        "groove": dataclasses.replace(base, lpg=lpg_cfg, buffer=buffer),
+        "uncached": dataclasses.replace(
+            base, lpg=lpg_cfg, buffer=dataclasses.replace(buffer, replay_prob=0.0)
+        ),
     }
-    programs = {
-        name: groove.make_meta_train(
-            dataclasses.replace(cfg, lpg=dataclasses.replace(cfg.lpg, es=es_cfg))
-        )
-        for name, cfg in sides.items()
-    }
-    best = dict.fromkeys(sides, float("inf"))
-    compile_s, runs = {}, {}
+    programs = {name: groove.make_meta_train(cfg) for name, cfg in scored.items()}
+    distribution = lpg_cfg.env.split("/", 1)[1]
+    programs["dr_key"] = lpg.make_meta_train(
+        lpg_cfg, lambda key: gridworld.sample_level(key, distribution)
+    )
+    best = dict.fromkeys(programs, float("inf"))
+    compile_s, antagonists = {}, {}
     for _ in range(repeats):
         for name, meta_train in programs.items():
             out = meta_train(jax.random.key(0), progress=False)
             best[name] = min(best[name], out.es.run_s / generations)
             if out.es.compile_s > 0:
                 compile_s[name] = out.es.compile_s
-            runs[name] = (out.antagonist_runs, out.antagonist_runs_uncached)
-    row = {
+            antagonists[name] = getattr(out, "antagonist_runs", 0)
+    return {
         "population": es_cfg.population_size,
         "generations": generations,
         "devices": jax.device_count(),
-        **{f"{name}_generation_s": best[name] for name in sides},
-        **{f"{name}_compile_s": compile_s.get(name, float("nan")) for name in sides},
+        **{f"{name}_generation_s": best[name] for name in programs},
+        **{f"{name}_compile_s": compile_s.get(name, float("nan")) for name in programs},
         "x_dr_groove": best["groove"] / best["dr"],
         "x_dr_uncached": best["uncached"] / best["dr"],
-        "antagonist_runs": runs["groove"][0],
-        "antagonist_runs_uncached": runs["uncached"][0],
+        "x_dr_key_groove": best["groove"] / best["dr_key"],
+        "x_dr_key_uncached": best["uncached"] / best["dr_key"],
+        "antagonist_runs": antagonists["groove"],
+        "antagonist_runs_uncached": antagonists["uncached"],
     }
-    return row
 
 
 def bench_rejax(env_id: str, total_timesteps: int, seeds: int, algo: str = "ppo") -> dict | None:
@@ -641,7 +648,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"(x{row['x_dr_groove']:.2f}; {row['antagonist_runs']} antagonists in "
             f"{row['generations']} generations), GROOVE without the cache "
             f"{row['uncached_generation_s']:.2f} s (x{row['x_dr_uncached']:.2f}; "
-            f"{row['antagonist_runs_uncached']} antagonists); compile DR "
+            f"{row['antagonist_runs_uncached']} antagonists); LPG-DR with levels drawn from "
+            f"the candidates' keys {row['dr_key_generation_s']:.2f} s (GROOVE "
+            f"x{row['x_dr_key_groove']:.2f}, uncached x{row['x_dr_key_uncached']:.2f}); compile DR "
             f"{row['dr_compile_s']:.1f} s, GROOVE {row['groove_compile_s']:.1f} s",
             flush=True,
         )

@@ -385,6 +385,10 @@ def test_shipped_configs_build(tmp_path):
         if path.name.startswith("lpo_"):  # python -m experiments.lpo settings, not a single run
             settings = lpo.resolve(values)
             assert settings.cfg.es.num_generations >= 1, path.name
+        elif path.name.startswith("lpg_"):  # python -m experiments.lpg / .groove settings
+            from experiments import lpg
+
+            assert lpg.resolve(values).es.num_generations >= 1, path.name
         else:
             spec = runs.build_spec(values)
             assert spec.config.num_updates >= 1, path.name

@@ -35,7 +35,8 @@ def hand_level(**kw):
 
 
 # One raw env for every hand level (<= 6x6, <= 2 objects): each jitted function compiles once.
-ENV = gw.GridWorld(hand_level(), obs="tabular", obs_size=6, obs_objects=2)
+# random_spawn=True: the env honours each hand level's own random_spawn flag
+ENV = gw.GridWorld(hand_level(), obs="tabular", obs_size=6, obs_objects=2, random_spawn=True)
 reset = jax.jit(ENV.reset)
 step = jax.jit(ENV.step)
 step_keys = jax.jit(jax.vmap(ENV.step, in_axes=(0, None, None, None)))  # many keys, one state
@@ -462,3 +463,44 @@ def test_tabular_a2c_reaches_the_value_iteration_optimum():
     returns = np.asarray(jax.jit(agent.train)(KEY, level).metrics["episode_return"])
     assert returns[:5].mean() < 0.5 * best  # a random policy rarely gets there in time
     assert returns[-20:].mean() >= 0.95 * best
+
+
+def test_make_inside_a_trace_builds_the_concrete_default_level():
+    """`envs.make` inside a jitted / vmapped function (e.g. a sweep's make_agent) validates the
+    default level, so the level must stay concrete under the trace."""
+
+    @jax.jit
+    def height(x):
+        _, level = envs.make("gridworld/small")
+        return x + level.height
+
+    _, level = envs.make("gridworld/small")
+    assert int(height(0)) == int(level.height)
+
+
+def test_a_fixed_spawn_env_equals_a_random_capable_env_on_fixed_levels():
+    """An env made without random spawning skips the random-cell draws: on fixed-spawn levels
+    it steps exactly like an env that can spawn at random; a default level that spawns at random
+    needs the capable env."""
+    fixed = gw.GridWorld(hand_level(), obs="tabular", obs_size=6, obs_objects=2)
+    assert not fixed.random_spawn and ENV.random_spawn
+    level = hand_level(objects=[(0, 1, 0.5, 0.0, 0.3), (2, 2, -1.0, 0.5, 0.2)])
+    keys = jax.random.split(KEY, 64)
+
+    def episode(env):
+        def body(state, key):
+            k_act, k_step = jax.random.split(key)
+            obs, state, reward, term, trunc, _ = env.step(
+                k_step, state, jax.random.randint(k_act, (), 0, gw.NUM_ACTIONS), level
+            )
+            return state, (obs, reward, term, state.obj_pos)
+
+        _, state = env.reset(KEY, level)
+        return jax.lax.scan(body, state, keys)[1]
+
+    for a, b in zip(
+        jax.jit(lambda: episode(fixed))(), jax.jit(lambda: episode(ENV))(), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="spawns at random"):
+        gw.GridWorld(hand_level(random_spawn=True), random_spawn=False)
