@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +31,38 @@ def sample_actions(space, key: jax.Array, num_envs: int) -> jax.Array:
     return jax.random.uniform(key, (num_envs, *space.shape), jnp.float32, lo, hi)
 
 
+def _checksum(reward, info):
+    """What the speed benchmark sums: every reward and finished length (keeps the env work live)."""
+    return reward.sum() + info["episode_length"].sum()
+
+
 def random_rollout(
-    env: Environment, params, num_envs: int = 16, num_steps: int = 128 * 98
-) -> Callable[[jax.Array], jax.Array]:
-    """A jitted `fn(key) -> total reward` of `num_steps` steps of `num_envs` envs, random actions.
+    env: Environment,
+    params,
+    num_envs: int = 16,
+    num_steps: int = 128 * 98,
+    measure: Callable | None = None,
+) -> Callable[[jax.Array], Any]:
+    """A jitted `fn(key) -> total` of `num_steps` steps of `num_envs` envs, random actions.
 
     `env` is a single (unvectorised) auto-resetting env, e.g. from `envs.make`; it is run as
     `VecEnv(EpisodeStatistics(env), num_envs)` (the stack the training loops use) inside one
-    `lax.scan`.
+    `lax.scan`. `measure(reward [N], info) -> pytree` is summed over the steps (default: the
+    rewards plus the finished episodes' lengths, a checksum for the speed benchmark).
     """
+    measure = measure or _checksum
     venv = VecEnv(EpisodeStatistics(env), num_envs)
     space = env.action_space(params)
+
+    def first_measure(key):
+        _, state = venv.reset(key, params)
+        _, _, reward, _, _, info = venv.step(
+            key, state, sample_actions(space, key, num_envs), params
+        )
+        return measure(reward, info)
+
+    shapes = jax.eval_shape(first_measure, jax.random.key(0))
+    zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
     def rollout(key):
         key, key_reset = jax.random.split(key)
@@ -51,10 +73,10 @@ def random_rollout(
             key, key_act, key_step = jax.random.split(key, 3)
             action = sample_actions(space, key_act, num_envs)
             _, state, reward, _, _, info = venv.step(key_step, state, action, params)
-            total = total + reward.sum() + info["episode_length"].sum()
+            total = jax.tree.map(jnp.add, total, measure(reward, info))
             return (state, key, total), None
 
-        (_, _, total), _ = jax.lax.scan(body, (state, key, jnp.zeros(())), None, num_steps)
+        (_, _, total), _ = jax.lax.scan(body, (state, key, zero), None, num_steps)
         return total
 
     return jax.jit(rollout)

@@ -109,7 +109,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import math
 import sys
 import time
@@ -617,33 +616,15 @@ def task_seed(seed: int, task: str) -> int:
 def random_return(env, env_params, key, num_envs: int, num_steps: int) -> tuple[float, int]:
     """(mean episode return, episodes) of a uniform random policy: `num_envs` envs (auto-reset,
     the training loops' wrappers) x `num_steps` steps, the episodes that finished; NaN if none."""
-    import jax
     import jax.numpy as jnp
 
-    from envs.benchmark import sample_actions
-    from envs.wrappers import EpisodeStatistics, VecEnv
+    from envs.benchmark import random_rollout
 
-    venv = VecEnv(EpisodeStatistics(env), num_envs)
-    space = env.action_space(env_params)
+    def finished(reward, info):
+        done = info["episode_done"]
+        return jnp.sum(jnp.where(done, info["episode_return"], 0.0)), jnp.sum(done)
 
-    def rollout(key):
-        key, k_reset = jax.random.split(key)
-        _, state = venv.reset(k_reset, env_params)
-
-        def step(carry, _):
-            state, key, total, count = carry
-            key, k_act, k_step = jax.random.split(key, 3)
-            action = sample_actions(space, k_act, num_envs)
-            _, state, _, _, _, info = venv.step(k_step, state, action, env_params)
-            done = info["episode_done"]
-            total = total + jnp.sum(jnp.where(done, info["episode_return"], 0.0))
-            return (state, key, total, count + jnp.sum(done)), None
-
-        init = (state, key, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        (_, _, total, count), _ = jax.lax.scan(step, init, None, num_steps)
-        return total, count
-
-    total, count = jax.jit(rollout)(key)
+    total, count = random_rollout(env, env_params, num_envs, num_steps, finished)(key)
     count = int(count)
     return (float(total) / count if count else math.nan), count
 
@@ -1051,14 +1032,7 @@ def execute(plan: Plan) -> dict:
 
     t_start = time.perf_counter()
     settings, run_dir = plan.settings, plan.run_dir
-    session = {
-        "mode": plan.mode,
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "generations_before": plan.done_generations,
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if plan.mode == "new" or (plan.write_config and plan.mode == "meta_test_only"):
-        metacli.write_yaml(run_dir, settings.values)
+    session = metacli.begin_session(plan)
 
     info = None
     if plan.mode == "meta_test_only":

@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import sys
 import time
 from collections.abc import Mapping
@@ -732,14 +731,7 @@ def execute(plan: Plan) -> dict:
 
     t_start = time.perf_counter()
     settings, run_dir = plan.settings, plan.run_dir
-    session = {
-        "mode": plan.mode,
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "generations_before": plan.done_generations,
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if plan.mode == "new" or (plan.write_config and plan.mode == "meta_test_only"):
-        write_yaml(run_dir, settings.values)
+    session = metacli.begin_session(plan)
 
     if plan.mode == "meta_test_only":
         params, _ = lpo.load(run_dir / "drift", time_aware=settings.cfg.time_aware)

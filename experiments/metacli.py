@@ -412,6 +412,19 @@ def say(plan: Plan, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def begin_session(plan: Plan) -> dict:
+    """Creates the run folder, writes config.yaml for a new run (or a `--meta-test-only` rerun
+    with changed settings) and returns the session record {mode, started, generations_before}."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if plan.mode == "new" or (plan.write_config and plan.mode == "meta_test_only"):
+        write_yaml(plan.run_dir, plan.settings.values)
+    return {
+        "mode": plan.mode,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "generations_before": plan.done_generations,
+    }
+
+
 def write_yaml(run_dir: Path, values: Mapping[str, Any]) -> None:
     runs.atomic_write(run_dir / "config.yaml", yaml.safe_dump(dict(values), sort_keys=False))
 
