@@ -210,14 +210,13 @@ class DomainRandomisation:
 
     def init(self, key):
         del key
-        return {"generations": jnp.zeros((), jnp.int32)}
+        return ()
 
     def propose(self, state, key, num, shard):
         return state, shard(self.sample_levels(key, num)), ()
 
     def update(self, state, tasks, info, fitness):
         del tasks, info
-        state = {"generations": state["generations"] + 1}
         return state, {"mean_agent_return": _finite_mean(fitness)}
 
 

@@ -25,3 +25,29 @@ def run_with_host_devices(script: str, count: int, timeout: float) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cli_compile_cache(request, tmp_path_factory, name: str):
+    """Generator body of a module fixture for the experiment-CLI tests: jax's persistent
+    compilation cache (pytest's cache dir `name`, else a temporary one) and XLA_FLAGS as the
+    CLIs' `main` sets them (the flags are part of the cache key, so library calls in the tests
+    load the CLI's programs). The backend starts first, so the process keeps its device count.
+    Yields the cache path; restores the cache setting and XLA_FLAGS afterwards."""
+    import argparse
+    from pathlib import Path
+
+    import pytest
+
+    from experiments import metacli
+    from experiments.sweep import set_host_devices
+
+    jax.devices()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored at the end
+    set_host_devices(argparse.Namespace(devices=None))
+    cache = getattr(request.config, "cache", None)
+    path = Path(cache.mkdir(name)) if cache is not None else tmp_path_factory.mktemp("jax-cache")
+    restore = metacli.use_compile_cache(path)
+    yield path
+    restore()
+    mp.undo()

@@ -11,12 +11,10 @@ their time, so the module keeps jax's persistent compilation cache in pytest's c
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -28,8 +26,8 @@ import yaml
 from experiments import groove as groove_cli
 from experiments import lpg as cli
 from experiments import metacli
-from experiments.sweep import set_host_devices
 from meta import lpg
+from tests.helpers import cli_compile_cache
 
 TINY = {
     "seed": 0,
@@ -49,23 +47,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def compile_cache(request, tmp_path_factory):
-    """jax's persistent compilation cache for the module, and XLA_FLAGS as `cli.main` sets them
-    (the flags are part of the cache key). The backend starts first, so the process keeps its
-    own device count."""
-    jax.devices()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored at the end
-    set_host_devices(argparse.Namespace(devices=None))
-    cache = getattr(request.config, "cache", None)
-    path = (
-        Path(cache.mkdir("experiments-lpg-jax-cache"))
-        if cache is not None
-        else tmp_path_factory.mktemp("jax-cache")
-    )
-    restore = metacli.use_compile_cache(path)
-    yield path
-    restore()
-    mp.undo()
+    """The module's compile cache and XLA_FLAGS (tests/helpers.cli_compile_cache)."""
+    yield from cli_compile_cache(request, tmp_path_factory, "experiments-lpg-jax-cache")
 
 
 @pytest.fixture(scope="module")

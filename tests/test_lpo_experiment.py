@@ -11,12 +11,10 @@ compiles nothing.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -26,8 +24,8 @@ import pytest
 import yaml
 
 from experiments import lpo as cli
-from experiments.sweep import set_host_devices
 from meta import lpo, lpo_train
+from tests.helpers import cli_compile_cache
 
 TINY_INNER = {
     "total_timesteps": 256,
@@ -55,23 +53,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def compile_cache(request, tmp_path_factory):
-    """jax's persistent compilation cache for the module, and XLA_FLAGS as `cli.main` sets them
-    (the flags are part of the cache key, so the library tests load the CLI's programs). The
-    backend starts first, so the process keeps its own device count."""
-    jax.devices()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored at the end
-    set_host_devices(argparse.Namespace(devices=None))
-    cache = getattr(request.config, "cache", None)
-    path = (
-        Path(cache.mkdir("experiments-lpo-jax-cache"))
-        if cache is not None
-        else tmp_path_factory.mktemp("jax-cache")
-    )
-    restore = cli.use_compile_cache(path)
-    yield path
-    restore()
-    mp.undo()
+    """The module's compile cache and XLA_FLAGS (tests/helpers.cli_compile_cache)."""
+    yield from cli_compile_cache(request, tmp_path_factory, "experiments-lpo-jax-cache")
 
 
 @pytest.fixture(scope="module")
