@@ -24,8 +24,10 @@ Settings (YAML mapping or `key=value` overrides with YAML values; nested keys wi
     compare         objectives the learned drift is compared with (default [ppo_clip, dpo, mdpo])
     bootstrap       stratified-bootstrap resamples for the 95% CIs (default 2000)
 
-Meta-training (meta/lpo_train.py): PPO-clip baselines per task (for the fitness normalisation,
-written to baselines.json at once so a resume reuses them), then `es.evolve` over the population,
+Meta-training (meta/lpo_train.py): PPO-clip baselines per task (for the fitness normalisation
+(R - R_low) / (R_ppo - R_low), written to baselines.json at once so a resume reuses them; a task
+where a PPO-clip seed finished no episode, or where PPO-clip does not beat R_low, stops the run
+with a ValueError naming the task before the ES compiles), then `es.evolve` over the population,
 sharded over the devices (on CPU the host's cores become devices, as in experiments.sweep; with
 no `--devices` the largest count that divides the population is used), checkpointed in es/ after
 every `es.generations_per_call` generations. `--resume DIR` continues from there bit-exactly
@@ -55,11 +57,13 @@ written. Ctrl-C stops with exit code 130 and says how to continue.
 
 Run folder DIR (default runs/<lpo|ta-lpo>-<tasks>-<timestamp>):
     config.yaml     the resolved settings (`--config DIR/config.yaml` repeats the run)
-    baselines.json  PPO-clip's final return ("ppo") and first-episode return ("low") per task
+    baselines.json  PPO-clip's final return ("ppo") and first-episode return ("low") per task,
+                    means over baseline_seeds, from finished episodes only
     es/             the ES checkpoints (meta/es.py; `--resume` continues the newest)
     fitness.csv     generation, mean, best, nonfinite: per generation the mean and the maximum
-                    of the population's fitness (normalised: 0 untrained, 1 PPO-clip) and the
-                    number of non-finite fitness values
+                    of the population's finite fitness (normalised: 0 untrained, 1 PPO-clip)
+                    and the number of non-finite fitness values (NaN: a candidate whose inner
+                    run finished no episode on some task)
     fitness.png     the mean and best fitness per generation
     drift/          the learned drift (the final ES mean), `meta.lpo.save` with its info: load
                     it with `lpo.load(DIR/drift)` or train with it by `python -m
@@ -622,9 +626,11 @@ def summary_of(plan: Plan, fitness: dict, baselines, table, session: dict) -> di
     settings = plan.settings
     es_cfg = settings.cfg.es
     definition = (
-        "per candidate, the mean over tasks of its inner run's final return"
+        "per candidate, the mean over tasks of its inner run's final return (mean episode_return "
+        f"over the last {FINAL_FRACTION:.0%} of updates, finished episodes only; NaN if a task's "
+        "run finished none)"
         + (
-            ", normalised (R - R_low) / (R_ppo - R_low) by baselines"
+            ", each normalised (R - R_low) / (R_ppo - R_low) by baselines (no floor)"
             if settings.cfg.normalize
             else ""
         )

@@ -14,7 +14,7 @@ with drift >= 0 and drift = 0 at r = 1. PPO-clip is the drift relu((r - clip(r, 
   net(x) = 0 there and the drift is 0 whatever the parameters.
 - TA-LPO (Jackson et al., ICLR 2024, arXiv 2402.05828): the same net on [x, (n/N) x], n/N the
   fraction of training done, so the drift can change over training (a clipping schedule).
-- DPO: the closed-form drift LPO discovered (alpha = 2, beta = 0.6).
+- DPO: the closed-form drift LPO discovered (alpha = 2, beta = 0.6, the paper's values).
 - MDPO: on-policy mirror descent policy optimisation with an annealed KL step size (see `mdpo`).
 
 Each factory returns a per-sample policy loss for the on-policy loop (purejaxrl/losses.py):
@@ -208,7 +208,8 @@ def mdpo(step_size=1.0, min_step_size=0.05, anneal: bool = True) -> Callable:
     unbiased, >= 0 and 0 at r = 1, as a drift must be.
 
     Step size: the paper anneals t_k linearly from 1 towards 0 over the K iterations (the
-    authors' code: t_k = 1 - (k-1)/K); here t_k = max(step_size * (1 - n/N), min_step_size), n/N
+    authors' code, mdpo_on/mdpo.py: t_k = 1 - (k-1)/K with k counting iterations from 0, so
+    t_0 = 1 + 1/K); here t_k = max(step_size * (1 - n/N), min_step_size), n/N
     the loop's progress (`anneal=False`: t_k = step_size throughout). The floor `min_step_size`
     (default 0.05: a KL weight 1/t_k <= 20) guards the blow-up of 1/t_k at the end of training.
     Defaults: the paper's t_0 = 1. Hyper-parameters may be traced; positive when concrete.

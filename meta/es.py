@@ -4,6 +4,8 @@
     cfg = es.ESConfig(strategy="open_es", population_size=16, num_generations=100)
     out = es.evolve(fitness_fn, init_params, cfg, key, checkpoint_dir="runs/x/es", resume=True)
     out.mean_params, out.best_params, out.best_fitness   # pytrees like init_params; a float
+                                                         # (best: see ESOutput; per generation
+                                                         # with a curriculum)
     out.fitness                                          # [G, P] numpy, higher is better
 
 `fitness_fn(params, key) -> scalar` is maximised (evosax minimises: the driver negates). It sees
@@ -43,9 +45,12 @@ fitness functions that train on tasks chosen by the search itself (GROOVE's leve
 
 Then `fitness_fn(params, key, task)` gets its candidate's task (both members of a pair the same
 one), `out.curriculum` holds the metrics `{name: [G]}`, and the state is in the checkpoints (a
-resume continues it exactly). The curriculum's key is fold_in(generation key, 1), apart from
-the ask, fitness and tell keys, so a run's candidates do not depend on whether the fitness
-function is a curriculum's or not.
+resume continues it exactly). Each generation meets its own tasks, so fitness values of
+different generations are not comparable (a high one may only mean an easy level): with a
+curriculum, `best_params` / `best_fitness` are the best candidate of the most recent generation
+that had a finite fitness, not a maximum over generations. The curriculum's key is
+fold_in(generation key, 1), apart from the ask, fitness and tell keys, so a run's candidates do
+not depend on whether the fitness function is a curriculum's or not.
 
 Sharding: the population axis (candidates and their keys, and the fitness) is split over
 `devices` with `purejaxrl.sweep.run_sharding`; the ES state is replicated. `population_size`
@@ -285,7 +290,8 @@ class Carry(NamedTuple):
     """What one generation hands the next (replicated over devices)."""
 
     es_state: Any  # evosax state
-    best_params: Any  # pytree like init_params: best finite candidate so far
+    best_params: Any  # pytree like init_params: best finite candidate so far (with a curriculum:
+    # of the most recent generation that had one)
     best_fitness: jax.Array  # [] float32; -inf until a finite fitness is seen
     key_data: jax.Array  # the base key's data (uint32)
     generation: jax.Array  # [] int32: generations done
@@ -296,8 +302,12 @@ class Carry(NamedTuple):
 class ESOutput:
     """The result of `evolve` (numpy leaves, on every process).
 
-    mean_params / best_params: pytrees like init_params (the final search mean; the best
-    candidate with finite fitness over all generations, init_params if there was none).
+    mean_params / best_params: pytrees like init_params (the final search mean; the candidate
+    with the highest finite fitness, init_params if there was none). Without a curriculum "best"
+    is over all generations (the first to reach the maximum; every generation draws its keys
+    afresh, so with a noisy fitness the maximum also selects for lucky noise). With a
+    curriculum it is the best of the most recent generation that had a finite fitness: each
+    generation is scored on its own tasks, so fitness is comparable only within a generation.
     best_fitness: its fitness (-inf if none was finite). fitness: `[G, P]` raw fitness per
     generation and candidate (non-finite values kept). nonfinite: `[G]` int, candidates per
     generation whose fitness was not finite. state: the final evosax state. compile_s / run_s:
@@ -358,13 +368,14 @@ def evolve(
     checkpoint_dir: write a checkpoint after every call; resume=True continues the newest one
     there (starts afresh if there is none). on_generations(generation, metrics) after every
     call: generation = generations done, metrics = {"fitness": [n, P], "nonfinite": [n],
-    "mean_fitness": [n], "best_fitness": float, "mean_params": pytree} for the n generations of
-    that call (after that call's checkpoint: an exception there, or an interruption, loses
-    nothing). curriculum: tasks chosen per generation (see the module docstring); then
-    fitness_fn(params, key, task) and the metrics also hold "curriculum": {name: [n]} and
-    "task_state" (the curriculum's state after that call, numpy). Returns
-    ESOutput; `compile_s` is 0 when a program compiled by an earlier call for the same
-    fitness_fn, curriculum, config and shapes is reused.
+    "mean_fitness": [n], "best_fitness": float (as ESOutput.best_fitness so far), "mean_params":
+    pytree} for the n generations of that call (after that call's checkpoint: an exception
+    there, or an interruption, loses nothing). curriculum: tasks chosen per generation (see the
+    module docstring); then fitness_fn(params, key, task) and the metrics also hold
+    "curriculum": {name: [n]} and "task_state" (the curriculum's state after that call, numpy),
+    and best_params / best_fitness are those of the latest generation with a finite fitness
+    (see ESOutput). Returns ESOutput; `compile_s` is 0 when a program compiled by an earlier
+    call for the same fitness_fn, curriculum, config and shapes is reused.
     """
     if not isinstance(cfg, ESConfig):
         raise TypeError(f"evolve: cfg must be an ESConfig, got {type(cfg).__name__}")
@@ -564,7 +575,10 @@ def _make_chunk(strategy, params, cfg: ESConfig, fitness_fn, impl: str, sharding
         es_state = jax.tree.map(lambda new, old: jnp.where(any_finite, new, old), told, asked)
         ranked = jnp.where(jnp.isfinite(fitness), fitness, -jnp.inf)
         i = jnp.argmax(ranked)
-        better = ranked[i] > carry.best_fitness
+        if curriculum is None:  # one task distribution: the best over all generations
+            better = ranked[i] > carry.best_fitness
+        else:  # each generation its own tasks: the best of the latest one with a finite fitness
+            better = jnp.isfinite(ranked[i])
         best_params = jax.tree.map(
             lambda old, pop: jnp.where(better, pop[i], old), carry.best_params, population
         )

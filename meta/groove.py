@@ -55,7 +55,9 @@ the rule's agents and the antagonist are scored by their final return at update 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -63,11 +65,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs import gridworld
-from meta import es, level_buffer, lpg
-from purejaxrl import a2c, actor_critic, losses, objectives
+from meta import es, level_buffer, lpg, saved
+from purejaxrl import a2c, actor_critic, checkpoint, losses, objectives
 from purejaxrl import config as C
+from purejaxrl.scores import final_return
 
 SCORES = ("regret", "pvl", "dr")
+META_OPTIMIZERS = ("meta_gradient", "es")
 BUFFER_METRICS = (
     "replay",  # 1 on a replay generation, 0 on a new-level one
     "antagonist_runs",  # antagonists trained this generation
@@ -96,17 +100,30 @@ def _default_lpg() -> lpg.LPGConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GrooveConfig:
-    """lpg: the rule, its agents (env, inner A2C config) and the ES settings; score: "regret",
-    "pvl" or "dr" (see the module docstring); buffer: the level buffer (GROOVE: capacity 4000,
-    replay 0.5; here smaller by default, sized for CPU runs); antagonist: A2CConfig overrides of
-    the antagonist over the agents' inner config (same budget and network by default; its
-    prediction head is dropped)."""
+    """meta_optimizer: "meta_gradient" (GROOVE as published: meta-gradient LPG over a persistent
+    population of agents, `lpg.make_meta_gradient_train`, settings in `meta_gradient`) or "es"
+    (ES-GROOVE: whole lifetimes per antithetic pair inside `meta.es.evolve`, settings in
+    `lpg.es`); lpg: the rule and its agents (env, inner A2C config, ES settings); score:
+    "regret", "pvl" or "dr" (see the module docstring); buffer: the level buffer (each
+    default's source beside it: the public GROOVE code's replay 0.5 and rank prioritisation,
+    PLR's temperature and staleness; 256 slots, sized for CPU runs, where the code has 4000);
+    antagonist: A2CConfig overrides of the antagonist over the agents' inner config (same
+    budget and network by default; its prediction head is dropped)."""
 
     lpg: lpg.LPGConfig = dataclasses.field(default_factory=_default_lpg)
     score: str = "regret"
+    meta_optimizer: str = "meta_gradient"
+    meta_gradient: lpg.MetaGradientConfig = dataclasses.field(
+        default_factory=lambda: lpg.MetaGradientConfig()
+    )
     buffer: level_buffer.BufferConfig = dataclasses.field(
         default_factory=lambda: level_buffer.BufferConfig(
-            capacity=256, replay_prob=0.5, prioritization="rank", min_fill=0.25
+            capacity=256,  # GROOVE's code: 4000; sized for CPU runs
+            replay_prob=0.5,  # GROOVE's code
+            prioritization="rank",  # GROOVE's code (its rank is a deterministic top-k)
+            temperature=0.1,  # PLR (Jiang et al. 2021); GROOVE's code softmaxes raw scores
+            staleness_coef=0.1,  # PLR; GROOVE's code has no staleness term
+            min_fill=0.25,  # replay once a quarter full (GROOVE's code: once it can fill a batch)
         )
     )
     antagonist: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -115,15 +132,28 @@ class GrooveConfig:
         if not isinstance(self.lpg, lpg.LPGConfig):
             raise ValueError(f"GrooveConfig.lpg must be an lpg.LPGConfig, got {type(self.lpg)}")
         C.check_choice(self, "score", SCORES)
+        C.check_choice(self, "meta_optimizer", META_OPTIMIZERS)
+        if not isinstance(self.meta_gradient, lpg.MetaGradientConfig):
+            raise ValueError(
+                "GrooveConfig.meta_gradient must be an lpg.MetaGradientConfig, got "
+                f"{type(self.meta_gradient).__name__}"
+            )
         if not isinstance(self.buffer, level_buffer.BufferConfig):
             raise ValueError(
                 f"GrooveConfig.buffer must be a level_buffer.BufferConfig, got {type(self.buffer)}"
             )
-        if not self.lpg.es.antithetic:
+        if self.meta_optimizer == "es" and not self.lpg.es.antithetic:
             raise ValueError(
-                "GrooveConfig.lpg.es: GROOVE evaluates both members of an antithetic pair on "
+                "GrooveConfig.lpg.es: ES-GROOVE evaluates both members of an antithetic pair on "
                 "the same level; set antithetic=True (open_es or pgpe)"
             )
+        if self.meta_optimizer == "meta_gradient":
+            num, k = self.lpg.inner_config().num_updates, self.meta_gradient.num_agent_updates
+            if num < k:
+                raise ValueError(
+                    f"GrooveConfig: an agent's lifetime of {num} updates (lpg.inner) is shorter "
+                    f"than meta_gradient.num_agent_updates={k}, the updates of one meta-step"
+                )
         self.antagonist_config()  # validates the overrides now
 
     def antagonist_config(self) -> a2c.A2CConfig:
@@ -168,24 +198,33 @@ def _scored_policy_gradient():
     return loss
 
 
+def antagonist_agent(cfg: GrooveConfig):
+    """The antagonist as an `a2c` Agent (`cfg.antagonist_config()`, the standard objective, its
+    metrics also holding "positive_advantage"), on the env of the rule's agents."""
+    acfg = cfg.antagonist_config()
+    env, default = lpg.make_env(cfg.lpg)
+    objective = objectives.actor_critic(acfg, _scored_policy_gradient())
+    return a2c.make_agent(acfg, objective, env=env, env_params=default)
+
+
 def make_antagonist(cfg: GrooveConfig):
     """`antagonist(key, level) -> {"return": [], "pvl": []}`: an A2C agent (the standard
     objective, `cfg.antagonist_config()`) trained for its lifetime on `level` (the level's own
     with `cfg.lpg.level_lifetime`, as the rule's agents); its final return and its positive value
     loss (mean positive GAE advantage over the last 5% of updates). NaN when any of its updates
     was skipped for a non-finite loss."""
-    acfg = cfg.antagonist_config()
-    env, default = lpg.make_env(cfg.lpg)
-    objective = objectives.actor_critic(acfg, _scored_policy_gradient())
-    agent = a2c.make_agent(acfg, objective, env=env, env_params=default)
+    agent = antagonist_agent(cfg)
 
     def antagonist(key, level):
         out = agent.train(key, level)
         lifetime = lpg.level_lifetime(cfg.lpg, level, agent.num_updates)
         clean = jnp.sum(out.metrics["nan_skipped"]) == 0
+        m = out.metrics
         result = {
-            "return": lpg.final_return_at(out.metrics["episode_return"], lifetime),
-            "pvl": lpg.final_return_at(out.metrics["positive_advantage"], lifetime),
+            "return": final_return(m["episode_return"], m["episodes_finished"], lifetime),
+            "pvl": final_return(
+                m["positive_advantage"], jnp.ones_like(m["positive_advantage"]), lifetime
+            ),
         }
         return jax.tree.map(lambda x: jnp.where(clean, x, jnp.nan), result)
 
@@ -202,15 +241,11 @@ def regret(antagonist_return, agent_returns):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DomainRandomisation:
-    """`meta.es` curriculum: fresh random levels every generation (no state)."""
+class DomainRandomisation(lpg.SampledLevels):
+    """Fresh random levels, no state: for `meta.es`, every generation; for the meta-gradient
+    (`lpg.SampledLevels`), every agent reset."""
 
-    sample_levels: Callable
     metrics = DR_METRICS
-
-    def init(self, key):
-        del key
-        return ()
 
     def propose(self, state, key, num, shard):
         return state, shard(self.sample_levels(key, num)), ()
@@ -231,11 +266,13 @@ class LevelReplay:
     sample_levels: Callable
     antagonist: Callable
     example_level: Any
+    antagonist_agent: Any = None
     metrics = BUFFER_METRICS
+    needs_antagonist = True
 
     def init(self, key):
         del key
-        extra = {"antagonist_return": jnp.float32(0.0), "pvl": jnp.float32(0.0)}
+        extra = {"antagonist_return": jnp.float32(0.0), "pvl": jnp.float32(0.0), "uid": _NO_UID}
         return level_buffer.init(self.buffer, self.example_level, extra)
 
     def propose(self, state, key, num, shard):
@@ -253,7 +290,11 @@ class LevelReplay:
             levels = shard(self.sample_levels(k_new, num))
             keys = shard(jax.random.split(k_agents, num))
             results = jax.vmap(self.antagonist)(keys, levels)
-            cached = {"antagonist_return": results["return"], "pvl": results["pvl"]}
+            cached = {
+                "antagonist_return": results["return"],
+                "pvl": results["pvl"],
+                "uid": jnp.full((num,), _NO_UID),
+            }
             return state, levels, jnp.full((num,), -1, jnp.int32), cached
 
         state, levels, slots, cached = jax.lax.cond(replay, replayed, new, state)
@@ -292,10 +333,98 @@ class LevelReplay:
         }
         return state, metrics
 
+    # ---- the meta-gradient's interface (lpg.make_meta_gradient_train; see lpg.SampledLevels)
+
+    def first_levels(self, state, key, n, step):
+        """New levels for the n initial agents (their antagonists train beside them)."""
+        levels = self.sample_levels(key, n)
+        return state, levels, self._new_tags(n, step)
+
+    def _new_tags(self, n, step):
+        nan = jnp.full((n,), jnp.nan, jnp.float32)
+        return {
+            "slot": jnp.full((n,), -1, jnp.int32),
+            "uid": step * n + jnp.arange(n, dtype=jnp.int32) + 1,
+            "cached": {"antagonist_return": nan, "pvl": nan},
+        }
+
+    def reset(self, state, key, done, levels, tags, results, step):
+        """Scores the levels of the agents that finished (`done [A]`) and draws theirs anew.
+
+        A finished agent's level is scored by AR = R_antagonist - R_agent (or the antagonist's
+        PVL), R_antagonist the cached return when the level was replayed from the buffer, else
+        that of its lockstep antagonist; R_agent its own final return. A replayed level still in
+        its slot (same uid) is rescored there; a new level, or a replayed one that was evicted
+        meanwhile, is offered to the buffer (robust PLR: admitted if there is room or it beats
+        the lowest score; a NaN score is never admitted). Then each finished agent replays a
+        level from the buffer with probability `replay_prob` (once the buffer holds
+        `min_levels`), else gets a fresh one. Antagonists run beside replayed levels too (vmap
+        lanes cannot be skipped); their results are used only for new levels."""
+        num = done.shape[0]
+        k_replay, k_slots, k_new = jax.random.split(key, 3)
+        replayed = tags["slot"] >= 0
+        pick = lambda cached, fresh: jnp.where(replayed, cached, fresh)
+        used = {
+            "antagonist_return": pick(
+                tags["cached"]["antagonist_return"], results["antagonist_return"]
+            ),
+            "pvl": pick(tags["cached"]["pvl"], results["pvl"]),
+        }
+        if self.score == "regret":
+            scores = regret(used["antagonist_return"], results["agent_return"][:, None])
+        else:
+            scores = used["pvl"]
+        slot = jnp.clip(tags["slot"], 0, self.buffer.capacity - 1)
+        in_place = replayed & (state.extra["uid"][slot] == tags["uid"])
+        rescore = done & in_place
+        state = level_buffer.update(
+            self.buffer, state, jnp.where(rescore, tags["slot"], -1), scores
+        )
+        offer = done & ~in_place
+        extras = {**used, "uid": tags["uid"]}
+        state, slots = level_buffer.insert(
+            self.buffer, state, levels, scores, extras, offered=offer
+        )
+        # new levels for the finished agents
+        ready = state.size >= self.buffer.min_levels
+        replay = done & ready & (jax.random.uniform(k_replay, (num,)) < self.buffer.replay_prob)
+        state, drawn, replay_levels = level_buffer.sample(
+            k_slots, self.buffer, state, num, played=replay
+        )
+        fresh = self.sample_levels(k_new, num)
+        chosen = jax.tree.map(lambda r, f: lpg._pick(replay, r, f), replay_levels, fresh)
+        levels = jax.tree.map(lambda n, o: lpg._pick(done, n, o), chosen, levels)
+        new_tags = self._new_tags(num, step)
+        cached = jax.tree.map(lambda x: x[drawn], state.extra)
+        replay_tags = {
+            "slot": drawn,
+            "uid": cached["uid"],
+            "cached": {"antagonist_return": cached["antagonist_return"], "pvl": cached["pvl"]},
+        }
+        chosen_tags = jax.tree.map(lambda r, f: jnp.where(replay, r, f), replay_tags, new_tags)
+        tags = jax.tree.map(lambda n, o: jnp.where(done, n, o), chosen_tags, tags)
+        in_buffer = level_buffer.filled(state)
+        metrics = {
+            "replay": jnp.sum(replay) / jnp.maximum(jnp.sum(done), 1),
+            "antagonist_runs": jnp.sum(offer & ~replayed),
+            "admitted": jnp.sum(slots >= 0),
+            "buffer_size": state.size,
+            "mean_score": lpg._masked_mean(scores, done),
+            "mean_buffer_score": _finite_mean(jnp.where(in_buffer, state.scores, jnp.nan)),
+            "mean_antagonist_return": lpg._masked_mean(used["antagonist_return"], done),
+            "mean_agent_return": lpg._masked_mean(results["agent_return"], done),
+        }
+        return state, levels, tags, metrics
+
+
+_NO_UID = np.int32(0)  # the uid of buffer slots written by ES (which keeps no level across steps)
+
 
 def _finite_mean(x):
+    """Mean of the finite entries of `x`; NaN when there are none (never a placeholder 0)."""
     finite = jnp.isfinite(x)
-    return jnp.sum(jnp.where(finite, x, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
+    total = jnp.sum(jnp.where(finite, x, 0.0))
+    return jnp.where(jnp.any(finite), total / jnp.maximum(jnp.sum(finite), 1), jnp.nan)
 
 
 def make_curriculum(cfg: GrooveConfig, sample_levels=None):
@@ -306,7 +435,9 @@ def make_curriculum(cfg: GrooveConfig, sample_levels=None):
         return DomainRandomisation(sample_levels)
     shapes = jax.eval_shape(lambda key: sample_levels(key, 1), jax.random.key(0))
     example = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
-    return LevelReplay(cfg.buffer, cfg.score, sample_levels, make_antagonist(cfg), example)
+    return LevelReplay(
+        cfg.buffer, cfg.score, sample_levels, make_antagonist(cfg), example, antagonist_agent(cfg)
+    )
 
 
 # --------------------------------------------------------------------------- meta-training
@@ -314,28 +445,37 @@ def make_curriculum(cfg: GrooveConfig, sample_levels=None):
 
 @dataclasses.dataclass
 class GrooveOutput:
-    """params: the learned rule (ES mean); best_params: the best candidate; es: es.ESOutput;
-    curriculum: {metric: [G]} per generation; buffer: the final level buffer
-    (level_buffer.BufferState, numpy; None for "dr"); info: what `lpg.save` records."""
+    """params: the learned rule (ES: the search mean; meta-gradient: the rule after the last
+    step); best_params: ES's best candidate (see `meta.es`; None for the meta-gradient); es:
+    es.ESOutput (None for the meta-gradient); curriculum: {metric: [G]} per generation or
+    meta-step; buffer: the final level buffer (level_buffer.BufferState, numpy; None for "dr");
+    info: what `lpg.save` records; metrics: the meta-gradient's {metric: [S]} per meta-step ({}
+    for ES); state: the final `lpg.MetaGradientState` (None for ES)."""
 
     params: Any
     best_params: Any
-    es: es.ESOutput
+    es: es.ESOutput | None
     curriculum: dict
     buffer: Any
     info: dict
+    metrics: dict = dataclasses.field(default_factory=dict)
+    state: Any = None
 
     @property
     def antagonist_runs(self) -> int:
-        """Antagonists trained over the run (0 for "dr")."""
+        """Antagonist results used over the run: one per new level (0 for "dr")."""
         return int(np.sum(self.curriculum.get("antagonist_runs", 0)))
 
     @property
     def antagonist_runs_uncached(self) -> int:
-        """Antagonists the public code's scheme would train: one per level per generation."""
+        """Antagonists the public code's scheme would train: ES, one per level per generation;
+        meta-gradient, one per agent per meta-step (it retrains the whole batch's antagonists
+        at every step)."""
         if "antagonist_runs" not in self.curriculum:
             return 0
-        return int(self.es.fitness.shape[0] * self.es.fitness.shape[1] // 2)
+        if self.es is not None:
+            return int(self.es.fitness.shape[0] * self.es.fitness.shape[1] // 2)
+        return int(self.info["trained_on"]["meta_steps"] * self.info["trained_on"]["num_agents"])
 
     @property
     def antagonist_runs_saved(self) -> float:
@@ -345,7 +485,173 @@ class GrooveOutput:
 
 
 def make_meta_train(cfg: GrooveConfig, sample_levels=None):
-    """`meta_train(key, *, init=None, **evolve_kwargs) -> GrooveOutput`: ES over LPG / TA-LPG
+    """The meta-training of `cfg.meta_optimizer`: "meta_gradient" (GROOVE as published;
+    `meta_train(key, *, init=None, num_steps=None, steps_per_call=None, progress=True,
+    on_steps=None) -> GrooveOutput`) or "es" (ES-GROOVE; `meta_train(key, *, init=None,
+    num_generations=None, **evolve_kwargs) -> GrooveOutput`). Levels come from the curriculum of
+    `cfg.score` (`make_curriculum`; new levels from `sample_levels(key, n)`, default the grid-world
+    distribution of `cfg.lpg.env`). `meta_train.curriculum` is the curriculum."""
+    if cfg.meta_optimizer == "es":
+        return _make_es_meta_train(cfg, sample_levels)
+    return _make_meta_gradient_train(cfg, sample_levels)
+
+
+def _make_meta_gradient_train(cfg: GrooveConfig, sample_levels=None):
+    """GROOVE: meta-gradient LPG (`lpg.make_meta_gradient_train`) whose agents restart on levels
+    of the curriculum. `meta_train(key, *, init=None, num_steps=None, steps_per_call=None,
+    progress=True, on_steps=None, checkpoint_dir=None, resume=False)`: `num_steps` meta-steps
+    (default `cfg.meta_gradient.num_steps`; meta-step i uses the key fold_in(k, i), so a run
+    continued further is the run made longer) from the rule `init` (default: drawn from the
+    key), run as jitted chunks of `steps_per_call` meta-steps (default min(num_steps, 100));
+    `on_steps(done, metrics)` is called after each chunk with its metrics {name: [n]} (numpy).
+    With `checkpoint_dir`, the whole state (rule, optimiser, agents, critics, antagonists,
+    buffer) and the metrics so far are saved there after every chunk (orbax + SHA-256 manifest,
+    `meta/saved.py`, replaced atomically); `resume=True` continues from it exactly (refused when
+    the saved config or key differ). `meta_train.trainer` is the `lpg.MetaGradient`."""
+    curriculum = make_curriculum(cfg, sample_levels)
+    trainer = lpg.make_meta_gradient_train(cfg.lpg, cfg.meta_gradient, curriculum=curriculum)
+    programs = {}
+    record = _config_record(cfg)
+
+    def program(n):
+        if n not in programs:
+
+            def run(state, k_steps, first):
+                keys = jax.vmap(lambda i: jax.random.fold_in(k_steps, i))(first + jnp.arange(n))
+                return jax.lax.scan(trainer.step, state, keys)
+
+            programs[n] = jax.jit(run, donate_argnums=0)
+        return programs[n]
+
+    def meta_train(
+        key,
+        *,
+        init=None,
+        num_steps=None,
+        steps_per_call=None,
+        progress=True,
+        on_steps=None,
+        checkpoint_dir=None,
+        resume=False,
+    ) -> GrooveOutput:
+        total = cfg.meta_gradient.num_steps if num_steps is None else int(num_steps)
+        per_call = min(total, 100) if steps_per_call is None else int(steps_per_call)
+        if total < 1 or per_call < 1:
+            raise ValueError(f"num_steps={total}, steps_per_call={per_call}: must be >= 1")
+        if resume and checkpoint_dir is None:
+            raise ValueError("meta_train: resume=True needs checkpoint_dir")
+        k_init, k_steps = jax.random.split(key)
+        key_data = np.asarray(jax.random.key_data(key)).tolist()
+        path = None if checkpoint_dir is None else Path(checkpoint_dir).absolute() / "meta_gradient"
+        chunks, done = [], 0
+        if resume and path is not None and path.exists():
+            state, metrics, done = _restore_run(path, trainer, k_init, record, key_data)
+            chunks.append(metrics)
+            if done > total:
+                raise ValueError(
+                    f"meta_train: the saved run has {done} meta-steps > num_steps={total}"
+                )
+        else:
+            state = jax.jit(trainer.init)(k_init)
+            if init is not None:
+                opt_init = jax.jit(lpg.rule_optimizer(cfg.meta_gradient).init)
+                state = state.replace(rule=init, rule_opt=opt_init(init))
+        bar = _bar(progress, total, done)
+        while done < total:
+            n = min(per_call, total - done)
+            state, metrics = program(n)(state, k_steps, jnp.int32(done))
+            metrics = jax.tree.map(np.asarray, metrics)
+            chunks.append(metrics)
+            done += n
+            if path is not None:
+                so_far = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+                _save_run(path, state, so_far, done, record, key_data)
+            if on_steps is not None:
+                on_steps(done, metrics)
+            if bar is not None:
+                bar.set_postfix(finished_return=_nanmean(metrics["finished_return"]), refresh=False)
+                bar.update(n)
+        if bar is not None:
+            bar.close()
+        metrics = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        result = GrooveOutput(
+            params=state.rule,
+            best_params=None,
+            es=None,
+            curriculum={k: metrics[k] for k in curriculum.metrics},
+            buffer=None if cfg.score == "dr" else jax.device_get(state.curriculum),
+            info={},
+            metrics=metrics,
+            state=state,
+        )
+        result.info = {
+            "trained_on": {
+                "method": "meta_gradient",
+                "curriculum": cfg.score,
+                "env": cfg.lpg.env,
+                "inner": C.to_dict(cfg.lpg.inner_config()),
+                "meta_gradient": dataclasses.asdict(cfg.meta_gradient),
+                "buffer": dataclasses.asdict(cfg.buffer) if cfg.score != "dr" else None,
+                "meta_steps": total,
+                "num_agents": cfg.meta_gradient.num_agents,
+                "final_finished_return": _nanmean(metrics["finished_return"][-50:]),
+            }
+        }
+        result.info["trained_on"]["antagonist_runs"] = result.antagonist_runs
+        return result
+
+    meta_train.curriculum = curriculum
+    meta_train.trainer = trainer
+    return meta_train
+
+
+_RUN_KIND = saved.Kind("GROOVE meta-gradient checkpoint", "groove.make_meta_train")
+_RUN_FORMAT = "groove-meta-gradient/1"
+_RUN_INFO = {"format", "config", "key", "done", "metrics", "shapes", "digest"}
+
+
+def _config_record(cfg: GrooveConfig) -> str:
+    """The config as canonical JSON (what a checkpoint must match to be resumed)."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+
+
+def _save_run(path, state, metrics, done, record, key_data) -> None:
+    tree = jax.device_get({"state": state, "metrics": metrics})
+    info = {
+        "format": _RUN_FORMAT,
+        "config": record,
+        "key": key_data,
+        "done": int(done),
+        "metrics": {k: str(np.asarray(v).dtype) for k, v in metrics.items()},
+        "shapes": checkpoint.shapes(tree),
+        "digest": checkpoint.digest(tree),
+    }
+    saved.write(path, tree, info, _RUN_KIND)
+
+
+def _restore_run(path, trainer, k_init, record, key_data):
+    """(state, metrics, done) of the checkpoint at `path`; ValueError if it is another run's."""
+    info = saved.read_info(path, _RUN_KIND, _RUN_INFO, _RUN_FORMAT)
+    if info["config"] != record:
+        raise ValueError(
+            f"cannot resume from {path}: it was saved with another GrooveConfig (saved "
+            f"{info['config'][:200]}...); start a new run or use the same config"
+        )
+    if info["key"] != key_data:
+        raise ValueError(f"cannot resume from {path}: it was saved for another key / seed")
+    done = int(info["done"])
+    abstract = {
+        "state": jax.eval_shape(trainer.init, k_init),
+        "metrics": {
+            k: jax.ShapeDtypeStruct((done,), np.dtype(d)) for k, d in info["metrics"].items()
+        },
+    }
+    tree = saved.read_params(path, _RUN_KIND, abstract, info)
+    return tree["state"], tree["metrics"], done
+
+
+def _make_es_meta_train(cfg: GrooveConfig, sample_levels=None):
+    """ES-GROOVE: `meta_train(key, *, init=None, **evolve_kwargs) -> GrooveOutput`: ES over LPG / TA-LPG
     rules from `init` (default `cfg.lpg.init_params(k_init)`) with the curriculum of `cfg.score`;
     `evolve_kwargs` as `es.evolve`'s (devices, progress, checkpoint_dir, resume,
     on_generations: its metrics also hold "curriculum" and "task_state", the buffer);
@@ -386,3 +692,19 @@ def make_meta_train(cfg: GrooveConfig, sample_levels=None):
     meta_train.fitness = fitness
     meta_train.curriculum = curriculum
     return meta_train
+
+
+def _bar(progress: bool, total: int, initial: int = 0):
+    """A tqdm bar over meta-steps (progress=True), or None."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="meta-gradient steps", unit="step")
+
+
+def _nanmean(x) -> float:
+    """Mean of the finite entries (NaN if none), without numpy's empty-slice warning."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")

@@ -40,8 +40,17 @@ Non-finite scores (NaN, +-inf) count as the worst score: `insert` never admits s
 even into an empty slot), and `update` stores it as -inf, so it ranks last, gets no proportional
 weight (only staleness mass) and is the first to be replaced.
 
-Minimum fill (`min_fill`, default 1.0 as in jaxued and the robust-PLR code): `decide_replay` says
-"new levels" until the buffer holds at least ceil(min_fill * capacity) levels.
+Minimum fill (`min_fill`, default 1.0 as jaxued's `minimum_fill_ratio` and PLR's code's
+`level_replay_rho`): `decide_replay` says "new levels" until the buffer holds at least
+ceil(min_fill * capacity) levels.
+
+Defaults and their sources: capacity 4000 and replay_prob 0.5 are GROOVE's (Jackson et al. 2023,
+code EmptyJackson/groove: buffer 4000, p_replay 0.5); rank prioritisation with temperature 0.1
+and staleness_coef 0.1 are PLR's Procgen settings (Jiang et al. 2021, arXiv 2010.03934: beta 0.1,
+rho 0.1). GROOVE's public code has no staleness term and a different sampler (a softmax of the
+raw scores at temperature 1.0, with "rank" picking the top levels deterministically), so its
+numbers do not transfer to this buffer's T and rho. jaxued's `LevelSampler` defaults differ:
+replay_prob 0.95, staleness 0.5, rank temperature 1.0.
 """
 
 from __future__ import annotations
@@ -64,21 +73,24 @@ PRIORITIZATIONS = ("rank", "proportional")
 class BufferConfig:
     """Settings of a level buffer (hashable: usable as a static jit argument).
 
-    capacity: number of slots C (GROOVE: 4000), a positive integer.
+    capacity: number of slots C (default 4000: GROOVE's), a positive integer.
     replay_prob: probability that `decide_replay` says "replay" once the buffer is filled enough,
-        in [0, 1] (GROOVE: 0.5; jaxued's default is 0.95).
-    prioritization: "rank" (h = 1 / rank) or "proportional" (h = max(score, 0)).
-    temperature: T > 0; score weights are h^(1/T).
-    staleness_coef: rho in [0, 1], the weight of the staleness distribution.
-    min_fill: fraction of `capacity` that must be filled before replay, in (0, 1].
+        in [0, 1] (default 0.5: GROOVE's; jaxued's default is 0.95).
+    prioritization: "rank" (h = 1 / rank; default, as PLR's Procgen settings) or "proportional"
+        (h = max(score, 0)).
+    temperature: T > 0; score weights are h^(1/T) (default 0.1: PLR's beta).
+    staleness_coef: rho in [0, 1], the weight of the staleness distribution (default 0.1: PLR's
+        rho).
+    min_fill: fraction of `capacity` that must be filled before replay, in (0, 1] (default 1.0:
+        jaxued's and PLR's code's).
     """
 
-    capacity: int = 4000
-    replay_prob: float = 0.5
-    prioritization: str = "rank"
-    temperature: float = 1.0
-    staleness_coef: float = 0.5
-    min_fill: float = 1.0
+    capacity: int = 4000  # GROOVE (EmptyJackson/groove: buffer_size 4000)
+    replay_prob: float = 0.5  # GROOVE (p_replay 0.5)
+    prioritization: str = "rank"  # PLR's Procgen settings (Jiang et al. 2021)
+    temperature: float = 0.1  # PLR's Procgen settings: beta = 0.1
+    staleness_coef: float = 0.1  # PLR's Procgen settings: rho = 0.1
+    min_fill: float = 1.0  # jaxued minimum_fill_ratio, PLR code level_replay_rho
 
     def __post_init__(self):
         cap = self.capacity
@@ -222,15 +234,22 @@ def probabilities(cfg: BufferConfig, state: BufferState) -> jax.Array:
 
 
 def sample(
-    key: jax.Array, cfg: BufferConfig, state: BufferState, n: int
+    key: jax.Array, cfg: BufferConfig, state: BufferState, n: int, played: jax.Array | None = None
 ) -> tuple[BufferState, jax.Array, Any]:
     """Draws n slots i.i.d. (with replacement) from `probabilities`; returns (state, indices [n]
-    int32, levels [n, ...]). `step` advances by n and the drawn slots are stamped with it. Call it
-    on a non-empty buffer (`decide_replay` ensures that); an empty one yields slot 0."""
+    int32, levels [n, ...]). `step` advances by the number of levels played and the played slots
+    are stamped with it: all n, or where `played [n]` (bool) is True (a draw for agents of which
+    only some need a level). Call it on a non-empty buffer (`decide_replay` ensures that); an
+    empty one yields slot 0."""
     p = probabilities(cfg, state)
     idx = jax.random.choice(key, cfg.capacity, shape=(n,), replace=True, p=p).astype(jnp.int32)
-    step = state.step + n
-    state = state.replace(step=step, timestamps=state.timestamps.at[idx].set(step))
+    if played is None:
+        step = state.step + n
+        stamp = idx
+    else:
+        step = state.step + jnp.sum(played).astype(jnp.int32)
+        stamp = jnp.where(played, idx, cfg.capacity)  # out of range: dropped
+    state = state.replace(step=step, timestamps=state.timestamps.at[stamp].set(step, mode="drop"))
     return state, idx, jax.tree.map(lambda x: x[idx], state.levels)
 
 
@@ -247,7 +266,12 @@ def _check_batch(name: str, buffer_tree: Any, batch_tree: Any, batch: int) -> No
 
 
 def insert(
-    cfg: BufferConfig, state: BufferState, levels: Any, scores: jax.Array, extras: Any = None
+    cfg: BufferConfig,
+    state: BufferState,
+    levels: Any,
+    scores: jax.Array,
+    extras: Any = None,
+    offered: jax.Array | None = None,
 ) -> tuple[BufferState, jax.Array]:
     """Offers a batch of B new levels (`levels` [B, ...], `scores` [B], `extras` [B, ...]).
 
@@ -263,10 +287,16 @@ def insert(
     buffer (rejected, or admitted and then displaced by a better level of the same batch). Empty
     slots are used in index order, then the displaced levels' slots from the lowest score up.
     `step` advances by B (every offered level was played) and admitted levels are stamped with it.
+    `offered [B]` (bool, optional): only those rows are offered (the others are never admitted
+    and do not advance `step`).
     """
     C = cfg.capacity
     scores = _clean(scores)
     (B,) = scores.shape
+    played = B
+    if offered is not None:
+        scores = jnp.where(offered, scores, -jnp.inf)
+        played = jnp.sum(offered).astype(jnp.int32)
     _check_batch("insert levels", state.levels, levels, B)
     _check_batch("insert extras", state.extra, extras, B)
     mask = filled(state)
@@ -290,7 +320,7 @@ def insert(
 
     target = jnp.where(kept_new, slots, C)  # out of range: dropped
     put = lambda buf, new: buf.at[target].set(jnp.asarray(new, buf.dtype), mode="drop")
-    step = state.step + B
+    step = state.step + played
     state = state.replace(
         levels=jax.tree.map(put, state.levels, levels),
         scores=state.scores.at[target].set(scores, mode="drop"),

@@ -39,20 +39,23 @@ left differentiable in the rule's parameters, which is the path of the meta-grad
 
 Meta-training:
 
-- ES (`make_meta_train(LPGConfig(...), levels)`): fitness of a rule = final return of an A2C agent
-  trained with it for its whole lifetime on a level (env params) drawn from the candidate's key,
-  so the two members of an antithetic pair (same key in `meta.es.evolve`) meet the same level and
-  agent seed. LPG and TA-LPG.
-- Meta-gradient (`make_meta_gradient_train`, LPG only): K agent updates with the rule, then
-  A2C's -mean(log pi A) on a fresh rollout (A: GAE(0.99, 0.95) of a separate value critic) plus
-  regularisers, differentiated through the K updates; Adam 1e-4 on the rule. The K updates are
-  this module's differentiable copy of the loop's update (see `make_meta_gradient_train` for why
-  the loop's own `update` cannot be differentiated here).
+- ES (`make_meta_train(LPGConfig(...), levels)`): fitness of a rule = final return (finished
+  episodes only, `purejaxrl.scores`) of an A2C agent trained with it for its whole lifetime on a
+  level (env params) drawn from the candidate's key, so the two members of an antithetic pair
+  (same key in `meta.es.evolve`) meet the same level and agent seed. LPG and TA-LPG (the TA
+  paper's method).
+- Meta-gradient (`make_meta_gradient_train`; Oh et al.'s LPG, and with `meta.groove`'s regret
+  curriculum GROOVE): a persistent population of agents, each on its own level; a meta-step =
+  K agent updates with the rule, then A2C's -mean(log pi A) on a fresh rollout (A: GAE(0.99,
+  0.95) of a separate value critic) plus regularisers on the updated agents, differentiated
+  through the loop's own K updates; clipped Adam 1e-4 on the rule. Agents whose lives end score
+  their levels and restart on levels from a curriculum. LPG and TA-LPG (the TA paper's ablation).
 
 Levels: `levels` is None (the env's default params), a batch of env params (a pytree whose leaves
 have one leading axis [L]; one is drawn uniformly per key) or a function `sample_levels(key) ->
-level` (a level buffer plugs in here). Any env whose params are a pytree works, e.g.
-`envs.make("gridworld/dense")`'s levels.
+level`; the meta-gradient also takes a `curriculum` (a level buffer scored by regret or PVL,
+`meta.groove`). Any env whose params are a pytree works, e.g. `envs.make("gridworld/dense")`'s
+levels.
 
 Save / load: `save(path, params, info)` / `load(path, y_size=None)` (orbax + SHA-256 manifest,
 meta/saved.py, as for LPO drifts).
@@ -77,12 +80,12 @@ from flax import struct
 
 import envs
 from meta import es, saved
-from meta.lpo_train import FINAL_FRACTION, final_return
 from purejaxrl import a2c, actor_critic, checkpoint, loop, objectives
 from purejaxrl import config as C
 from purejaxrl.gae import gae
 from purejaxrl.initializers import orthogonal
 from purejaxrl.networks import MLP, ActorCritic
+from purejaxrl.scores import final_return
 
 Y_SIZE = 8  # width m of the categorical prediction vector y
 HIDDEN = 256  # width of the backward GRU
@@ -462,12 +465,14 @@ CPU_INNER = {
 class LPGConfig:
     """env (+ env_kwargs): the env whose levels the agents train on; inner: A2CConfig fields of
     every agent (prediction_size is set to y_size); time_aware: TA-LPG; y_size, hidden: the rule's
-    y width and GRU width; kl_weight: the agent loss's KL weight; es: the ES settings (the
-    groove code's OpenES: sigma 0.1, Adam 1e-2; population = 2 x agents, one level per pair);
+    y width and GRU width; kl_weight: the agent loss's KL weight; es: the ES settings (default:
+    OpenES, population 16, sigma 0.1 as the public GROOVE code; learning rate 0.01, where the
+    code's ES step is `--lpg_learning_rate` 1e-4 decayed by 0.999 per step to 1e-5: a deliberate
+    deviation, sized for 100-generation CPU runs; one level per antithetic pair);
     level_lifetime: honour each level's own lifetime L (its `lifetime` field, in updates, e.g.
     the grid worlds' `gridworld/all_randlife`): agents still run the inner config's N updates
     (a static shape), but TA-LPG sees n/L and log L, and the fitness is the final return at
-    update L (`final_return_at`); L is clipped to [1, N]."""
+    update L (`purejaxrl.scores.final_return(..., lifetime=L)`); L is clipped to [1, N]."""
 
     env: str = "Catch-bsuite"
     env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -555,7 +560,8 @@ def make_level_fitness(cfg: LPGConfig):
         rule_objective = objective(params, cfg.kl_weight, inner.gamma, lifetime)
         agent = a2c.make_agent(inner, rule_objective, env=env, env_params=default)
         out = agent.train(key, level)
-        score = final_return_at(out.metrics["episode_return"], lifetime)
+        m = out.metrics
+        score = final_return(m["episode_return"], m["episodes_finished"], lifetime)
         clean = (jnp.sum(out.metrics["nan_skipped"]) == 0) & jnp.isfinite(score)
         return jnp.where(clean, score, jnp.nan)
 
@@ -573,17 +579,6 @@ def level_lifetime(cfg: LPGConfig, level, num_updates: int):
             "have no `lifetime` field"
         )
     return jnp.clip(jnp.asarray(level.lifetime, jnp.int32), 1, num_updates)
-
-
-def final_return_at(episode_return, lifetime=None):
-    """Final return of per-update returns `[U]` at update `lifetime` (None: U): the mean over
-    the last 5% (at least one) of the first `lifetime` updates, as `meta.lpo`'s final return."""
-    if lifetime is None:
-        return final_return(episode_return)
-    n = jnp.arange(episode_return.shape[-1])
-    window = jnp.maximum(jnp.ceil(FINAL_FRACTION * lifetime), 1)
-    inside = (n < lifetime) & (n >= lifetime - window)
-    return jnp.sum(jnp.where(inside, episode_return, 0.0), -1) / jnp.sum(inside)
 
 
 def make_fitness(cfg: LPGConfig, levels=None):
@@ -645,40 +640,68 @@ def make_meta_train(cfg: LPGConfig, levels=None):
 
 @dataclasses.dataclass(frozen=True)
 class MetaGradientConfig:
-    """Settings of the meta-gradient (Oh et al. 2020; groove's values).
+    """Settings of the meta-gradient (Oh et al. 2020; the values of the public GROOVE code,
+    EmptyJackson/groove, unless stated).
 
-    num_agents: agents trained side by side (the rule's gradient is their mean); K =
-    num_agent_updates per meta-step; learning_rate: Adam on the rule (1e-4); max_grad_norm:
-    optional clip of the rule's gradient; gamma, gae_lambda: the meta-objective's GAE with the
-    separate value critic (critic_learning_rate, Adam); the regularisers (added to the loss):
-    -entropy_coef H(pi) + pi_hat_l2_coef E[pi_hat^2] - y_entropy_coef H(y) + y_hat_l2_coef
-    E[||y_hat||^2], averaged over the K updates; adam_eps_root: inside the square root of the
-    agents' Adam in the differentiated updates (see `make_meta_gradient_train`).
+    num_agents: agents trained side by side, each on its own level (the code: 512; 8 by default
+    here, sized for a CPU); agent_chunks: the agents' meta-gradients are computed in this many
+    sequential chunks of num_agents / agent_chunks vmapped agents (the code's num_mini_batches:
+    memory only, the gradient is the same mean); K = num_agent_updates (5) agent updates per
+    meta-step; num_steps: meta-steps of `train`; learning_rate: Adam on the rule (1e-4);
+    max_grad_norm: clip of the rule's gradient norm (0.5; None: no clip); gamma, gae_lambda
+    (0.99, 0.95): the meta-objective's GAE with a separate value critic (critic_learning_rate,
+    Adam); normalize_advantages: those advantages normalised over each agent's rollout (as the
+    code); the regularisers entropy_coef (5e-2), pi_hat_l2_coef (5e-3), y_entropy_coef (1e-3),
+    y_hat_l2_coef (1e-3) (see `make_meta_gradient_train`); adam_eps_root: inside the square root
+    of the agents' Adam in the differentiated updates; stagger: the first agents start at
+    staggered points of their lifetimes (the code starts them all at update 0), so that resets
+    spread over the meta-steps instead of all falling on the same one.
     """
 
     num_agents: int = 8
+    agent_chunks: int = 1
     num_agent_updates: int = 5
     num_steps: int = 100
     learning_rate: float = 1e-4
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = 0.5
     gamma: float = 0.99
     gae_lambda: float = 0.95
+    normalize_advantages: bool = True
     entropy_coef: float = 5e-2
     pi_hat_l2_coef: float = 5e-3
     y_entropy_coef: float = 1e-3
     y_hat_l2_coef: float = 1e-3
     critic_learning_rate: float = 1e-3
     adam_eps_root: float = 1e-8
+    stagger: bool = True
 
     def __post_init__(self):
-        for name in ("num_agents", "num_agent_updates", "num_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"MetaGradientConfig.{name}={value!r}: must be a positive integer")
+        for name in ("num_agents", "agent_chunks", "num_agent_updates", "num_steps"):
+            C.check_positive_int(self, name)
         for name in ("learning_rate", "critic_learning_rate", "adam_eps_root"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ValueError(f"MetaGradientConfig.{name}={value!r}: must be a number > 0")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value <= 1):
+                raise ValueError(f"MetaGradientConfig.{name}={value!r}: must be in [0, 1]")
+        for name in ("entropy_coef", "pi_hat_l2_coef", "y_entropy_coef", "y_hat_l2_coef"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value)):
+                raise ValueError(f"MetaGradientConfig.{name}={value!r}: must be a finite number")
+        g = self.max_grad_norm
+        if g is not None and not (_is_number(g) and math.isfinite(g) and g > 0):
+            raise ValueError(f"MetaGradientConfig.max_grad_norm={g!r}: must be > 0 or None")
+        if self.num_agents % self.agent_chunks:
+            raise ValueError(
+                f"MetaGradientConfig.num_agents={self.num_agents} is not divisible by "
+                f"agent_chunks={self.agent_chunks}: every chunk needs the same number of agents"
+            )
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
 
 
 class _ValueCritic(nn.Module):
@@ -693,23 +716,119 @@ class _ValueCritic(nn.Module):
         return nn.Dense(1, kernel_init=orthogonal(1.0))(h)[..., 0]
 
 
+# ---- curricula of the meta-gradient: which level an agent trains on after a reset
+
+
+def batch_sampler(sample: Callable) -> Callable:
+    """`sample_levels(key, n) -> levels [n]` from a one-level `sample(key) -> level`."""
+    return lambda key, n: jax.vmap(sample)(jax.random.split(key, n))
+
+
+def _masked_mean(x, mask):
+    """Mean of `x [n]` over `mask & isfinite(x)`; NaN when that set is empty (never a 0)."""
+    use = mask & jnp.isfinite(x)
+    total = jnp.sum(jnp.where(use, x, 0.0))
+    return jnp.where(jnp.any(use), total / jnp.maximum(jnp.sum(use), 1), jnp.nan)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SampledLevels:
+    """The meta-gradient's curriculum without a buffer: every reset draws a fresh level from
+    `sample_levels(key, n) -> levels [n]` (domain randomisation, or a fixed level set).
+
+    The curriculum interface of `make_meta_gradient_train` (`meta.groove`'s curricula have it
+    too, beside the ES one): `metrics` (names of the per-meta-step scalars of `reset`),
+    `needs_antagonist` (bool; True: `antagonist_agent`, an `a2c` Agent trained in lockstep
+    with every rule agent on its level, whose results reach `reset`), `init(key) -> state`,
+    `first_levels(state, key, n, step) -> (state, levels [n], tags [n])` and `reset(state, key,
+    done [A], levels [A], tags [A], results, step) -> (state, levels [A], tags [A], metrics)`:
+    the levels of the agents that finished (`done`) are scored with `results` {"agent_return":
+    [A], plus "antagonist_return", "pvl" [A] with an antagonist}: final returns from finished
+    episodes only, NaN when none (or when the agent's life was a staggered, shortened one), and
+    those agents get new levels; the other rows of `levels` and `tags` come back unchanged.
+    `tags` is a per-agent pytree the curriculum keeps about each agent's level ({} here); `step`
+    counts meta-steps (0 at init), so `step * n + i + 1` is a unique level id."""
+
+    sample_levels: Callable
+    metrics = ("mean_agent_return",)
+    needs_antagonist = False
+    antagonist_agent = None
+
+    def init(self, key):
+        del key
+        return ()
+
+    def first_levels(self, state, key, n, step):
+        del step
+        return state, self.sample_levels(key, n), {}
+
+    def reset(self, state, key, done, levels, tags, results, step):
+        del step
+        fresh = self.sample_levels(key, done.shape[0])
+        levels = jax.tree.map(lambda new, old: _pick(done, new, old), fresh, levels)
+        return (
+            state,
+            levels,
+            tags,
+            {"mean_agent_return": _masked_mean(results["agent_return"], done)},
+        )
+
+
+def _pick(mask, new, old):
+    """`new` on the rows where `mask [A]`, else `old` (leading axis A)."""
+    return jnp.where(mask.reshape(-1, *[1] * (jnp.ndim(old) - 1)), new, old)
+
+
+def _check_mg_curriculum(curriculum) -> None:
+    missing = [
+        m for m in ("init", "first_levels", "reset") if not callable(getattr(curriculum, m, None))
+    ]
+    if missing or not hasattr(curriculum, "metrics"):
+        raise ValueError(
+            f"make_meta_gradient_train: curriculum {type(curriculum).__name__} cannot pick the "
+            f"levels of agent resets (it lacks {missing or ['metrics']}); use lpg.SampledLevels "
+            "or a meta.groove curriculum (groove.make_curriculum)"
+        )
+    if getattr(curriculum, "needs_antagonist", False) and curriculum.antagonist_agent is None:
+        raise ValueError(
+            f"make_meta_gradient_train: curriculum {type(curriculum).__name__} needs an "
+            "antagonist but has no antagonist_agent"
+        )
+
+
+# ---- the trainer
+
+
 @struct.dataclass
 class MetaGradientState:
     """rule / rule_opt: the rule and its Adam state; agents: a TrainState batched over agents
-    `[A]`; critic / critic_opt: their value critics `[A]`; step: meta-steps done."""
+    `[A]` (their levels are their `env_params`); critic / critic_opt: their value critics `[A]`;
+    antagonists: the lockstep antagonists' TrainState `[A]` (() without); history: per agent
+    `[A, N + K]` per-update metrics of its current life, indexed by update number ("agent":
+    episode_return, episodes_finished; "antagonist": those and positive_advantage); lifetimes:
+    `[A]` int32 updates of each agent's life; scored: `[A]` bool, False for a first life that was
+    started part-way (staggered), whose return scores no level; tags: the curriculum's per-agent
+    tags; curriculum: its state; step: meta-steps done."""
 
     rule: Any
     rule_opt: Any
     agents: Any
     critic: Any
     critic_opt: Any
+    antagonists: Any
+    history: Any
+    lifetimes: jax.Array
+    scored: jax.Array
+    tags: Any
+    curriculum: Any
     step: jax.Array
 
 
 class MetaGradient(NamedTuple):
     """init(key) -> MetaGradientState; meta_loss(rule, state, key) -> (loss [], aux) (mean over
     agents; what `step` differentiates); step(state, key) -> (state, metrics);
-    train(key, num_steps=None) -> (state, metrics `[S]`); agent: the inner agent (env, network)."""
+    train(key, num_steps=None) -> (state, metrics `[S]`); agent: the inner agent (env, network);
+    curriculum: where reset agents' levels come from."""
 
     config: LPGConfig
     settings: MetaGradientConfig
@@ -718,6 +837,7 @@ class MetaGradient(NamedTuple):
     meta_loss: Callable
     step: Callable
     train: Callable
+    curriculum: Any
 
 
 def _collect(agent, params, state, key):
@@ -731,73 +851,126 @@ def _collect(agent, params, state, key):
     return env_state, obs, traj, jax.lax.stop_gradient(data)
 
 
-def make_meta_gradient_train(
-    cfg: LPGConfig, settings: MetaGradientConfig | None = None, levels=None
-) -> MetaGradient:
-    """Meta-gradient training of an LPG rule (not TA-LPG: ValueError).
+def rule_optimizer(settings: MetaGradientConfig) -> optax.GradientTransformation:
+    """The rule's optimiser: Adam(learning_rate) after a global-norm clip (max_grad_norm)."""
+    tx = optax.adam(settings.learning_rate)
+    if settings.max_grad_norm is not None:
+        tx = optax.chain(optax.clip_by_global_norm(settings.max_grad_norm), tx)
+    return tx
 
-    A meta-step, for each of `num_agents` agents (vmapped): K updates of the agent with the rule
-    (each: a rollout, the rule's targets, one gradient step on the LPG loss), then a fresh
-    rollout of the updated agent, GAE(gamma, lambda) advantages A from the agent's value critic
-    (a separate network trained on these rollouts by MSE to the GAE targets), and the meta-loss
+
+def stagger_offsets(lifetimes, num_agent_updates: int):
+    """`[A]` int32 first update of each initial agent: agent i of A starts at about i/A of its
+    lifetime, rounded down to a multiple of K (so agent 0 starts at 0)."""
+    num = lifetimes.shape[0]
+    frac = jnp.arange(num, dtype=jnp.float32) / num
+    k = num_agent_updates
+    return (jnp.floor(frac * lifetimes / k) * k).astype(jnp.int32)
+
+
+def _write(history, start, values):
+    """history `[H]` with `values [K]` written at `start` (one agent's per-update metrics)."""
+    return jax.lax.dynamic_update_slice(history, values.astype(history.dtype), (start,))
+
+
+def make_meta_gradient_train(
+    cfg: LPGConfig, settings: MetaGradientConfig | None = None, levels=None, curriculum=None
+) -> MetaGradient:
+    """Meta-gradient training of an LPG or TA-LPG rule over a persistent population of agents.
+
+    A meta-step, for each of `num_agents` agents (vmapped, in `agent_chunks` sequential chunks):
+    K updates of the agent with the rule (each: a rollout, the rule's targets, one gradient step
+    on the LPG loss), then a fresh rollout of the updated agent, GAE(gamma, lambda) advantages A
+    from the agent's value critic (a separate network trained on these rollouts by MSE to the
+    GAE targets; A normalised over the rollout with `normalize_advantages`), and the meta-loss
 
         -mean(log pi_K(a|s) A) - 5e-2 H(pi) + 5e-3 E[pi_hat^2] - 1e-3 H(y) + 1e-3 E[||y_hat||^2]
 
-    (H(pi), H(y): the agent's entropies on each update's rollout, before that update's step;
-    pi_hat, y_hat: the rule's outputs; all four averaged over the K updates). Its gradient in the
-    rule's parameters, through the K updates, averaged over agents, takes an Adam step (a
-    non-finite gradient is skipped and counted). Agents keep training across meta-steps; one that
-    reaches its lifetime (the inner config's number of updates) restarts on a new level with a
-    new critic.
+    H(pi), H(y): the entropies of the *updated* agents theta_1..theta_K (the paper's and the
+    public code's definition), averaged: theta_k's on the states of update k + 1's rollout (the
+    loss metrics of update k + 1, taken at its start parameters), theta_K's on the fresh
+    rollout. pi_hat, y_hat: the rule's outputs of the K updates. Its gradient in the rule's
+    parameters, through the K updates, averaged over agents, takes a clipped Adam step (a
+    non-finite gradient is skipped and counted).
+
+    Agents keep training across meta-steps. An agent whose life ends (its update count reaches
+    its lifetime: the inner config's N updates, or with `cfg.level_lifetime` its level's own L,
+    clipped to [1, N]; checked after each meta-step, so a life runs a multiple of K updates and
+    is scored at update L) restarts on a level from the curriculum, with a new critic. Its final
+    return (`purejaxrl.scores.final_return` at update L: finished episodes only, NaN if none)
+    scores the level it leaves. With `settings.stagger`, the initial agents start part-way
+    through their lives (`stagger_offsets`: update counter advanced, parameters fresh), so resets
+    spread over meta-steps; such a shortened first life scores no level (NaN result).
+
+    Levels: `curriculum` (see `SampledLevels` for the interface; `meta.groove.make_curriculum`
+    gives GROOVE's regret / PVL buffer and domain randomisation), or else `levels` as for
+    `level_sampler` (None: the env's default level; a batch; a function key -> level). A
+    curriculum that `needs_antagonist` supplies an A2C agent that trains beside every rule agent
+    on the same level for the same lifetime (same key schedule: K updates per meta-step), so its
+    final return is known when the level is scored.
+
+    TA-LPG (`cfg.time_aware`) is allowed: the rule reads each agent's n/N and log N (n/L, log L
+    with level lifetimes) in every update. Jackson et al. (ICLR 2024) report that meta-gradients
+    over K updates fail to learn lifetime-dependent rules; this is how to rerun that comparison.
 
     The K updates are the loop's own `agent.update` of an agent whose objective holds the
-    (traced) rule, differentiated end to end. What is data: every rollout (observations,
-    actions, rewards, the behaviour log-probs) and the rule's inputs pi, y(s_t), y(s_t+1) are
-    stop-gradient, as in the reference code; the gradient reaches the rule through pi_hat and
-    y_hat in each update's loss, hence through the agent's parameters of later updates and the
-    final policy's log pi. The agents' Adam has `adam_eps_root` (1e-8) inside its square root
-    (the config field of that name; training uses 0): a linear agent on one-hot-ish observations
-    has exactly zero gradient on the weights of every observation unit that is off throughout a
-    rollout, Adam's second moment there is 0, and the derivative of sqrt(v) at 0 is infinite
-    (0 * inf = NaN, spread to every parameter's meta-gradient by the next matmul's transpose).
+    (traced) rule, differentiated end to end. What is data: every rollout and the rule's inputs
+    pi, y(s_t), y(s_t+1) are stop-gradient, as in the reference code; the gradient reaches the
+    rule through pi_hat and y_hat in each update's loss, hence through the agent's parameters of
+    later updates and the final policy's log pi. The agents' Adam has `adam_eps_root` (1e-8)
+    inside its square root: a linear agent on one-hot-ish observations has exactly zero gradient
+    on the weights of every observation unit that is off throughout a rollout, Adam's second
+    moment there is 0, and the derivative of sqrt(v) at 0 is infinite (0 * inf = NaN).
     """
-    settings = MetaGradientConfig() if settings is None else settings
-    if cfg.time_aware:
-        raise ValueError(
-            "LPGConfig.time_aware=True: TA-LPG is meta-trained with ES only (meta-gradients "
-            "over K updates cannot learn lifetime-dependent rules; Jackson et al. 2024)"
-        )
-    # A2C: one epoch of one minibatch per update
-    inner = dataclasses.replace(cfg.inner_config(), adam_eps_root=settings.adam_eps_root)
+    s = MetaGradientConfig() if settings is None else settings
+    if not isinstance(s, MetaGradientConfig):
+        raise ValueError(f"settings must be a lpg.MetaGradientConfig, got {type(s).__name__}")
+    inner = dataclasses.replace(cfg.inner_config(), adam_eps_root=s.adam_eps_root)
     env, default = make_env(cfg)
+    if curriculum is None:
+        curriculum = SampledLevels(batch_sampler(level_sampler(levels, default)))
+    elif levels is not None:
+        raise ValueError("make_meta_gradient_train: give levels or a curriculum, not both")
+    _check_mg_curriculum(curriculum)
 
-    def rule_agent(rule):
+    def rule_agent(rule, lifetime=None):
         """The inner agent whose objective is the rule `rule` (traced or not)."""
-        rule_objective = objective(rule, cfg.kl_weight, inner.gamma)
+        rule_objective = objective(rule, cfg.kl_weight, inner.gamma, lifetime)
         return a2c.make_agent(inner, rule_objective, env=env, env_params=default)
 
     template = jax.eval_shape(cfg.init_params, jax.random.key(0))  # shapes: the agent's check
     agent = rule_agent(template)
-    sample = level_sampler(levels, default)
+    num_updates, K, A = agent.num_updates, s.num_agent_updates, s.num_agents
+    if num_updates < K:
+        raise ValueError(
+            f"LPGConfig.inner: an agent's lifetime of {num_updates} updates is shorter than the "
+            f"K = num_agent_updates={K} updates of one meta-step"
+        )
+    antagonist = curriculum.antagonist_agent if curriculum.needs_antagonist else None
+    if antagonist is not None and antagonist.num_updates != num_updates:
+        raise ValueError(
+            f"the curriculum's antagonist runs {antagonist.num_updates} updates, the rule's "
+            f"agents {num_updates}: the lockstep antagonist must have the agents' lifetime"
+        )
     network, head = agent.network, agent.head
     critic_net = _ValueCritic(tuple(inner.hidden_sizes), inner.activation)
-    critic_tx = optax.adam(settings.critic_learning_rate)
-    rule_tx = optax.adam(settings.learning_rate)
-    if settings.max_grad_norm is not None:
-        rule_tx = optax.chain(optax.clip_by_global_norm(settings.max_grad_norm), rule_tx)
-    num_updates = agent.num_updates
-    s = settings
-    stat_names = ("entropy", "y_entropy", "pi_hat_sq", "y_hat_sq", "loss", "kl", "nan_skipped")
+    critic_tx = optax.adam(s.critic_learning_rate)
+    rule_tx = rule_optimizer(s)
+    span = num_updates + K  # history slots: updates 0 .. N + K - 2 can be written
+    record_names = {"agent": ("episode_return", "episodes_finished")}
+    if antagonist is not None:
+        record_names["antagonist"] = ("episode_return", "episodes_finished", "positive_advantage")
+    stat_names = ("pi_hat_sq", "y_hat_sq", "loss", "kl", "nan_skipped")
 
-    def agent_meta_loss(rule, state, critic, key):
+    def lifetime_of(level):
+        lifetime = level_lifetime(cfg, level, num_updates)
+        return jnp.int32(num_updates) if lifetime is None else lifetime
+
+    def agent_meta_loss(rule, state, critic, lifetime, key):
         """One agent: K updates, a fresh rollout, the regularised A2C loss -> (loss, aux)."""
-        update = rule_agent(rule).update
-        state, metrics = jax.lax.scan(
-            lambda st, _: update(st), state, None, length=s.num_agent_updates
-        )
-        stats = {name: jnp.mean(metrics[name]) for name in stat_names}
-        stats["agent_loss"], stats["agent_kl"] = stats.pop("loss"), stats.pop("kl")
-        env_state, obs, traj, data = _collect(agent, state.params, state, key)
+        update = rule_agent(rule, lifetime if cfg.level_lifetime else None).update
+        state, metrics = jax.lax.scan(lambda st, _: update(st), state, None, length=K)
+        env_state, obs, _, data = _collect(agent, state.params, state, key)
         values = critic_net.apply(critic, jnp.concatenate([data["obs"], data["next_obs"]]))
         values = jax.lax.stop_gradient(values)
         T = inner.num_steps
@@ -810,8 +983,18 @@ def make_meta_gradient_train(
             s.gamma,
             s.gae_lambda,
         )
-        policy = network.apply(state.params, data["obs"], method=ActorCritic.actor)
-        pg = -jnp.mean(head.log_prob(policy, data["action"]) * advantages)
+        if s.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        out = network.apply(state.params, data["obs"], method=ActorCritic.outputs)
+        pg = -jnp.mean(head.log_prob(out["policy"], data["action"]) * advantages)
+        log_y = jax.nn.log_softmax(out["prediction"])
+        final_entropy = jnp.mean(head.entropy(out["policy"]))
+        final_y_entropy = jnp.mean(-jnp.sum(jnp.exp(log_y) * log_y, axis=-1))
+        stats = {name: jnp.mean(metrics[name]) for name in stat_names}
+        # theta_1..theta_K: update k+1's metrics are taken at theta_k; theta_K on the fresh rollout
+        stats["entropy"] = (jnp.sum(metrics["entropy"][1:]) + final_entropy) / K
+        stats["y_entropy"] = (jnp.sum(metrics["y_entropy"][1:]) + final_y_entropy) / K
+        stats["agent_loss"], stats["agent_kl"] = stats.pop("loss"), stats.pop("kl")
         reg = (
             -s.entropy_coef * stats["entropy"]
             + s.pi_hat_l2_coef * stats["pi_hat_sq"]
@@ -819,16 +1002,35 @@ def make_meta_gradient_train(
             + s.y_hat_l2_coef * stats["y_hat_sq"]
         )
         state = state.replace(env_state=env_state, obs=obs)
-        metrics = {"meta_pg_loss": pg, **stats}
-        metrics["episode_return"] = state.last_return
-        return pg + reg, (state, data, targets, metrics)
+        record = {name: metrics[name] for name in record_names["agent"]}
+        return pg + reg, (state, data, targets, {"meta_pg_loss": pg, **stats}, record)
 
-    def meta_loss(rule, state: MetaGradientState, key):
-        keys = jax.random.split(key, s.num_agents)
-        losses, aux = jax.vmap(agent_meta_loss, in_axes=(None, 0, 0, 0))(
-            rule, state.agents, state.critic, keys
+    def agents_loss(rule, agents, critic, lifetimes, keys):
+        """Mean meta-loss of a batch of agents `[a]` (vmapped; `keys [a]`) and their aux."""
+        losses, aux = jax.vmap(agent_meta_loss, in_axes=(None, 0, 0, 0, 0))(
+            rule, agents, critic, lifetimes, keys
         )
         return jnp.mean(losses), aux
+
+    def meta_loss(rule, state: MetaGradientState, key):
+        keys = jax.random.split(key, A)
+        return agents_loss(rule, state.agents, state.critic, state.lifetimes, keys)
+
+    def chunked_grad(rule, state: MetaGradientState, key):
+        """value_and_grad of `meta_loss`, the agents split into `agent_chunks` sequential chunks
+        (each agent with its own key as unchunked: the same mean loss and gradient, to float
+        rounding; the chunks' aux concatenated back to `[A]`)."""
+        grad_fn = jax.value_and_grad(agents_loss, has_aux=True)
+        keys = jax.random.split(key, A)
+        n = s.agent_chunks
+        if n == 1:
+            return grad_fn(rule, state.agents, state.critic, state.lifetimes, keys)
+        split = lambda x: x.reshape(n, A // n, *x.shape[1:])
+        parts = jax.tree.map(split, (state.agents, state.critic, state.lifetimes, keys))
+        (losses, aux), grads = jax.lax.map(lambda args: grad_fn(rule, *args), parts)
+        merge = lambda x: x.reshape(A, *x.shape[2:])
+        mean = lambda x: jnp.mean(x, axis=0)
+        return (mean(losses), jax.tree.map(merge, aux)), jax.tree.map(mean, grads)
 
     def critic_step(critic, opt, data, targets):
         def loss_fn(c):
@@ -838,52 +1040,129 @@ def make_meta_gradient_train(
         updates, opt = critic_tx.update(grads, opt, critic)
         return optax.apply_updates(critic, updates), opt, loss
 
-    def fresh(key):
-        """A new agent on a new level, with a new value critic."""
-        k_level, k_agent, k_critic = jax.random.split(key, 3)
-        state = agent.init(k_agent, sample(k_level))
+    def fresh(key, level):
+        """A new agent on `level`, with a new value critic (and a new antagonist)."""
+        k_agent, k_critic, k_antagonist = jax.random.split(key, 3)
+        state = agent.init(k_agent, level)
         critic = critic_net.init(k_critic, state.obs)
-        return state, critic, critic_tx.init(critic)
+        rival = () if antagonist is None else antagonist.init(k_antagonist, level)
+        return state, critic, critic_tx.init(critic), rival
+
+    def empty_history():
+        return {
+            who: {name: jnp.zeros((A, span), jnp.float32) for name in names}
+            for who, names in record_names.items()
+        }
 
     def init(key) -> MetaGradientState:
-        k_rule, k_agents = jax.random.split(jax.random.key(0) if key is None else key)
+        k_rule, k_curriculum, k_levels, k_agents = jax.random.split(
+            jax.random.key(0) if key is None else key, 4
+        )
         rule = cfg.init_params(k_rule)
-        agents, critic, critic_opt = jax.vmap(fresh)(jax.random.split(k_agents, s.num_agents))
+        cur = curriculum.init(k_curriculum)
+        cur, first, tags = curriculum.first_levels(cur, k_levels, A, jnp.int32(0))
+        agents, critic, critic_opt, rivals = jax.vmap(fresh)(jax.random.split(k_agents, A), first)
+        lifetimes = jax.vmap(lifetime_of)(first)
+        offsets = stagger_offsets(lifetimes, K) if s.stagger else jnp.zeros((A,), jnp.int32)
+        agents = agents.replace(update_step=offsets)
+        if antagonist is not None:
+            rivals = rivals.replace(update_step=offsets)
         return MetaGradientState(
             rule=rule,
             rule_opt=rule_tx.init(rule),
             agents=agents,
             critic=critic,
             critic_opt=critic_opt,
+            antagonists=rivals,
+            history=empty_history(),
+            lifetimes=lifetimes,
+            scored=offsets == 0,
+            tags=tags,
+            curriculum=cur,
             step=jnp.zeros((), jnp.int32),
         )
 
+    def record(history, start, metrics):
+        """Writes the K updates' metrics `[A, K]` at each agent's first update `start [A]`."""
+        write = jax.vmap(_write)
+        return {name: write(history[name], start, metrics[name]) for name in history}
+
+    def train_antagonists(rivals):
+        def k_updates(state):
+            return jax.lax.scan(lambda st, _: antagonist.update(st), state, None, length=K)
+
+        return jax.vmap(k_updates)(rivals)
+
+    def results_of(history, lifetimes):
+        h = history["agent"]
+        out = {"agent_return": final_return(h["episode_return"], h["episodes_finished"], lifetimes)}
+        if antagonist is not None:
+            h = history["antagonist"]
+            ones = jnp.ones_like(h["positive_advantage"])
+            out["antagonist_return"] = final_return(
+                h["episode_return"], h["episodes_finished"], lifetimes
+            )
+            out["pvl"] = final_return(h["positive_advantage"], ones, lifetimes)
+        return out
+
     def step(state: MetaGradientState, key):
-        """One meta-step; its meta-loss is `meta_loss(state.rule, state, key)` (metrics)."""
-        (loss, (agents, data, targets, metrics)), grads = jax.value_and_grad(
-            meta_loss, has_aux=True
-        )(state.rule, state, key)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        """One meta-step (see `make_meta_gradient_train`) -> (state, metrics)."""
+        k_meta, k_reset, k_fresh = jax.random.split(key, 3)
+        start = state.agents.update_step
+        (loss, (agents, data, targets, stats, recorded)), grads = chunked_grad(
+            state.rule, state, k_meta
+        )
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, rule_opt = rule_tx.update(grads, state.rule_opt, state.rule)
         rule = loop.keep_finite(ok, optax.apply_updates(state.rule, updates), state.rule)
         rule_opt = loop.keep_finite(ok, rule_opt, state.rule_opt)
         critic, critic_opt, critic_loss = jax.vmap(critic_step)(
             state.critic, state.critic_opt, data, targets
         )
-        # agents past their lifetime restart on a new level, with a new critic
-        done = agents.update_step >= num_updates
-        new = jax.vmap(fresh)(jax.random.split(jax.random.fold_in(key, 1), s.num_agents))
-        pick = lambda n, o: jnp.where(done.reshape(-1, *[1] * (jnp.ndim(o) - 1)), n, o)
-        agents, critic, critic_opt = jax.tree.map(pick, new, (agents, critic, critic_opt))
-        metrics = jax.tree.map(jnp.mean, metrics)
+        history = {"agent": record(state.history["agent"], start, recorded)}
+        rivals = state.antagonists
+        if antagonist is not None:
+            rivals, rival_metrics = train_antagonists(rivals)
+            history["antagonist"] = record(state.history["antagonist"], start, rival_metrics)
+        # lives that ended score their levels; those agents restart on the curriculum's levels
+        done = agents.update_step >= state.lifetimes
+        results = results_of(history, state.lifetimes)
+        results = jax.tree.map(lambda r: jnp.where(state.scored, r, jnp.nan), results)
+        cur, new_levels, tags, cur_metrics = curriculum.reset(
+            state.curriculum, k_reset, done, agents.env_params, state.tags, results, state.step + 1
+        )
+        new = jax.vmap(fresh)(jax.random.split(k_fresh, A), new_levels)
+        agents, critic, critic_opt, rivals = jax.tree.map(
+            lambda n, o: _pick(done, n, o), new, (agents, critic, critic_opt, rivals)
+        )
+        history = jax.tree.map(lambda h: _pick(done, jnp.zeros_like(h), h), history)
+        lifetimes = jnp.where(done, jax.vmap(lifetime_of)(new_levels), state.lifetimes)
+        metrics = jax.tree.map(jnp.mean, stats)
         metrics.update(
             meta_loss=loss,
-            rule_grad_norm=optax.global_norm(grads),
+            rule_grad_norm=grad_norm,
             rule_skipped=1 - ok.astype(jnp.int32),
             critic_loss=jnp.mean(critic_loss),
             agents_restarted=jnp.sum(done),
+            finished_return=_masked_mean(results["agent_return"], done),
+            unscored=jnp.sum(done & ~jnp.isfinite(results["agent_return"])),
+            **{name: jnp.asarray(cur_metrics[name], jnp.float32) for name in curriculum.metrics},
         )
-        new_state = MetaGradientState(rule, rule_opt, agents, critic, critic_opt, state.step + 1)
+        new_state = MetaGradientState(
+            rule=rule,
+            rule_opt=rule_opt,
+            agents=agents,
+            critic=critic,
+            critic_opt=critic_opt,
+            antagonists=rivals,
+            history=history,
+            lifetimes=lifetimes,
+            scored=state.scored | done,
+            tags=tags,
+            curriculum=cur,
+            step=state.step + 1,
+        )
         return new_state, metrics
 
     def train(key, num_steps: int | None = None):
@@ -893,4 +1172,4 @@ def make_meta_gradient_train(
         keys = jax.random.split(k_steps, steps)
         return jax.lax.scan(step, state, keys)
 
-    return MetaGradient(cfg, settings, agent, init, meta_loss, step, train)
+    return MetaGradient(cfg, s, agent, init, meta_loss, step, train, curriculum)

@@ -7,13 +7,23 @@
 
 A candidate is a drift network's parameters (`lpo.init_params`). Its fitness: for every task, a
 whole inner PPO run (`ppo.make_agent` with GAE + value loss + the candidate's drift loss, the
-inner config of `LPOConfig.inner`), scored by its final return (the mean episode return over the
-last `FINAL_FRACTION` of updates), normalised per task to (R - R_low) / (R_ppo - R_low), so that
-0 is what an untrained policy gets and 1 is PPO-clip's return at the same budget, then averaged
-over tasks: no task dominates by its return scale. R_ppo and R_low come from PPO-clip runs over
-`baseline_seeds` seeds, computed once (`baselines`) before meta-training: R_low is the return of
-the first finished episodes (an almost untrained policy). Every candidate sees every task, so the
-antithetic pairs of the ES share their tasks (and keys: es.evolve gives both the same key).
+inner config of `LPOConfig.inner`), scored by its final return R (`purejaxrl.scores.final_return`:
+the mean episode return over the last 5% of updates, from finished episodes only), normalised per
+task to (R - R_low) / (R_ppo - R_low), so that 0 is what an untrained policy gets and 1 is
+PPO-clip's return at the same budget, then averaged over tasks: no task dominates by its return
+scale. There is no floor in raw return units, so a task whose returns are below 1 (Catch, grid
+worlds) weighs as much as any other. R_ppo and R_low come from PPO-clip runs over `baseline_seeds`
+seeds, computed once (`baselines`) before meta-training: R_low is the return of each seed's first
+finished episodes (an almost untrained policy). Every candidate sees every task, so the antithetic
+pairs of the ES share their tasks (and keys: es.evolve gives both the same key).
+
+Honest scores: the loop's `episode_return` is a placeholder 0 before a run's first finished
+episode; it is never read. A candidate whose inner run finishes no episode at all (on any task)
+has no return there, so its fitness is NaN: es.evolve ranks it worst and counts it
+(`out.nonfinite`). Baselines are refused (ValueError naming the task, before the ES compiles)
+when a PPO-clip seed finished no episode, or when PPO-clip does not beat R_low by the relative
+margin `BASELINE_MARGIN`: R_ppo - R_low > BASELINE_MARGIN * max(1, |R_ppo|, |R_low|) must hold
+(otherwise the normalisation divides by ~0 or flips the sign of the fitness).
 
 The population is vmapped inside the fitness and sharded over devices by `es.evolve`; a whole
 generation (ask, population x tasks x inner PPO runs, tell) is one jitted program.
@@ -22,7 +32,6 @@ generation (ask, population x tasks x inner PPO runs, tell) is one jitted progra
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,9 +42,11 @@ import numpy as np
 import envs
 from meta import drift, es
 from purejaxrl import config as C
-from purejaxrl import objectives, ppo
+from purejaxrl import objectives, ppo, scores
+from purejaxrl.scores import FINAL_FRACTION, final_return  # noqa: F401  (old names, re-exported)
 
-FINAL_FRACTION = 0.05  # as experiments.runs: final return = mean over the last 5% of updates
+# Baselines: R_ppo - R_low must exceed BASELINE_MARGIN * max(1, |R_ppo|, |R_low|).
+BASELINE_MARGIN = 1e-6
 
 # CPU-sized inner PPO: 64k env steps per task (8 envs x 64 steps x 125 updates)
 CPU_INNER = {
@@ -54,9 +65,13 @@ CPU_INNER = {
 class LPOConfig:
     """tasks: env ids trained on; inner: PPOConfig fields shared by every task's inner run (env
     is set per task); task_inner: per-task overrides {env id: {field: value}}; time_aware: TA-LPO
-    (the drift sees n/N); ppo_init: drift = PPO-clip's + the network's; hidden: drift width;
-    normalize: score tasks relative to PPO-clip (else raw mean return); baseline_seeds: PPO-clip
-    seeds for the normalisation; es: the ES settings."""
+    (the drift sees n/N); ppo_init: drift = PPO-clip's + the network's; hidden: drift width
+    (128 as the LPO paper's code); normalize: score each task as (R - R_low) / (R_ppo - R_low)
+    (else the raw mean final return over tasks); baseline_seeds: PPO-clip seeds for R_ppo and
+    R_low; es: the ES settings (default OpenES, sigma 0.03 and Adam lr 0.03 as the MinAtar
+    re-implementation AlexGoldie/learn-rl-algorithms; population 16 and 64 generations are a
+    deliberate CPU-sized deviation: that re-implementation uses 64 and 800, the LPO paper's code
+    32 and ~1000). The default inner run (`CPU_INNER`) is ours, sized for a CPU, not a paper's."""
 
     tasks: tuple[str, ...] = ("CartPole-v1", "Acrobot-v1")
     inner: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(CPU_INNER))
@@ -102,8 +117,11 @@ class LPOConfig:
 
 @dataclasses.dataclass
 class MetaOutput:
-    """params: the learned drift (the ES mean at the end); best_params: the best candidate seen;
-    es: the ES output (fitness `[G, P]`, timings); baselines: {task: {"ppo": R_ppo, "low": R_low}};
+    """params: the learned drift (the ES mean at the end); best_params: the candidate with the
+    highest finite fitness over all generations (`es.ESOutput.best_params`: every generation
+    meets the same tasks, though not the same inner-run keys, so this maximum is also a maximum
+    over noise); es: the ES output (fitness `[G, P]`, NaN where a candidate had no measured
+    return, timings); baselines: {task: {"ppo": R_ppo, "low": R_low}} ({} without `normalize`);
     info: what `lpo.save` records (features, trained_on, ...)."""
 
     params: Any
@@ -113,52 +131,103 @@ class MetaOutput:
     info: dict
 
 
-def final_return(episode_return: jax.Array) -> jax.Array:
-    """Mean of the last FINAL_FRACTION of a run's per-update returns `[U]` -> `[]`."""
-    window = max(1, math.ceil(FINAL_FRACTION * episode_return.shape[-1]))
-    return jnp.mean(episode_return[..., -window:], axis=-1)
-
-
 def inner_train(cfg: ppo.PPOConfig, policy_loss):
     """`train(key) -> TrainOutput` of PPO's loop with GAE + value loss + `policy_loss`."""
     return ppo.make_agent(cfg, objectives.actor_critic(cfg, policy_loss)).train
 
 
+def first_returns(episode_return, episodes_finished) -> np.ndarray:
+    """`[..., U]` -> `[...]`: the return of the episodes finished in the first update that
+    finished any (NaN where no update did)."""
+    returns = np.asarray(episode_return, np.float64)
+    seen = np.asarray(episodes_finished) > 0
+    first = np.argmax(seen, axis=-1)
+    value = np.take_along_axis(returns, first[..., None], axis=-1)[..., 0]
+    return np.where(seen.any(axis=-1), value, np.nan)
+
+
 def compute_baselines(cfg: LPOConfig, key: jax.Array) -> dict[str, dict[str, float]]:
-    """PPO-clip on every task over `baseline_seeds` seeds: {task: {"ppo": final return, "low":
-    the return of the first finished episodes}}, means over seeds."""
+    """PPO-clip on every task over `baseline_seeds` seeds: {task: {"ppo": the final return,
+    "low": the return of the first finished episodes}}, each the mean over seeds, both from
+    finished episodes only (`purejaxrl.scores`). ValueError naming the task if any seed finished
+    no episode (its R_low and R_ppo are unmeasured, and a mean without it would be of other
+    seeds), or if PPO-clip does not beat R_low (`check_baselines`)."""
     out = {}
     for i, task in enumerate(cfg.tasks):
         inner = cfg.inner_config(task)
         keys = jax.random.split(jax.random.fold_in(key, i), cfg.baseline_seeds)
         metrics = jax.jit(jax.vmap(lambda k, c=inner: ppo.make_agent(c).train(k).metrics))(keys)
-        returns = np.asarray(metrics["episode_return"], np.float64)
-        finished = np.cumsum(np.asarray(metrics["episodes_finished"]), axis=1) > 0
-        first = np.argmax(finished, axis=1)
-        low = returns[np.arange(len(returns)), first]
-        out[task] = {
-            "ppo": float(np.mean(np.asarray(final_return(jnp.asarray(returns))))),
-            "low": float(np.mean(low)),
-        }
+        returns, finished = metrics["episode_return"], metrics["episodes_finished"]
+        low = first_returns(returns, finished)
+        final = np.asarray(scores.final_return(returns, finished), np.float64)
+        unmeasured = np.flatnonzero(~(np.isfinite(low) & np.isfinite(final)))
+        if unmeasured.size:
+            num_updates = np.shape(returns)[-1]
+            raise ValueError(
+                f"baselines for task {task}: PPO-clip seed(s) {unmeasured.tolist()} of "
+                f"{cfg.baseline_seeds} finished no episode in {num_updates} updates "
+                f"({inner.total_timesteps} env steps), so R_low and R_ppo are unmeasured: give "
+                f"the task a longer inner run (inner / task_inner.{task}: total_timesteps, "
+                "num_envs)"
+            )
+        out[task] = {"ppo": float(np.mean(final)), "low": float(np.mean(low))}
+    check_baselines(cfg.tasks, out)
     return out
 
 
+def check_baselines(tasks, baselines: Mapping[str, Mapping[str, float]]) -> None:
+    """ValueError unless `baselines` hold finite "ppo" and "low" for every task with
+    R_ppo - R_low > BASELINE_MARGIN * max(1, |R_ppo|, |R_low|) (PPO-clip must beat an untrained
+    policy for (R - R_low) / (R_ppo - R_low) to mean anything); the message names the task and
+    both numbers."""
+    if missing := sorted(set(tasks) - set(baselines)):
+        raise ValueError(f"the given baselines lack the tasks {missing}")
+    for task in tasks:
+        b = baselines[task]
+        try:
+            ppo_return, low = float(b["ppo"]), float(b["low"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"baselines for task {task}: {b!r} must be {{'ppo': R_ppo, 'low': R_low}} numbers"
+            ) from None
+        finite = np.isfinite(ppo_return) and np.isfinite(low)
+        margin = BASELINE_MARGIN * max(1.0, abs(ppo_return), abs(low)) if finite else np.nan
+        if not (finite and ppo_return - low > margin):
+            raise ValueError(
+                f"baselines for task {task}: PPO-clip's final return R_ppo={ppo_return:.6g} does "
+                f"not beat the first-episode return R_low={low:.6g} (R_ppo - R_low must exceed "
+                f"{BASELINE_MARGIN:g} * max(1, |R_ppo|, |R_low|)), so the fitness (R - R_low) / "
+                "(R_ppo - R_low) is undefined there: give PPO-clip a budget at which it learns "
+                "the task, or drop the task"
+            )
+
+
+def normalized_return(final, baseline: Mapping[str, float]):
+    """(R - R_low) / (R_ppo - R_low) of a final return R (array or scalar; NaN stays NaN): 0 at
+    R_low, 1 at R_ppo, no floor on the denominator (`check_baselines` refuses a tiny one)."""
+    low = float(baseline["low"])
+    return (final - low) / (float(baseline["ppo"]) - low)
+
+
 def make_fitness(cfg: LPOConfig, baselines: Mapping[str, Mapping[str, float]] | None):
-    """fitness(params, key) -> scalar: mean over tasks of the (normalised) final return of an
-    inner PPO run trained with the drift `params` (see the module docstring)."""
+    """fitness(params, key) -> scalar: mean over tasks of the (normalised, with `baselines`)
+    final return of an inner PPO run trained with the drift `params`; NaN if any task's run
+    finished no episode (see the module docstring). `baselines` are checked
+    now (`check_baselines`)."""
     inners = [cfg.inner_config(task) for task in cfg.tasks]
+    if baselines is not None:
+        check_baselines(cfg.tasks, baselines)
 
     def fitness(params, key):
         loss = drift.learned_loss(params, time_aware=cfg.time_aware, ppo_init=cfg.ppo_init)
-        scores = []
+        per_task = []
         for i, (task, inner) in enumerate(zip(cfg.tasks, inners, strict=True)):
-            out = inner_train(inner, loss)(jax.random.fold_in(key, i))
-            score = final_return(out.metrics["episode_return"])
+            metrics = inner_train(inner, loss)(jax.random.fold_in(key, i)).metrics
+            score = scores.final_return(metrics["episode_return"], metrics["episodes_finished"])
             if baselines is not None:
-                b = baselines[task]
-                score = (score - b["low"]) / max(b["ppo"] - b["low"], 1.0)
-            scores.append(score)
-        return jnp.mean(jnp.stack(scores))
+                score = normalized_return(score, baselines[task])
+            per_task.append(score)
+        return jnp.mean(jnp.stack(per_task))
 
     return fitness
 
@@ -167,8 +236,9 @@ def make_meta_train(cfg: LPOConfig):
     """`meta_train(key, *, baselines=None, on_baselines=None, devices=None, progress=True,
     checkpoint_dir=None, resume=False, on_generations=None) -> MetaOutput` (the last five as
     es.evolve's). `baselines`: ones computed before for this config and key (e.g. by the run
-    being resumed), used instead of computing them again; `on_baselines(baselines)` is called
-    once they are known (None when `normalize` is off), before the ES starts."""
+    being resumed), used instead of computing them again; computed or given, they are checked
+    (`check_baselines`: ValueError naming the task) before `on_baselines(baselines)` is called
+    (None when `normalize` is off) and before the ES compiles."""
 
     def meta_train(key, *, baselines=None, on_baselines=None, **evolve_kwargs) -> MetaOutput:
         k_base, k_init, k_es = jax.random.split(key, 3)
@@ -176,8 +246,11 @@ def make_meta_train(cfg: LPOConfig):
             baselines = None
         elif baselines is None:
             baselines = compute_baselines(cfg, k_base)
-        elif missing := sorted(set(cfg.tasks) - set(baselines)):
-            raise ValueError(f"meta_train: the given baselines lack the tasks {missing}")
+        else:
+            try:
+                check_baselines(cfg.tasks, baselines)
+            except ValueError as e:
+                raise ValueError(f"meta_train: {e}") from None
         if on_baselines is not None:
             on_baselines(baselines)
         init = drift.init_params(k_init, time_aware=cfg.time_aware, hidden=cfg.hidden)

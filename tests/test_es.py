@@ -294,3 +294,62 @@ def test_a_generation_without_finite_fitness_leaves_the_state_unchanged():
     np.testing.assert_array_equal(out.mean_params["w"], INIT["w"])
     np.testing.assert_array_equal(out.best_params["w"], INIT["w"])
     assert out.best_fitness == -np.inf and np.all(np.isnan(out.mean_fitness))
+
+
+# ------------------------------------------------------------------- best under a curriculum
+
+
+class Harder:
+    """A curriculum whose generation g proposes task g for every pair: later tasks are harder
+    (the fitness subtracts 100 g), so fitness is comparable only within a generation."""
+
+    metrics = ("task",)
+
+    def init(self, key):
+        return jnp.zeros((), jnp.int32)
+
+    def propose(self, state, key, num, shard):
+        return state + 1, jnp.full((num,), state, jnp.float32), ()
+
+    def update(self, state, tasks, info, fitness):
+        return state, {"task": tasks[0]}
+
+
+def harder_fitness(params, key, task):
+    return quadratic(params, key) - 100.0 * task
+
+
+def test_with_a_curriculum_best_is_the_best_candidate_of_the_latest_generation():
+    cfg = es.ESConfig(population_size=8, sigma=0.5, learning_rate=0.1, num_generations=4,
+                      generations_per_call=2)  # fmt: skip
+    out = es.evolve(harder_fitness, INIT, cfg, jax.random.key(0), progress=False,
+                    curriculum=Harder())  # fmt: skip
+    np.testing.assert_array_equal(out.curriculum["task"], [0, 1, 2, 3])
+    # generation 0 (the easiest task) holds the maximum over generations; best is generation 3's
+    assert np.argmax(np.max(out.fitness, axis=1)) == 0
+    assert out.best_fitness == np.max(out.fitness[-1])
+    np.testing.assert_allclose(harder_fitness(out.best_params, None, 3.0), out.best_fitness,
+                               rtol=1e-6)  # fmt: skip
+
+
+def test_with_a_curriculum_a_generation_without_finite_fitness_keeps_the_previous_best():
+    def fitness(params, key, task):  # the last generation (task 2) has no finite fitness
+        return jnp.where(task == 2, jnp.nan, harder_fitness(params, key, task))
+
+    cfg = es.ESConfig(population_size=4, sigma=0.5, num_generations=3, generations_per_call=3)
+    out = es.evolve(fitness, INIT, cfg, jax.random.key(1), progress=False, curriculum=Harder())
+    np.testing.assert_array_equal(out.nonfinite, [0, 0, 4])
+    assert out.best_fitness == np.max(out.fitness[1])
+    np.testing.assert_allclose(harder_fitness(out.best_params, None, 1.0), out.best_fitness,
+                               rtol=1e-6)  # fmt: skip
+
+
+def test_without_a_curriculum_best_is_over_all_generations():
+    def lucky(params, key):  # one task distribution; the noise puts the maximum anywhere
+        return quadratic(params, key) + 100.0 * jax.random.normal(key)
+
+    cfg = es.ESConfig(population_size=8, sigma=0.5, learning_rate=0.1, num_generations=4,
+                      generations_per_call=2)  # fmt: skip
+    out = es.evolve(lucky, INIT, cfg, jax.random.key(0), progress=False)
+    assert np.argmax(np.max(out.fitness, axis=1)) < 3  # not the last generation's
+    assert out.best_fitness == np.max(out.fitness)

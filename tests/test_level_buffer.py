@@ -144,7 +144,9 @@ def test_staleness_mixture_hand_case():
 
 
 def test_proportional_probabilities_hand_cases():
-    cfg = lb.BufferConfig(capacity=5, prioritization="proportional", staleness_coef=0.0)
+    cfg = lb.BufferConfig(
+        capacity=5, prioritization="proportional", temperature=1.0, staleness_coef=0.0
+    )
     # h = max(S, 0): [3, 1, 0, 0] / 4
     p = lb.probabilities(cfg, state_with(cfg, [3.0, 1.0, -2.0, 0.0]))
     np.testing.assert_allclose(p, [0.75, 0.25, 0, 0, 0], atol=1e-7)
@@ -515,6 +517,21 @@ def test_unknown_prioritization_suggests_a_close_match():
         lb.BufferConfig(prioritization="rnak")
     with pytest.raises(ValueError, match=r"BufferConfig\.prioritization='topk'"):
         lb.BufferConfig(prioritization="topk")
+
+
+def test_defaults_are_the_cited_sources_settings():
+    """capacity 4000 and replay 0.5: GROOVE's code; rank, temperature 0.1, staleness 0.1: PLR's
+    Procgen settings (Jiang et al. 2021); min_fill 1.0: jaxued's and PLR's code's."""
+    cfg = lb.BufferConfig()
+    assert (cfg.capacity, cfg.replay_prob, cfg.min_fill) == (4000, 0.5, 1.0)
+    assert (cfg.prioritization, cfg.temperature, cfg.staleness_coef) == ("rank", 0.1, 0.1)
+    # PLR's rank weights at beta = 0.1 on three levels, staleness [6, 0, 3] / 9 at rho = 0.1:
+    # h = (1 / rank)^10 = [1, 3^-10, 2^-10]
+    small = lb.BufferConfig(capacity=4)
+    state = state_with(small, [3.0, 1.0, 2.0], timestamps=[4, 10, 7], step=10)
+    h = np.array([1.0, 3.0**-10, 2.0**-10])
+    want = 0.9 * np.append(h / h.sum(), 0) + 0.1 * np.array([6 / 9, 0, 3 / 9, 0])
+    np.testing.assert_allclose(lb.probabilities(small, state), want, rtol=1e-5, atol=1e-8)
 
 
 def test_config_is_hashable_for_static_jit_arguments():

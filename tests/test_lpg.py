@@ -389,9 +389,105 @@ def test_one_meta_gradient_step_decreases_the_meta_loss():
     assert int(new.step) == 1
 
 
-def test_ta_lpg_is_es_only():
-    with pytest.raises(ValueError, match="ES only"):
-        lpg.make_meta_gradient_train(dataclasses.replace(ES_CFG, time_aware=True))
+def _tiny_mg(time_aware=False, K=1, num_agents=2, **settings):
+    cfg = dataclasses.replace(
+        ES_CFG, inner=dict(INNER, num_envs=2, num_steps=4), hidden=8, time_aware=time_aware
+    )
+    settings = lpg.MetaGradientConfig(num_agents=num_agents, num_agent_updates=K, **settings)
+    return lpg.make_meta_gradient_train(cfg, settings, levels=LEVELS)
+
+
+@pytest.fixture(scope="module")
+def ta_meta_gradient():
+    """A TA-LPG meta-gradient with K = 1: the meta-loss, its aux and its gradient in the rule,
+    from fresh agents (update counters given), one program."""
+    mg = _tiny_mg(time_aware=True, K=1)
+
+    @jax.jit
+    def run(update_step):
+        state = mg.init(jax.random.key(0))
+        state = state.replace(agents=state.agents.replace(update_step=update_step))
+        grad_fn = jax.value_and_grad(mg.meta_loss, has_aux=True)
+        (loss, aux), grads = grad_fn(state.rule, state, jax.random.key(1))
+        return state, loss, aux, grads
+
+    return mg, run
+
+
+def test_ta_lpg_meta_gradient_reads_progress_and_regularises_the_updated_agent(ta_meta_gradient):
+    """TA-LPG is allowed with meta-gradients: the rule's n/N and log N inputs get gradient, and
+    the meta-loss depends on where the agents are in their lives. With K = 1 the entropy
+    regulariser is the entropy of the *updated* agent theta_1 on the fresh rollout (by hand),
+    not that of theta_0."""
+    mg, run = ta_meta_gradient
+    state, loss, (agents, data, _, stats, _), grads = run(jnp.zeros(2, jnp.int32))
+    assert np.isfinite(float(loss))
+    time_rows = grads["params"]["core"]["gru"]["ir"]["kernel"][4:6]  # n/N and log N
+    assert float(jnp.abs(time_rows).sum()) > 0
+    _, later, *_ = run(jnp.full(2, 7, jnp.int32))  # 7 of 12 updates done
+    assert float(later) != float(loss)
+
+    def entropy_of(params):
+        actor = lambda p, obs: mg.agent.network.apply(p, obs, method=ActorCritic.actor)
+        logits = jax.vmap(actor)(params, data["obs"])  # agents [A]
+        p = np.asarray(jax.nn.softmax(logits), np.float64)
+        return np.mean(-np.sum(p * np.log(p), axis=-1), axis=(-1, -2))  # [A]
+
+    updated = entropy_of(agents.params)  # theta_1 on the fresh rollout, per agent
+    np.testing.assert_allclose(float(stats["entropy"].mean()), updated.mean(), rtol=1e-5)
+    before = entropy_of(state.agents.params)  # theta_0: the old definition
+    assert not np.allclose(updated, before, rtol=1e-5, atol=0)
+    assert np.all(np.asarray(agents.update_step) == 1)
+
+
+def test_meta_gradient_bad_input_is_refused_before_compiling():
+    with pytest.raises(ValueError, match="num_agents=6 is not divisible by agent_chunks=4"):
+        lpg.MetaGradientConfig(num_agents=6, agent_chunks=4)
+    with pytest.raises(ValueError, match="num_agent_updates=0"):
+        lpg.MetaGradientConfig(num_agent_updates=0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        lpg.MetaGradientConfig(max_grad_norm=-1.0)
+    short = dataclasses.replace(ES_CFG, inner=dict(INNER, total_timesteps=8 * 16 * 3))
+    with pytest.raises(ValueError, match="lifetime of 3 updates is shorter than the K = "):
+        lpg.make_meta_gradient_train(short, lpg.MetaGradientConfig(num_agent_updates=5))
+    with pytest.raises(ValueError, match="cannot pick the levels of agent resets"):
+        lpg.make_meta_gradient_train(ES_CFG, curriculum=object())
+    with pytest.raises(ValueError, match="levels or a curriculum, not both"):
+        lpg.make_meta_gradient_train(
+            ES_CFG, levels=LEVELS, curriculum=lpg.SampledLevels(lambda k, n: None)
+        )
+
+
+def test_stagger_offsets_spread_first_lives_in_multiples_of_k():
+    offsets = lpg.stagger_offsets(jnp.array([12, 12, 12, 12]), 3)
+    np.testing.assert_array_equal(offsets, [0, 3, 6, 9])
+    offsets = lpg.stagger_offsets(jnp.array([10, 250, 250, 250, 250]), 5)
+    np.testing.assert_array_equal(offsets, [0, 50, 100, 150, 200])
+
+
+@pytest.mark.slow  # two compiles of a meta-step, ~60 s
+def test_agent_chunks_give_the_unchunked_meta_gradient():
+    one = _tiny_mg(K=2, num_agents=4)
+    two = lpg.make_meta_gradient_train(
+        one.config, dataclasses.replace(one.settings, agent_chunks=2), levels=LEVELS
+    )
+    key = jax.random.key(3)
+    a, ma = jax.jit(lambda k: one.step(one.init(k), k))(key)
+    b, mb = jax.jit(lambda k: two.step(two.init(k), k))(key)
+    np.testing.assert_allclose(float(ma["meta_loss"]), float(mb["meta_loss"]), rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(a.rule), jax.tree.leaves(b.rule), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
+
+
+def test_no_finished_episode_gives_a_nan_fitness_never_zero():
+    """Catch episodes last 9 steps; an agent living 4 env steps finishes none: its fitness is
+    NaN (es.evolve ranks it worst and counts it), not the loop's placeholder 0."""
+    cfg = dataclasses.replace(ES_CFG, inner=dict(INNER, num_envs=2, num_steps=4, total_timesteps=8))
+    fitness = jax.jit(lpg.make_level_fitness(cfg))
+    value = float(fitness(rule(), jax.random.key(0), CATCH))
+    assert np.isnan(value)
+    clean, bad = es.replace_nonfinite(jnp.array([0.3, value, -0.2]))
+    assert int(bad) == 1 and float(clean[1]) <= -0.2
 
 
 # --------------------------------------------------------------------------- save / load
@@ -458,15 +554,6 @@ def test_grid_world_levels_drop_in():
 
 
 # --------------------------------------------------------------------------- per-level lifetimes
-
-
-def test_final_return_at_a_lifetime_averages_the_last_5_percent_before_it():
-    returns = jnp.arange(100.0)
-    # lifetime 40: window ceil(0.05 * 40) = 2 -> updates 38, 39
-    assert float(lpg.final_return_at(returns, 40)) == 38.5
-    # lifetime 10: window 1 -> update 9; None: the last 5 of 100
-    assert float(lpg.final_return_at(returns, jnp.int32(10))) == 9.0
-    assert float(lpg.final_return_at(returns)) == np.mean(np.arange(95, 100))
 
 
 def test_lifetime_features_are_progress_through_the_level_lifetime():

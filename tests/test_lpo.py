@@ -312,6 +312,221 @@ def test_lpo_config_refuses_unknown_tasks_with_a_hint():
         lpo.LPOConfig(tasks=("CartPol-v1",))
 
 
+# --------------------------------------------------------------------------- meta-training scores
+
+U = 20  # updates of the hand-made inner runs below (final window: ceil(5% of 20) = the last one)
+
+
+def hand_run(final=0.1, first_finish=5, first=-0.3):
+    """Metrics `[U]` of an inner run: the placeholder 0 until update `first_finish` (None: no
+    episode ever finishes), `first` there, then rising linearly to `final` at the last update."""
+    if first_finish is None:
+        return {"episode_return": jnp.zeros(U), "episodes_finished": jnp.zeros(U, jnp.int32)}
+    ret = np.zeros(U, np.float32)
+    ret[first_finish:] = np.linspace(first, final, U - first_finish)
+    finished = (np.arange(U) >= first_finish).astype(np.int32)
+    return {"episode_return": jnp.asarray(ret), "episodes_finished": jnp.asarray(finished)}
+
+
+def fake_inner_runs(monkeypatch, runs):
+    """lpo_train.inner_train returns the hand-made metrics `runs[env id]` (no training)."""
+    from types import SimpleNamespace
+
+    from meta import lpo_train
+
+    monkeypatch.setattr(
+        lpo_train,
+        "inner_train",
+        lambda cfg, loss: lambda key: SimpleNamespace(metrics=runs[cfg.env]),
+    )
+
+
+def test_lpo_fitness_normalisation_on_a_task_with_returns_below_one(monkeypatch):
+    """Catch-like returns: R = 0.1 with R_ppo = 0.4 and R_low = -0.2 scores (0.1 + 0.2) / 0.6 =
+    0.5 (the old max(R_ppo - R_low, 1.0) floor made it 0.3); on a second task with returns in
+    the hundreds, R = 300 with R_ppo = 500, R_low = 20 scores 280 / 480; fitness is their mean."""
+    from meta import lpo_train
+
+    fake_inner_runs(
+        monkeypatch,
+        {"Catch-bsuite": hand_run(final=0.1), "CartPole-v1": hand_run(final=300.0, first=20.0)},
+    )
+    cfg = lpo.LPOConfig(tasks=("Catch-bsuite", "CartPole-v1"), hidden=8)
+    baselines = {"Catch-bsuite": {"ppo": 0.4, "low": -0.2}, "CartPole-v1": {"ppo": 500, "low": 20}}
+    assert lpo_train.normalized_return(0.1, baselines["Catch-bsuite"]) == pytest.approx(0.5)
+    params = lpo.init_params(jax.random.key(0), hidden=8)
+    fitness = lpo_train.make_fitness(cfg, baselines)(params, jax.random.key(1))
+    assert float(fitness) == pytest.approx((0.5 + 280 / 480) / 2, rel=1e-6)
+    raw = lpo_train.make_fitness(cfg, None)(params, jax.random.key(1))  # normalize=False
+    assert float(raw) == pytest.approx((0.1 + 300.0) / 2, rel=1e-6)
+
+
+def test_lpo_fitness_of_a_run_without_a_finished_episode_is_nan_not_zero(monkeypatch):
+    """The placeholder 0 of a run that finished no episode is never read: the task's return,
+    and so the candidate's fitness over all tasks, is NaN (before: (0 - R_low) / ..., here 0.2
+    / 0.6 = 1/3, a middling score for a run that measured nothing)."""
+    from meta import lpo_train
+
+    fake_inner_runs(
+        monkeypatch, {"Catch-bsuite": hand_run(first_finish=None), "CartPole-v1": hand_run()}
+    )
+    cfg = lpo.LPOConfig(tasks=("Catch-bsuite", "CartPole-v1"), hidden=8)
+    baselines = {
+        "Catch-bsuite": {"ppo": 0.4, "low": -0.2},
+        "CartPole-v1": {"ppo": 0.4, "low": -0.2},
+    }
+    params = lpo.init_params(jax.random.key(0), hidden=8)
+    for b in (baselines, None):
+        assert np.isnan(float(lpo_train.make_fitness(cfg, b)(params, jax.random.key(1))))
+    # finished episodes only in the last update: that update's return is the final return
+    late = hand_run(first_finish=U - 1, first=0.1)
+    fake_inner_runs(monkeypatch, {"Catch-bsuite": late, "CartPole-v1": late})
+    fitness = lpo_train.make_fitness(cfg, baselines)(params, jax.random.key(1))
+    assert float(fitness) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_no_finished_episode_gives_nan_fitness_ranked_worst_and_counted_by_es():
+    """A real inner PPO run on Pendulum-v1 (episodes of 200 steps, no termination) of 2 updates
+    x 8 steps per env finishes no episode, so its fitness is NaN: es.evolve keeps NaN in
+    `fitness`, counts it in `nonfinite`, gives it the worst finite fitness of its generation
+    for the update and never makes it best. Half the population (the members of each mirrored
+    pair with a larger first weight) runs it; the other half has a finite fitness."""
+    import envs
+    from meta import es, lpo_train
+
+    inner = {"total_timesteps": 32, "num_envs": 2, "num_steps": 8, "update_epochs": 1,
+             "num_minibatches": 1, "hidden_sizes": [8], "policy": "gaussian"}  # fmt: skip
+    cfg = lpo.LPOConfig(tasks=("Pendulum-v1",), inner=inner, hidden=8, normalize=False)
+    c = cfg.inner_config("Pendulum-v1")
+    steps_per_env = c.total_timesteps // c.num_envs
+    assert steps_per_env < envs.make("Pendulum-v1")[1].max_steps_in_episode  # guaranteed
+    run_fitness = lpo_train.make_fitness(cfg, None)
+    init = lpo.init_params(jax.random.key(0), hidden=8)
+    w0 = float(init["params"]["Dense_0"]["kernel"][0, 0])
+
+    def fitness(params, key):
+        w = params["params"]["Dense_0"]["kernel"][0, 0]
+        return jnp.where(w > w0, run_fitness(params, key), -1.0 - (w - w0) ** 2)
+
+    es_cfg = es.ESConfig(population_size=4, sigma=0.1, num_generations=1)
+    out = es.evolve(fitness, init, es_cfg, jax.random.key(2), progress=False)
+    nan = np.isnan(out.fitness[0])
+    np.testing.assert_array_equal(nan[:2], ~nan[2:])  # one member of each mirrored pair
+    assert not np.any(out.fitness[0] == 0.0)  # never the placeholder 0
+    np.testing.assert_array_equal(out.nonfinite, [2])
+    clean, bad = es.replace_nonfinite(jnp.asarray(out.fitness[0]))
+    assert int(bad) == 2
+    np.testing.assert_array_equal(np.asarray(clean)[nan], np.min(out.fitness[0][~nan]))
+    assert out.best_fitness == np.max(out.fitness[0][~nan])  # a NaN candidate is never best
+
+
+def test_baselines_must_show_ppo_beating_r_low():
+    from meta import lpo_train
+
+    tasks = ("Catch-bsuite",)
+    lpo_train.check_baselines(tasks, {"Catch-bsuite": {"ppo": 0.4, "low": -0.2}})
+    lpo_train.check_baselines(tasks, {"Catch-bsuite": {"ppo": 1e7 + 20.0, "low": 1e7}})
+    refused = [
+        (0.4, 0.4),  # PPO no better than R_low
+        (-0.3, -0.2),  # PPO worse
+        (5e-7, 0.0),  # within the margin 1e-6 * max(1, |R_ppo|, |R_low|) = 1e-6
+        (1e7 + 5.0, 1e7),  # within the relative margin 1e-6 * 1e7 = 10
+        (float("nan"), 0.0),
+        (0.4, float("-inf")),
+    ]
+    for ppo_return, low in refused:
+        with pytest.raises(ValueError, match=r"task Catch-bsuite: .*R_ppo=.* R_low="):
+            lpo_train.check_baselines(tasks, {"Catch-bsuite": {"ppo": ppo_return, "low": low}})
+    with pytest.raises(ValueError, match=r"R_ppo=0\.4 does not beat .* R_low=0\.4"):
+        lpo_train.check_baselines(tasks, {"Catch-bsuite": {"ppo": 0.4, "low": 0.4}})
+    with pytest.raises(ValueError, match=r"lack the tasks \['Catch-bsuite'\]"):
+        lpo_train.check_baselines(tasks, {})
+    cfg = lpo.LPOConfig(tasks=tasks, hidden=8)
+    with pytest.raises(ValueError, match="task Catch-bsuite"):  # make_fitness checks them too
+        lpo_train.make_fitness(cfg, {"Catch-bsuite": {"ppo": 0.1, "low": 0.2}})
+
+
+class _ESCompiled(Exception):
+    pass
+
+
+def test_meta_train_refuses_given_baselines_before_the_es_compiles(monkeypatch):
+    from meta import lpo_train
+
+    def evolve(*args, **kwargs):
+        raise _ESCompiled
+
+    monkeypatch.setattr(lpo_train.es, "evolve", evolve)
+    cfg = lpo.LPOConfig(tasks=("Catch-bsuite", "CartPole-v1"), hidden=8)
+    seen = []
+    bad = {"Catch-bsuite": {"ppo": 0.4, "low": -0.2}, "CartPole-v1": {"ppo": 20.0, "low": 22.5}}
+    with pytest.raises(ValueError, match=r"task CartPole-v1: .*R_ppo=20 .*R_low=22\.5"):
+        lpo.make_meta_train(cfg)(jax.random.key(0), baselines=bad, on_baselines=seen.append)
+    assert seen == []
+    good = {**bad, "CartPole-v1": {"ppo": 200.0, "low": 22.5}}
+    with pytest.raises(_ESCompiled):  # accepted: on to the ES
+        lpo.make_meta_train(cfg)(jax.random.key(0), baselines=good, on_baselines=seen.append)
+    assert seen == [good]
+
+
+def fake_ppo(monkeypatch, run_of_seed):
+    """ppo.make_agent(cfg).train(key).metrics = run_of_seed(key) (no training)."""
+    from types import SimpleNamespace
+
+    from meta import lpo_train
+
+    agent = SimpleNamespace(train=lambda key: SimpleNamespace(metrics=run_of_seed(key)))
+    monkeypatch.setattr(lpo_train.ppo, "make_agent", lambda cfg, *a: agent)
+
+
+def test_baselines_from_finished_episodes_only_and_refused_without_one(monkeypatch):
+    from meta import lpo_train
+
+    cfg = lpo.LPOConfig(tasks=("Catch-bsuite",), hidden=8, baseline_seeds=3)
+    key = jax.random.key(4)
+    seed_keys = jax.random.key_data(jax.random.split(jax.random.fold_in(key, 0), 3))
+    late, early = (
+        hand_run(0.9, first_finish=8, first=-0.5),
+        hand_run(0.6, first_finish=2, first=0.1),
+    )
+
+    def run_of_seed(k):  # seed 1 finishes its first episodes later, at another return
+        is_one = jnp.all(jax.random.key_data(k) == seed_keys[1])
+        return jax.tree.map(lambda a, b: jnp.where(is_one, a, b), late, early)
+
+    fake_ppo(monkeypatch, run_of_seed)
+    b = lpo_train.compute_baselines(cfg, key)["Catch-bsuite"]
+    assert b["low"] == pytest.approx((0.1 + 0.1 - 0.5) / 3, rel=1e-6)  # never the placeholder 0
+    assert b["ppo"] == pytest.approx((0.6 + 0.6 + 0.9) / 3, rel=1e-6)
+    np.testing.assert_allclose(
+        lpo_train.first_returns(np.stack([late["episode_return"], np.zeros(U)]),
+                                np.stack([late["episodes_finished"], np.zeros(U)])),
+        [-0.5, np.nan], rtol=1e-6,
+    )  # fmt: skip
+
+    def one_seed_never_finishes(k):
+        never = jnp.all(jax.random.key_data(k) == seed_keys[2])
+        return jax.tree.map(lambda a, b: jnp.where(never, a, b), hand_run(first_finish=None), early)
+
+    fake_ppo(monkeypatch, one_seed_never_finishes)
+    with pytest.raises(ValueError, match=r"task Catch-bsuite: PPO-clip seed\(s\) \[2\] of 3"):
+        lpo_train.compute_baselines(cfg, key)
+    fake_ppo(monkeypatch, lambda k: hand_run(0.1, first=0.3))  # PPO ends below R_low
+    with pytest.raises(ValueError, match=r"task Catch-bsuite: .*R_ppo=0\.1 does not beat"):
+        lpo_train.compute_baselines(cfg, key)
+
+
+def test_lpo_train_final_return_is_the_finished_episodes_one():
+    """meta.lpo_train's old names FINAL_FRACTION and final_return are purejaxrl.scores'."""
+    from meta import lpo_train
+    from purejaxrl import scores
+
+    assert lpo_train.FINAL_FRACTION == scores.FINAL_FRACTION == 0.05
+    assert lpo_train.final_return is scores.final_return
+    run = hand_run(first_finish=None)
+    assert np.isnan(float(lpo_train.final_return(run["episode_return"], run["episodes_finished"])))
+
+
 def test_registry_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match=r"did you mean \['dpo'"):
         objectives.build({"name": "dpp"}, CFG)

@@ -25,6 +25,7 @@ import yaml
 
 from experiments import lpo as cli
 from meta import lpo, lpo_train
+from purejaxrl import scores
 from tests.helpers import cli_compile_cache
 
 TINY_INNER = {
@@ -352,9 +353,9 @@ def test_ppo_initialised_zero_drift_scores_about_one(baselines):
     cfg = cli.test_config(LIB, "CartPole-v1", 1.0)
     zero = jax.tree.map(jnp.zeros_like, lpo.init_params(jax.random.key(0), hidden=8))
     learned = cli.make_program("learned", cfg, LIB, sharding)(zero, key_data)
-    final = np.asarray(lpo_train.final_return(learned["episode_return"]))
+    final = np.asarray(scores.final_return(learned["episode_return"], learned["episodes_finished"]))
     b = baselines["CartPole-v1"]
-    score = (final.mean() - b["low"]) / max(b["ppo"] - b["low"], 1.0)
+    score = lpo_train.normalized_return(final.mean(), b)
     assert abs(score - 1.0) < 0.05, (final, b)
 
 
