@@ -11,7 +11,8 @@
     python -m experiments.bench --algos ppo --devices 2   # one run data parallel over 2 devices
     python -m experiments.bench --sweep --envs CartPole-v1   # 64-run sweep vs one after another
     python -m experiments.bench --generation   # one LPO ES generation vs its candidates one by one
-    python -m experiments.bench --groove       # a GROOVE meta-step vs an LPG meta-step with DR
+    python -m experiments.bench --groove       # a GROOVE meta-step vs an LPG-DR one; vs A2C speed
+    python -m experiments.bench --groove --es-groove   # ... and ES-GROOVE vs ES-LPG-DR generations
 
 For every env it times, in one process and one run: the env-only random-action rollout of the same
 env and vector size (the ceiling: what the agent would reach if learning were free), then each
@@ -326,9 +327,9 @@ def bench_generation(repeats: int, population: int = 16) -> dict:
     }
 
 
-def bench_groove(repeats: int, generations: int = 10) -> dict:
-    """Meta-step cost of GROOVE against LPG with domain randomisation, on `meta.groove`'s default
-    config (LPG rule, population 16 = 8 pairs, tabular A2C agents on gridworld/small, 50 updates
+def bench_es_groove(repeats: int, generations: int = 10) -> dict:
+    """Generation cost of ES-GROOVE against ES-LPG with domain randomisation, on `meta.groove`'s
+    default config (LPG rule, population 16 = 8 pairs, tabular A2C agents on gridworld/small, 50 updates
     of 8 x 16 steps each), the population sharded over every device. Four sides, each
     `generations` ES generations in one call, alternated `repeats` times, best of each:
 
@@ -346,7 +347,7 @@ def bench_groove(repeats: int, generations: int = 10) -> dict:
     from envs import gridworld
     from meta import groove, level_buffer, lpg
 
-    base = groove.GrooveConfig()
+    base = groove.GrooveConfig(meta_optimizer="es")
     es_cfg = dataclasses.replace(
         base.lpg.es, num_generations=generations, generations_per_call=generations
     )
@@ -385,6 +386,88 @@ def bench_groove(repeats: int, generations: int = 10) -> dict:
         "x_dr_key_uncached": best["uncached"] / best["dr_key"],
         "antagonist_runs": antagonists["groove"],
         "antagonist_runs_uncached": antagonists["uncached"],
+    }
+
+
+def bench_meta_gradient(repeats: int, steps: int = 10, agents: int = 16, hidden: int = 256) -> dict:
+    """GROOVE as published (meta-gradient, algorithmic regret) against meta-gradient LPG with
+    domain randomisation, and the meta-gradient's agent throughput against A2C's.
+
+    Setup: `meta.groove`'s default LPG config (tabular agents on gridworld/small, 8 envs x 16
+    steps per update, 50-update lives) with a rule GRU `hidden` wide (256: the paper's; 64: the
+    CPU config's), `agents` agents, K = 5. Sides, each a jitted
+    program of `steps` meta-steps (or the same agent updates) from one fixed state, called in
+    alternation `repeats` times, best of each:
+
+    - "lpg_dr": meta-gradient LPG, fresh random levels at every reset, no antagonist;
+    - "groove": the same with the regret-scored level buffer and lockstep antagonists;
+    - "lpg_forward": the agents' K updates with a fixed rule, not differentiated (no meta-loss,
+      no rule step): the cost of the LPG agent update itself;
+    - "a2c": `agents` A2C agents (the antagonist's config: the standard objective, same network,
+      envs and levels) running the same number of updates.
+
+    Throughput counts the agents' update env steps, agents x K x 8 x 16 per meta-step (the fresh
+    rollout of each meta-step, another 8 x 16 per agent, is not counted)."""
+    from meta import groove, lpg
+    from purejaxrl import a2c
+
+    default = groove.GrooveConfig()
+    base = groove.GrooveConfig(
+        lpg=dataclasses.replace(default.lpg, hidden=hidden),
+        meta_gradient=lpg.MetaGradientConfig(num_agents=agents, num_agent_updates=5),
+    )
+    k = base.meta_gradient.num_agent_updates
+    inner = base.lpg.inner_config()
+    per_update = inner.num_envs * inner.num_steps
+    trainers = {
+        "lpg_dr": dataclasses.replace(base, score="dr"),
+        "groove": base,
+    }
+    programs, compile_s = {}, {}
+    for name, cfg in trainers.items():
+        trainer = lpg.make_meta_gradient_train(
+            cfg.lpg, cfg.meta_gradient, curriculum=groove.make_curriculum(cfg)
+        )
+        state = jax.jit(trainer.init)(jax.random.key(0))
+        keys = jax.random.split(jax.random.key(1), steps)
+        run = lambda st, ks, t=trainer: jax.lax.scan(t.step, st, ks)[1]["meta_loss"]
+        t0 = time.perf_counter()
+        programs[name] = (jax.jit(run).lower(state, keys).compile(), (state, keys))
+        compile_s[name] = time.perf_counter() - t0
+        if name == "groove":
+            levels = state.agents.env_params
+            rule = state.rule
+    # the LPG agents' K updates with a fixed rule, and A2C agents, on the same levels
+    updates = steps * k
+    env, default = lpg.make_env(base.lpg)
+    lpg_agent = a2c.make_agent(
+        inner, lpg.objective(rule, base.lpg.kl_weight, inner.gamma), env=env, env_params=default
+    )
+    a2c_agent = groove.antagonist_agent(base)
+    for name, agent in (("lpg_forward", lpg_agent), ("a2c", a2c_agent)):
+        keys = jax.random.split(jax.random.key(2), agents)
+        state = jax.jit(jax.vmap(agent.init))(keys, levels)
+        run = lambda st, a=agent: jax.vmap(lambda s: a.run(s, updates).metrics["loss"])(st)
+        t0 = time.perf_counter()
+        programs[name] = (jax.jit(run).lower(state).compile(), (state,))
+        compile_s[name] = time.perf_counter() - t0
+    best = dict.fromkeys(programs, float("inf"))
+    for _ in range(repeats):
+        for name, (compiled, args) in programs.items():
+            best[name] = min(best[name], best_call(compiled, args, 1)[0])
+    env_steps = agents * updates * per_update
+    sps = {name: env_steps / best[name] for name in programs}
+    return {
+        "agents": agents,
+        "hidden": hidden,
+        "meta_steps": steps,
+        "num_agent_updates": k,
+        **{f"{name}_s": best[name] for name in programs},
+        **{f"{name}_sps": sps[name] for name in programs},
+        **{f"{name}_compile_s": compile_s[name] for name in programs},
+        "x_lpg_dr_groove": best["groove"] / best["lpg_dr"],
+        "x_a2c_meta_gradient_sps": sps["lpg_dr"] / sps["a2c"],
+        "x_a2c_lpg_forward_sps": sps["lpg_forward"] / sps["a2c"],
     }
 
 
@@ -632,18 +715,42 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--groove",
         action="store_true",
-        help="only the GROOVE benchmark: meta-steps of GROOVE (cached antagonists), GROOVE "
-        "without the cache and LPG with domain randomisation, population 16, over the cores",
+        help="only the GROOVE benchmark: meta-gradient steps of GROOVE vs LPG-DR, and the "
+        "meta-gradient's agent throughput vs A2C (with --es-groove also ES-GROOVE generations "
+        "vs ES-LPG-DR, population 16, over the cores)",
     )
+    parser.add_argument("--es-groove", action="store_true", help="--groove: also the ES variant")
     parser.add_argument("--sweep-seeds", type=int, default=4)
     parser.add_argument("--sweep-timesteps", type=int, default=100_000, help="per run")
     args = parser.parse_args(argv)
     if args.groove:
         ask_for_host_devices(max(args.devices, os.cpu_count() or 1))
         print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
-        row = bench_groove(args.repeats)
+        rows = []
+        for hidden in (256, 64):
+            row = bench_meta_gradient(args.repeats, hidden=hidden)
+            rows.append(row)
+            print(
+                f"meta-gradient, rule GRU {hidden}, {row['agents']} agents x "
+                f"K={row['num_agent_updates']}, {row['meta_steps']} meta-steps per call: LPG-DR "
+                f"{row['lpg_dr_s']:.2f} s, GROOVE {row['groove_s']:.2f} s "
+                f"(x{row['x_lpg_dr_groove']:.2f}); agent env steps/s: meta-gradient "
+                f"{row['lpg_dr_sps']:,.0f}, LPG agents without the meta-gradient "
+                f"{row['lpg_forward_sps']:,.0f}, A2C {row['a2c_sps']:,.0f} (meta-gradient / A2C "
+                f"x{row['x_a2c_meta_gradient_sps']:.2f}, LPG forward / A2C "
+                f"x{row['x_a2c_lpg_forward_sps']:.2f}); compile LPG-DR "
+                f"{row['lpg_dr_compile_s']:.1f} s, GROOVE {row['groove_compile_s']:.1f} s",
+                flush=True,
+            )
+        if args.es_groove:
+            es_row = bench_es_groove(args.repeats)
+            rows.append(es_row)
+            row = es_row
+        else:
+            write_json(args, rows)
+            return rows
         print(
-            f"meta-step, population {row['population']} over {row['devices']} devices: LPG-DR "
+            f"ES-GROOVE generation, population {row['population']} over {row['devices']} devices: LPG-DR "
             f"{row['dr_generation_s']:.2f} s, GROOVE {row['groove_generation_s']:.2f} s "
             f"(x{row['x_dr_groove']:.2f}; {row['antagonist_runs']} antagonists in "
             f"{row['generations']} generations), GROOVE without the cache "
@@ -654,8 +761,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{row['dr_compile_s']:.1f} s, GROOVE {row['groove_compile_s']:.1f} s",
             flush=True,
         )
-        write_json(args, [row])
-        return [row]
+        write_json(args, rows)
+        return rows
     if args.generation:
         ask_for_host_devices(max(args.devices, os.cpu_count() or 1))
         print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")

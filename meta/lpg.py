@@ -596,8 +596,10 @@ def make_fitness(cfg: LPGConfig, levels=None):
 
 @dataclasses.dataclass
 class MetaOutput:
-    """params: the learned rule (ES mean); best_params: the best candidate; es: es.ESOutput;
-    info: what `save` records (trained_on)."""
+    """params: the learned rule (ES mean); best_params: the candidate with the highest fitness
+    over all generations, each fitness measured on its own key-drawn level and agent seed (so a
+    lucky draw, not a comparison on common levels: `params` is the rule to use); es:
+    es.ESOutput; info: what `save` records (trained_on)."""
 
     params: Any
     best_params: Any

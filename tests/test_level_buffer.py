@@ -236,6 +236,33 @@ def test_sampled_levels_become_less_stale():
     assert p[int(idx[0])] == 0.0 and p.sum() == pytest.approx(1.0)
 
 
+def test_sample_with_a_played_mask_stamps_and_counts_only_the_played_draws():
+    """Meta-gradient resets draw a level for every agent but use only those of agents that
+    finished: only those are stamped and advance the staleness clock."""
+    cfg = lb.BufferConfig(capacity=3, staleness_coef=1.0)
+    state = state_with(cfg, [1.0, 1.0, 1.0], [0, 0, 0], 6)
+    played = jnp.array([True, False, False, False])
+    new, idx, _ = lb.sample(jax.random.key(1), cfg, state, 4, played=played)
+    assert int(new.step) == 7
+    ts = np.asarray(new.timestamps)
+    assert ts[int(idx[0])] == 7
+    unplayed = set(np.asarray(idx)[1:].tolist()) - {int(idx[0])}
+    assert all(ts[i] == 0 for i in unplayed)
+
+
+def test_insert_offers_only_the_masked_rows():
+    cfg = lb.BufferConfig(capacity=4)
+    state = lb.init(cfg, EXAMPLE, EXTRA)
+    offered = jnp.array([True, False, True])
+    state, slots = lb.insert(
+        cfg, state, make_levels([1, 2, 3]), jnp.array([5.0, 9.0, 2.0]), make_extras([1, 2, 3]),
+        offered=offered,
+    )  # fmt: skip
+    np.testing.assert_array_equal(slots, [0, -1, 1])
+    assert contents_of(state) == {1: 5.0, 3: 2.0}
+    assert int(state.size) == 2 and int(state.step) == 2
+
+
 # --------------------------------------------------------------------------- insertion
 
 
