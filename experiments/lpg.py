@@ -1,26 +1,55 @@
-"""Meta-train an LPG / TA-LPG update rule with ES on random grid worlds (domain randomisation or
-GROOVE's level curricula), then meta-test it against A2C and PPO tuned per task.
+"""Meta-train an LPG / TA-LPG update rule on random grid worlds (domain randomisation or
+GROOVE's level curricula) with meta-gradients or ES, then meta-test it against A2C and PPO tuned
+per task.
 
-    python -m experiments.lpg [--config FILE.yaml] [key=value ...] [--time-aware] [--out DIR]
-        [--devices N] [--compile-cache DIR] [--no-progress]
-    python -m experiments.lpg --resume DIR [es.num_generations=G ...]   # continue meta-training
+    python -m experiments.lpg [--config FILE.yaml] [key=value ...] [--time-aware]
+        [--meta-optimizer meta_gradient|es] [--out DIR] [--devices N] [--compile-cache DIR]
+        [--no-progress]
+    python -m experiments.lpg --resume DIR [meta_gradient.num_steps=S | es.num_generations=G]
     python -m experiments.lpg --meta-test-only DIR [test_seeds=16 ...]  # redo the meta-test
+    python -m experiments.lpg --compare-ta [--config FILE.yaml] [key=value ...] [--out DIR]
     python -m experiments.groove ...                                    # the same, curriculum: regret
 
+The methods (`meta_optimizer` x `time_aware` x `curriculum`):
+
+    LPG        (Oh et al. 2020, arXiv 2007.08794): meta_optimizer meta_gradient, the default
+    TA-LPG     (Jackson et al., ICLR 2024, arXiv 2402.05828): --time-aware; its default
+               meta-optimiser is es, the TA paper's (meta_optimizer=meta_gradient is its ablation)
+    GROOVE     (Jackson et al., NeurIPS 2023, arXiv 2310.02782): experiments.groove (curriculum
+               regret) with meta_optimizer meta_gradient, the default, as the public code
+               (EmptyJackson/groove: GROOVE = its meta-gradient LPG with --score_function
+               alg_regret)
+    ES-GROOVE  the regret curriculum with meta_optimizer=es (this repository's ES variant: whole
+               lifetimes per antithetic pair, see meta/groove.py)
+
+So with `meta_optimizer` unset (the shipped configs leave it unset) a run uses es when
+time_aware is true and meta_gradient otherwise, in both CLIs; the resolved value is written to
+config.yaml.
+
 Settings (YAML mapping or `key=value` overrides with YAML values; nested keys with dots, e.g.
-`inner.total_timesteps=12800`, `es.population_size=32`, `buffer.replay_prob=0.5`):
+`inner.total_timesteps=12800`, `meta_gradient.num_agents=32`, `buffer.replay_prob=0.5`):
 
     seed            base seed (default 0): meta-training uses jax.random.key(seed) exactly as
                     `meta.groove.make_meta_train(cfg)(jax.random.key(seed))` does
     env, env_kwargs the meta-training levels: a grid-world distribution id (default
-                    gridworld/all_shortlife; gridworld/small, medium, large, all, ...); every
-                    pair of the ES population meets one level of it per generation
+                    gridworld/all_shortlife; gridworld/small, medium, large, all, all_vrandlife,
+                    ...): ES, every antithetic pair meets one level of it per generation;
+                    meta-gradient, every agent trains on its own level until its life ends
     inner, time_aware, y_size, hidden, kl_weight, level_lifetime
                     meta.lpg.LPGConfig's fields (`inner`: the A2CConfig fields of the agents,
                     merged over meta.lpg.CPU_INNER: tabular agents, hidden_sizes []; `--time-aware`
                     sets time_aware: true)
+    meta_optimizer  meta_gradient | es (meta.groove.GrooveConfig.meta_optimizer; also
+                    `--meta-optimizer`); unset: es if time_aware else meta_gradient (above)
+    meta_gradient   meta.lpg.MetaGradientConfig fields (num_agents, agent_chunks,
+                    num_agent_updates K, num_steps, learning_rate, max_grad_norm, gamma,
+                    gae_lambda, normalize_advantages, entropy_coef, pi_hat_l2_coef,
+                    y_entropy_coef, y_hat_l2_coef, critic_learning_rate, adam_eps_root, stagger)
+                    over its defaults, and steps_per_call (default 50): meta-steps per jitted
+                    call, the checkpoint interval. Read when meta_optimizer is meta_gradient
     es              meta.es.ESConfig fields, merged over population_size 16, num_generations 100,
-                    sigma 0.1, learning_rate 0.01, fitness_shaping pairwise (GROOVE's values)
+                    sigma 0.1, learning_rate 0.01, fitness_shaping pairwise; read when
+                    meta_optimizer is es
     curriculum      dr | regret | pvl (meta.groove's scores): dr = domain randomisation (fresh
                     random levels every generation), regret = GROOVE's algorithmic regret (A2C
                     antagonist's return - the rule's agents' return, a prioritised level buffer),
@@ -46,15 +75,29 @@ Settings (YAML mapping or `key=value` overrides with YAML values; nested keys wi
     test_seeds      seeds per learner and cell (default 8)
     bootstrap       stratified-bootstrap resamples for the 95% CIs (default 2000)
 
-Meta-training (meta/groove.py): `es.evolve` over the population of rules, sharded over the
-devices (on CPU the host's cores become devices; with no `--devices` the largest count that
-divides the population is used), with the curriculum choosing each generation's levels (one per
-antithetic pair), checkpointed in es/ after every `es.generations_per_call` generations (the
-curriculum's state, e.g. the level buffer, included). `--resume DIR` continues from there
-bit-exactly (the fitness history equals an uninterrupted run's); it may raise
-es.num_generations (and change es.generations_per_call or the meta-test settings), nothing else.
+Meta-training (meta/groove.py, `groove.make_meta_train`):
 
-Meta-test (the learned rule = the final ES mean), per cell (task, lifetime): `test_seeds` fresh
+- meta_gradient: `meta_gradient.num_agents` persistent agents, each on its own level; a
+  meta-step = K agent updates with the rule, then one clipped-Adam step of the rule on the
+  regularised A2C loss of the updated agents, differentiated through the K updates
+  (`lpg.make_meta_gradient_train`); agents whose life ended score their level and restart on one
+  the curriculum picks (dr: a fresh level; regret / pvl: replayed from the level buffer with
+  buffer.replay_prob, else fresh). Runs on one device in jitted calls of
+  `meta_gradient.steps_per_call` meta-steps, checkpointed in DIR/meta_gradient after each call
+  (the whole state: rule, optimiser, agents, critics, antagonists, buffer, metrics).
+  `--resume DIR` continues from there exactly (meta_steps.csv equals an uninterrupted run's);
+  it may raise meta_gradient.num_steps (and change meta_gradient.steps_per_call or the meta-test
+  settings), nothing else.
+- es: `es.evolve` over the population of rules, sharded over the devices (on CPU the host's
+  cores become devices; with no `--devices` the largest count that divides the population is
+  used), with the curriculum choosing each generation's levels (one per antithetic pair),
+  checkpointed in es/ after every `es.generations_per_call` generations (the curriculum's state,
+  e.g. the level buffer, included). `--resume DIR` continues from there bit-exactly (the fitness
+  history equals an uninterrupted run's); it may raise es.num_generations (and change
+  es.generations_per_call or the meta-test settings), nothing else.
+
+Meta-test (the learned rule: the final ES mean, or the meta-gradient's rule after its last
+meta-step), per cell (task, lifetime): `test_seeds` fresh
 A2C agents trained with the rule ("lpg"), and A2C ("a2c") and PPO ("ppo") with their standard
 objectives, each tuned per cell over its learning-rate grid: one vmapped sweep (lr x seeds) per
 (algorithm, cell) with `purejaxrl.sweep`, the learning rate with the best mean final return over
@@ -72,28 +115,52 @@ is left out of the overall numbers (listed in meta_test.json). Per cell: per-see
 IQM [95% stratified-bootstrap CI] of the raw and the normalised returns per learner (as
 experiments.sweep, experiments/aggregate.py); overall: the IQM of the normalised return over
 tasks x seeds (tasks the bootstrap's strata) per learner, at 1x over all tasks and at every other
-lifetime over the grid worlds. TA-LPG vs LPG at unseen lifetimes: two runs, compare their
-meta_test.json "overall" at 0.5x and 2x.
+lifetime over the grid worlds.
+
+TA-LPG vs LPG at unseen lifetimes, one command: `--compare-ta` runs TA-LPG (ES), TA-LPG
+(meta-gradient) and LPG (ES) with the same settings (each run's time_aware and meta_optimizer
+set for it) into DIR/ta-lpg-es, DIR/ta-lpg-mg and DIR/lpg-es, one after another, each an
+ordinary run folder of this CLI (below), then writes DIR/comparison.json, comparison.txt and
+comparison.png: per lifetime multiple (1x, 0.5x, 2x, ... as `lifetimes`) the normalised return's
+IQM [95% CI] over tasks x seeds of each rule beside the tuned A2C and PPO, and per cell the raw
+final return's IQM [CI]. The TA paper pits TA-LPG (ES) against LPG: LPG runs with ES here too,
+so that pair isolates the time-awareness, and TA-LPG (meta-gradient) isolates the
+meta-optimiser (the paper: meta-gradients over K updates fail to learn lifetime-dependent
+rules). Its own meta-training setting: `env=gridworld/all_vrandlife level_lifetime=true` (the
+public code's TA-LPG command: lifetimes log-uniform in 10-250 updates, the rule told each
+level's own). The runs share the meta-test's tuned baselines and random-policy returns (computed
+once). Rerunning the same command continues the comparison (an unfinished run is resumed, a
+finished one kept); a folder holding a run of other settings is refused.
 
 `--compile-cache DIR` keeps compiled programs in DIR (jax's persistent compilation cache): a
 resume, a `--meta-test-only` rerun, or another run with the same test settings, loads the
 baselines' and the rule's meta-test programs it compiled before (the rule is an argument).
 
-Bad input (an unknown key, env id or curriculum, a bad value, an occupied --out, a --resume of a
-folder whose config differs from the overrides) stops with `error: ...` (exit code 2) before
-anything is written. Ctrl-C stops with exit code 130 and says how to continue.
+Bad input (an unknown key, env id, curriculum, meta-optimiser or field of `meta_gradient`, `es`,
+`buffer`, `inner`, ..., with its close matches; a bad value; a meta-gradient K longer than a
+lifetime; an occupied --out; a --resume of a folder whose config differs from the overrides)
+stops with `error: ...` (exit code 2) before anything is compiled or written (with
+--compare-ta: before its first run starts, every run checked). Ctrl-C stops with exit code 130
+and says how to continue.
 
-Run folder DIR (default runs/<lpg|ta-lpg>-<curriculum>-<env>-<timestamp>):
+Run folder DIR (default runs/<lpg|ta-lpg>-<mg|es>-<curriculum>-<env>-<timestamp>):
     config.yaml     the resolved settings (`--config DIR/config.yaml` repeats the run)
-    es/             the ES checkpoints (meta/es.py; `--resume` continues the newest)
-    fitness.csv     generation, mean, best, nonfinite: per generation the mean and the maximum
-                    of the population's fitness (a candidate's agent's final return on its
-                    pair's level) and the number of non-finite fitness values
-    fitness.png     the mean and best fitness per generation
-    curriculum.csv  generation and the curriculum's metrics per generation (meta.groove: replay,
-                    antagonist_runs, admitted, buffer_size, mean_score, ... ; dr:
-                    mean_agent_return)
-    rule/           the learned rule (the final ES mean), `meta.lpg.save` with its info: load it
+    meta_gradient/  meta_gradient: the checkpoint (meta/groove.py; `--resume` continues it)
+    meta_steps.csv  meta_gradient: meta_step and per meta-step the meta-gradient's metrics
+                    (meta.groove's: meta_loss, meta_pg_loss, finished_return = mean final return
+                    of the agents whose life ended that step (empty if none), agents_restarted,
+                    unscored, rule_grad_norm, rule_skipped, entropy, y_entropy, critic_loss, ...)
+    meta_steps.png  meta_gradient: finished_return and the meta-loss per meta-step
+    es/             es: the ES checkpoints (meta/es.py; `--resume` continues the newest)
+    fitness.csv     es: generation, mean, best, nonfinite: per generation the mean and the
+                    maximum of the population's fitness (a candidate's agent's final return on
+                    its pair's level) and the number of non-finite fitness values
+    fitness.png     es: the mean and best fitness per generation
+    curriculum.csv  generation (es) or meta_step (meta_gradient) and the curriculum's metrics
+                    per step (meta.groove: replay, antagonist_runs, admitted, buffer_size,
+                    mean_score, ... ; dr: mean_agent_return)
+    rule/           the learned rule (the final ES mean, or the meta-gradient's last rule),
+                    `meta.lpg.save` with its info (trained_on.method: es | meta_gradient): load it
                     with `lpg.load(DIR/rule)` or train an A2C agent with it by `python -m
                     experiments.train --config experiments/configs/a2c_cartpole.yaml
                     env=gridworld/dense hidden_sizes=[] prediction_size=8 objective.name=lpg
@@ -101,12 +168,17 @@ Run folder DIR (default runs/<lpg|ta-lpg>-<curriculum>-<env>-<timestamp>):
     meta_test.json  per cell: R_random, the tuned learning rates, per learner the per-seed final
                     returns, IQM [95% CI], mean and the same of the normalised return; overall
     meta_test.png   IQM bars with CI whiskers per task and lifetime, and the overall normalised
-    summary.json    fitness curve, curriculum, meta-test table, timings (es compile_s / run_s,
-                    meta-test compile_s / run_s, wall_s) per session
+    summary.json    method (LPG, TA-LPG, GROOVE, ES-GROOVE, ... as above), meta_optimizer, the
+                    fitness curve (es) or the meta_steps.csv summary (meta_gradient:
+                    "meta_training"), curriculum, meta-test table, timings per session (es
+                    compile_s / run_s; meta_gradient_first_call_s = compile + first call,
+                    meta_gradient_run_s, meta_step_s = seconds per meta-step after the first
+                    call; meta-test compile_s / run_s, wall_s)
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import math
@@ -126,6 +198,12 @@ from experiments.metacli import Plan, say, write_fitness
 # after the host device count is set.
 
 CURRICULA = ("dr", "regret", "pvl")  # meta.groove.SCORES
+META_OPTIMIZERS = ("meta_gradient", "es")  # meta.groove.META_OPTIMIZERS
+MG_EXTRA = {"steps_per_call": 50}  # meta_gradient keys beside lpg.MetaGradientConfig's fields
+MG_RESUMABLE = ("meta_gradient.num_steps", "meta_gradient.steps_per_call")
+MG_DESCRIBE = {"num_agents": 8, "num_steps": 100}  # lpg.MetaGradientConfig's (no jax import)
+MG_CHECKPOINT = "meta_gradient"  # the folder groove's meta_train keeps under checkpoint_dir
+META_STEPS_CSV = "meta_steps.csv"
 GRID_TASKS = (
     "gridworld/dense",
     "gridworld/sparse",
@@ -144,6 +222,8 @@ LPG_KEYS = (
     "hidden",
     "kl_weight",
     "level_lifetime",
+    "meta_optimizer",
+    "meta_gradient",
     "es",
     "curriculum",
     "buffer",
@@ -166,6 +246,7 @@ KEYS = ("seed", *LPG_KEYS, *TEST_KEYS)
 NESTED = (
     "env_kwargs",
     "inner",
+    "meta_gradient",
     "es",
     "buffer",
     "antagonist",
@@ -213,16 +294,28 @@ NORMALISATION = (
 
 
 def parse_args(argv, prog: str = "experiments.lpg", curriculum: str = "dr"):
-    return metacli.parser(
+    p = metacli.parser(
         prog,
-        f"Meta-train an LPG / TA-LPG rule with ES on random grid worlds (curriculum default "
-        f"{curriculum}), then meta-test it against A2C and PPO tuned per task; writes a run "
-        "folder.",
+        f"Meta-train an LPG / TA-LPG rule on random grid worlds with meta-gradients (LPG, "
+        f"GROOVE) or ES (TA-LPG, ES-GROOVE) (curriculum default {curriculum}), then meta-test "
+        "it against A2C and PPO tuned per task; writes a run folder.",
         __doc__,
-        time_aware="TA-LPG (sets time_aware: true)",
+        time_aware="TA-LPG (sets time_aware: true; meta-optimiser default es)",
         artifact="rule",
-        out="runs/<lpg|ta-lpg>-<curriculum>-<env>-<timestamp>",
-    ).parse_args(argv)
+        out="runs/<lpg|ta-lpg>-<mg|es>-<curriculum>-<env>-<timestamp>",
+    )
+    p.add_argument(
+        "--meta-optimizer",
+        choices=META_OPTIMIZERS,
+        help="sets meta_optimizer (default meta_gradient; es with --time-aware)",
+    )
+    p.add_argument(
+        "--compare-ta",
+        action="store_true",
+        help="run ES TA-LPG, meta-gradient TA-LPG and ES LPG into subfolders of --out and "
+        "write one comparison table (rerun the same command to continue it)",
+    )
+    return p.parse_args(argv)
 
 
 # --------------------------------------------------------------------------- settings
@@ -236,6 +329,7 @@ class Settings:
     values: dict
     cfg: Any  # meta.groove.GrooveConfig
     seed: int
+    steps_per_call: int  # meta-gradient: meta-steps per jitted call and checkpoint
     test_tasks: tuple[str, ...]
     test_env_kwargs: dict  # {env id: {envs.make override: value}}
     lifetimes: tuple[float, ...]  # 1.0 first
@@ -259,6 +353,25 @@ class Settings:
     @property
     def curriculum(self) -> str:
         return self.cfg.score
+
+    @property
+    def meta_optimizer(self) -> str:
+        return self.cfg.meta_optimizer
+
+    @property
+    def meta_gradient(self) -> bool:
+        return self.cfg.meta_optimizer == "meta_gradient"
+
+    @property
+    def method(self) -> str:
+        """The method's name: GROOVE / ES-GROOVE (regret curriculum; "(TA-LPG rule)" when
+        time-aware), else "LPG" / "TA-LPG" with the meta-optimiser and curriculum."""
+        ta = self.cfg.lpg.time_aware
+        if self.curriculum == "regret":
+            name = "GROOVE" if self.meta_gradient else "ES-GROOVE"
+            return f"{name} (TA-LPG rule)" if ta else name
+        opt = "meta-gradient" if self.meta_gradient else "ES"
+        return f"{'TA-LPG' if ta else 'LPG'} ({opt}, curriculum {self.curriculum})"
 
     @property
     def train_updates(self) -> int:
@@ -288,6 +401,8 @@ def defaults(curriculum: str = "dr") -> dict[str, Any]:
         "hidden": lpg.HIDDEN,
         "kl_weight": lpg.KL_WEIGHT,
         "level_lifetime": False,
+        "meta_optimizer": None,  # None: es if time_aware else meta_gradient
+        "meta_gradient": {**dataclasses.asdict(lpg.MetaGradientConfig()), **MG_EXTRA},
         "es": dict(ES_DEFAULTS),
         "curriculum": curriculum,
         "buffer": dataclasses.asdict(buffer),
@@ -331,6 +446,56 @@ def _curriculum(value) -> str:
     return value
 
 
+def _meta_optimizer(value, time_aware: bool) -> str:
+    """The meta-optimiser: `value`, or when unset (None) the method's own: es for TA-LPG (the TA
+    paper's), meta_gradient otherwise (LPG, Oh et al. 2020; GROOVE, Jackson et al. 2023)."""
+    if value is None:
+        return "es" if time_aware else "meta_gradient"
+    if value not in META_OPTIMIZERS:
+        raise ValueError(
+            f"meta_optimizer={value!r} is unknown{metacli.hint(str(value), META_OPTIMIZERS)} "
+            f"(choose from {list(META_OPTIMIZERS)})"
+        )
+    return value
+
+
+def _number(value):
+    """A number written as a YAML string that PyYAML leaves unparsed ("1e-4") as a float."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _meta_gradient(values: Mapping[str, Any]):
+    """(lpg.MetaGradientConfig, steps_per_call) of the `meta_gradient` block; an unknown field is
+    named with close matches, a bad value with its field."""
+    from meta import lpg
+
+    fields = {f.name: f for f in dataclasses.fields(lpg.MetaGradientConfig)}
+    known = [*fields, *MG_EXTRA]
+    for key in values:
+        if key not in known:
+            raise ValueError(
+                f"meta_gradient: unknown field {key!r}{metacli.hint(key, known)} (fields: {known})"
+            )
+    kwargs = {
+        k: _number(v) if isinstance(fields[k].default, float) else v
+        for k, v in values.items()
+        if k in fields
+    }
+    try:
+        mg = lpg.MetaGradientConfig(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"meta_gradient: {e}") from None
+    steps = metacli.as_int(
+        "meta_gradient.steps_per_call", values.get("steps_per_call", MG_EXTRA["steps_per_call"]), 1
+    )
+    return mg, steps
+
+
 def _buffer(values: Mapping[str, Any]):
     """meta.level_buffer.BufferConfig(**values); an unknown field is named with close matches."""
     from meta import level_buffer
@@ -352,11 +517,13 @@ def _groove_config(v: Mapping[str, Any]):
     if not isinstance(env, str) or not env.startswith("gridworld/"):
         raise ValueError(f"env={env!r}: must be a grid-world id (gridworld/<distribution>)")
     metacli.task_list("env", [env])
+    time_aware = metacli.as_bool("time_aware", v["time_aware"])
+    mg, _ = _meta_gradient(metacli.mapping("meta_gradient", v["meta_gradient"]))
     cfg = lpg.LPGConfig(
         env=env,
         env_kwargs=metacli.mapping("env_kwargs", v["env_kwargs"]),
         inner=metacli.mapping("inner", v["inner"]),
-        time_aware=metacli.as_bool("time_aware", v["time_aware"]),
+        time_aware=time_aware,
         y_size=metacli.as_int("y_size", v["y_size"], 1),
         hidden=metacli.as_int("hidden", v["hidden"], 1),
         kl_weight=_positive_float("kl_weight", v["kl_weight"]),
@@ -366,6 +533,8 @@ def _groove_config(v: Mapping[str, Any]):
     return groove.GrooveConfig(
         lpg=cfg,
         score=_curriculum(v["curriculum"]),
+        meta_optimizer=_meta_optimizer(v["meta_optimizer"], time_aware),
+        meta_gradient=mg,
         buffer=_buffer(metacli.mapping("buffer", v["buffer"])),
         antagonist=metacli.mapping("antagonist", v["antagonist"]),
     )
@@ -388,10 +557,12 @@ def resolve(values: Mapping[str, Any], curriculum: str = "dr") -> Settings:
     if unknown:
         raise ValueError(f"test_env_kwargs: {unknown} are not among test_tasks {test_tasks}")
     env_kwargs = {t: metacli.mapping(f"test_env_kwargs.{t}", k) for t, k in env_kwargs.items()}
+    _, steps_per_call = _meta_gradient(metacli.mapping("meta_gradient", v["meta_gradient"]))
     settings = Settings(
         values={},
         cfg=cfg,
         seed=metacli.as_int("seed", v["seed"], 0),
+        steps_per_call=steps_per_call,
         test_tasks=tuple(test_tasks),
         test_env_kwargs=env_kwargs,
         lifetimes=tuple(metacli.multiples("lifetimes", v["lifetimes"])),
@@ -425,6 +596,10 @@ def _values(settings: Settings) -> dict:
         "hidden": cfg.lpg.hidden,
         "kl_weight": cfg.lpg.kl_weight,
         "level_lifetime": cfg.lpg.level_lifetime,
+        "meta_optimizer": cfg.meta_optimizer,
+        "meta_gradient": metacli.plain(
+            {**dataclasses.asdict(cfg.meta_gradient), "steps_per_call": settings.steps_per_call}
+        ),
         "es": metacli.plain(dataclasses.asdict(cfg.lpg.es)),
         "curriculum": cfg.score,
         "buffer": metacli.plain(dataclasses.asdict(cfg.buffer)),
@@ -507,13 +682,31 @@ def describe(args, curriculum: str = "dr") -> str | None:
     except ValueError:
         return None
     ta = args.time_aware or values.get("time_aware") is True
-    es_values = values.get("es") if isinstance(values.get("es"), Mapping) else {}
-    pop = es_values.get("population_size", ES_DEFAULTS["population_size"])
-    gens = es_values.get("num_generations", ES_DEFAULTS["num_generations"])
+    opt = args.meta_optimizer or values.get("meta_optimizer") or ("es" if ta else "meta_gradient")
+    score = values.get("curriculum", curriculum)
+    if args.compare_ta:
+        return (
+            f"building the TA comparison (ES TA-LPG, meta-gradient TA-LPG, ES LPG) on "
+            f"{values.get('env', 'gridworld/all_shortlife')} (curriculum {score}) ..."
+        )
+    if score == "regret":
+        name = "GROOVE" if opt == "meta_gradient" else "ES-GROOVE"
+        name += " (TA-LPG rule)" if ta else ""
+    else:
+        name = f"{'TA-LPG' if ta else 'LPG'} ({'ES' if opt == 'es' else 'meta-gradient'})"
+    if opt == "meta_gradient":
+        mg_values = values.get("meta_gradient")
+        mg_values = {**MG_DESCRIBE, **(mg_values if isinstance(mg_values, Mapping) else {})}
+        agents, steps = mg_values["num_agents"], mg_values["num_steps"]
+        size = f"{agents} agents x {steps} meta-steps"
+    else:
+        es_values = values.get("es") if isinstance(values.get("es"), Mapping) else {}
+        pop = es_values.get("population_size", ES_DEFAULTS["population_size"])
+        gens = es_values.get("num_generations", ES_DEFAULTS["num_generations"])
+        size = f"population {pop} x {gens} generations"
     return (
-        f"building {'TA-LPG' if ta else 'LPG'} meta-training on "
-        f"{values.get('env', 'gridworld/all_shortlife')} (curriculum "
-        f"{values.get('curriculum', curriculum)}, population {pop} x {gens} generations) ..."
+        f"building {name} meta-training on {values.get('env', 'gridworld/all_shortlife')} "
+        f"(curriculum {score}, {size}) ..."
     )
 
 
@@ -523,10 +716,38 @@ def experiment(prog: str = "experiments.lpg", curriculum: str = "dr") -> metacli
         prog=prog,
         artifact="rule",
         resolve=lambda values: resolve(values, curriculum),
-        run_name=lambda s: f"{s.algo}-{s.curriculum}-{s.cfg.lpg.env.split('/', 1)[1]}",
+        run_name=lambda s: (
+            f"{s.algo}-{'mg' if s.meta_gradient else 'es'}-{s.curriculum}-"
+            f"{s.cfg.lpg.env.split('/', 1)[1]}"
+        ),
         test_keys=TEST_KEYS,
         nested=NESTED,
+        schedule=schedule,
     )
+
+
+def schedule(settings: Settings) -> metacli.Schedule:
+    """ES: `metacli.es_schedule`; meta-gradient: meta_gradient.num_steps meta-steps,
+    checkpointed in DIR/meta_gradient every meta_gradient.steps_per_call."""
+    if not settings.meta_gradient:
+        return metacli.es_schedule(settings)
+    return metacli.Schedule(
+        settings.cfg.meta_gradient.num_steps,
+        "meta_gradient.num_steps",
+        "meta-step",
+        f"{MG_CHECKPOINT}/",
+        done_meta_steps,
+        MG_RESUMABLE,
+        None,
+    )
+
+
+def done_meta_steps(run_dir: Path) -> int:
+    """The meta-steps of the meta-gradient checkpoint in DIR/meta_gradient (0 if none);
+    ValueError if it is damaged."""
+    from meta import groove
+
+    return groove.checkpoint_steps(run_dir)
 
 
 # --------------------------------------------------------------------------- meta-training
@@ -536,22 +757,112 @@ CURRICULUM_CSV = "curriculum.csv"
 
 
 def curriculum_rows(metrics: Mapping[str, np.ndarray], first: int = 1) -> list[list]:
-    """[generation, *metrics in name order] per generation of `metrics` {name: [n]}."""
+    """[step, *metrics in name order] per generation or meta-step of `metrics` {name: [n]}."""
     names = sorted(metrics)
     count = len(np.asarray(metrics[names[0]])) if names else 0
     return [[first + g, *(float(np.asarray(metrics[k])[g]) for k in names)] for g in range(count)]
 
 
-def write_curriculum(run_dir: Path, metrics: Mapping, first: int = 1, keep_upto=None) -> None:
-    """curriculum.csv: generation and the curriculum's metrics (see `curriculum_rows`) after the
-    existing rows up to generation `keep_upto` (None: only these)."""
-    columns = ["generation", *sorted(metrics)]
+def write_curriculum(
+    run_dir: Path, metrics: Mapping, first: int = 1, keep_upto=None, step: str = "generation"
+) -> None:
+    """curriculum.csv: `step` ("generation" or "meta_step") and the curriculum's metrics (see
+    `curriculum_rows`) after the existing rows up to step `keep_upto` (None: only these)."""
+    columns = [step, *sorted(metrics)]
     rows = curriculum_rows(metrics, first)
     metacli.write_csv_rows(run_dir / CURRICULUM_CSV, columns, rows, keep_upto)
 
 
+def write_meta_steps(run_dir: Path, metrics: Mapping, first: int = 1, keep_upto=None) -> None:
+    """meta_steps.csv: meta_step and the meta-gradient's metrics per meta-step (those that are
+    not the curriculum's) after the existing rows up to meta-step `keep_upto` (None: only
+    these)."""
+    columns = ["meta_step", *sorted(metrics)]
+    rows = curriculum_rows(metrics, first)
+    metacli.write_csv_rows(run_dir / META_STEPS_CSV, columns, rows, keep_upto)
+
+
+def _split_metrics(metrics: Mapping, curriculum_names) -> tuple[dict, dict]:
+    """(the meta-gradient's own metrics, the curriculum's) of groove's per-meta-step metrics."""
+    names = set(curriculum_names)
+    own = {k: v for k, v in metrics.items() if k not in names}
+    return own, {k: v for k, v in metrics.items() if k in names}
+
+
 def run_meta_training(plan: Plan, session: dict, t_start: float):
-    """ES with the curriculum (resumable); returns the GrooveOutput."""
+    """The meta-training of `meta_optimizer` (resumable); returns the GrooveOutput."""
+    if plan.settings.meta_gradient:
+        return run_meta_gradient(plan, session, t_start)
+    return run_es(plan, session, t_start)
+
+
+def run_meta_gradient(plan: Plan, session: dict, t_start: float):
+    """Meta-gradient LPG / GROOVE with the curriculum (`groove.make_meta_train`), checkpointed
+    in DIR/meta_gradient every `steps_per_call` meta-steps; returns the GrooveOutput."""
+    import jax
+
+    from meta import groove
+
+    settings, run_dir = plan.settings, plan.run_dir
+    cfg, mg = settings.cfg, settings.cfg.meta_gradient
+    train_cfg = cfg  # the checkpoint matches the config less num_steps, which a resume may raise
+    clock = {"first": True, "t": time.perf_counter(), "calls": []}
+
+    def on_steps(done, metrics):
+        if clock["first"] and plan.write_config and plan.mode == "resume":
+            metacli.write_yaml(run_dir, settings.values)  # a resume writes its config once it runs
+        clock["first"] = False
+        now = time.perf_counter()
+        n = len(np.asarray(metrics["meta_loss"]))
+        clock["calls"].append((n, now - clock["t"]))
+        clock["t"] = now
+        first = done - n + 1
+        own, cur = _split_metrics(metrics, meta_train.curriculum.metrics)
+        write_curriculum(run_dir, cur, first, keep_upto=first - 1, step="meta_step")
+        write_meta_steps(run_dir, own, first, keep_upto=first - 1)
+
+    say(
+        plan,
+        f"meta-training ({settings.method}): {mg.num_agents} agents on their own "
+        f"{cfg.lpg.env} levels (curriculum {cfg.score}), each meta-step {mg.num_agent_updates} "
+        f"updates of every agent + one rule update, lives of {settings.train_updates} updates; "
+        f"meta-steps {plan.done_generations + 1}..{mg.num_steps} in calls of "
+        f"{settings.steps_per_call}; compiling ...",
+    )
+    meta_train = groove.make_meta_train(train_cfg)
+    out = meta_train(
+        jax.random.key(settings.seed),
+        num_steps=mg.num_steps,
+        steps_per_call=settings.steps_per_call,
+        progress=plan.progress,
+        on_steps=on_steps,
+        checkpoint_dir=run_dir,
+        resume=plan.mode == "resume",
+    )
+    out.info["trained_on"]["meta_gradient"] = dataclasses.asdict(mg)
+    if "antagonist_runs" in out.curriculum:
+        out.info["trained_on"]["antagonist_runs_uncached"] = out.antagonist_runs_uncached
+    if plan.write_config and plan.mode == "resume":
+        metacli.write_yaml(run_dir, settings.values)
+    own, cur = _split_metrics(out.metrics, out.curriculum)
+    write_meta_steps(run_dir, own)
+    write_curriculum(run_dir, cur, step="meta_step")
+    calls = clock["calls"]
+    later = calls[1:]
+    steps_later = sum(n for n, _ in later)
+    session.update(
+        meta_steps_run=int(sum(n for n, _ in calls)),
+        meta_gradient_first_call_s=calls[0][1] if calls else None,
+        meta_gradient_run_s=sum(t for _, t in later),
+        meta_step_s=(sum(t for _, t in later) / steps_later) if steps_later else None,
+        meta_train_s=time.perf_counter() - t_start,
+    )
+    return out
+
+
+def run_es(plan: Plan, session: dict, t_start: float):
+    """ES (ES-GROOVE, ES LPG / TA-LPG) with the curriculum (resumable); returns the
+    GrooveOutput."""
     import jax
 
     from meta import groove
@@ -573,7 +884,8 @@ def run_meta_training(plan: Plan, session: dict, t_start: float):
     pop, g = cfg.lpg.es.population_size, cfg.lpg.es.num_generations
     say(
         plan,
-        f"meta-training: {pop} rules x one {settings.train_updates}-update agent lifetime each "
+        f"meta-training ({settings.method}): {pop} rules x one {settings.train_updates}-update "
+        "agent lifetime each "
         f"on {pop // 2} {cfg.lpg.env} level(s) per generation (curriculum {cfg.score}), "
         f"generations {plan.done_generations + 1}..{g}, population over {plan.es_devices} "
         "device(s); compiling the generation ...",
@@ -727,7 +1039,13 @@ def tuned_baseline(plan: Plan, learner: str, task: str, m: float, env, bar):
     bar.step(f"{task} {m:g}x {learner}")
     cfg = learner_config(settings, task, m, learner)
     seed = task_seed(settings.seed, task)
-    per_lr, compile_s, run_s = tune(learner, cfg, lrs, *env, seed, seeds, plan.devices)
+    memo_key = ("tune", learner, repr(cfg), lrs, seed, seeds)
+    if _MEMO is not None and memo_key in _MEMO:  # --compare-ta: another run tuned it
+        per_lr, compile_s, run_s = _MEMO[memo_key], 0.0, 0.0
+    else:
+        per_lr, compile_s, run_s = tune(learner, cfg, lrs, *env, seed, seeds, plan.devices)
+        if _MEMO is not None:
+            _MEMO[memo_key] = per_lr
     best = best_lr(per_lr)
     tuned = {
         "learning_rate": None if best is None else lrs[best],
@@ -843,9 +1161,16 @@ def meta_test(plan: Plan, params) -> dict:
     t0 = time.perf_counter()
     randoms = {}
     for task in tasks:
+        memo_key = ("random", task, repr(settings.test_env_kwargs.get(task)), settings.seed,
+                    settings.random_steps)  # fmt: skip
+        if _MEMO is not None and memo_key in _MEMO:  # --compare-ta: another run has it
+            randoms[task] = dict(_MEMO[memo_key])
+            continue
         key = jax.random.fold_in(jax.random.key(task_seed(settings.seed, task)), 1)
         r, n = random_return(*envs_of[task], key, RANDOM_ENVS, settings.random_steps)
         randoms[task] = {"return": metacli.num(r), "episodes": n}
+        if _MEMO is not None:
+            _MEMO[memo_key] = dict(randoms[task])
     random_s = time.perf_counter() - t0
     bar = _Progress(plan.progress, len(cells) * len(LEARNERS))
     out_cells = []
@@ -896,11 +1221,66 @@ def meta_test(plan: Plan, params) -> dict:
 def plot_fitness(run_dir: Path, settings: Settings) -> Path:
     es_cfg = settings.es
     title = (
-        f"{settings.algo.upper()} meta-training on {settings.cfg.lpg.env} (curriculum "
+        f"{settings.method} meta-training on {settings.cfg.lpg.env} (curriculum "
         f"{settings.curriculum})\n{es_cfg.strategy} {es_cfg.fitness_shaping}, population "
         f"{es_cfg.population_size}, {settings.train_updates} updates per lifetime"
     )
     return metacli.plot_fitness(run_dir, title, "fitness (final return on the pair's level)")
+
+
+def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
+    """{column: values} of a CSV of numbers (empty cells NaN)."""
+    rows = [line.split(",") for line in path.read_text().splitlines() if line]
+    names, data = rows[0], rows[1:]
+    table = np.asarray([[float(x) if x else math.nan for x in r] for r in data], np.float64)
+    table = table.reshape(len(data), len(names))
+    return {name: table[:, i] for i, name in enumerate(names)}
+
+
+def _rolling(x: np.ndarray, width: int) -> np.ndarray:
+    """Mean of the finite values of the last `width` entries at every point (NaN if none)."""
+    finite = np.isfinite(x)
+    total = np.cumsum(np.where(finite, x, 0.0))
+    count = np.cumsum(finite)
+    shift = lambda a: np.concatenate([np.zeros(width), a[:-width]]) if len(a) > width else 0 * a  # noqa: E731
+    total, count = total - shift(total), count - shift(count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def plot_meta_steps(run_dir: Path, settings: Settings) -> Path:
+    """meta_steps.png: per meta-step the finished agents' mean final return (and its rolling
+    mean) and the meta-loss (and its policy-gradient part)."""
+    plt = metacli.pyplot()
+    m = read_csv_columns(run_dir / META_STEPS_CSV)
+    step = m["meta_step"]
+    width = max(1, len(step) // 50)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    ax.plot(step, m["finished_return"], ".", ms=3, alpha=0.4, label="agents finished this step")
+    ax.plot(step, _rolling(m["finished_return"], width), label=f"rolling mean ({width})")
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("final return of the agents whose life ended")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for name in ("meta_loss", "meta_pg_loss"):
+        if name in m:
+            ax.plot(step, _rolling(m[name], width), label=name)
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel(f"rolling mean ({width})")
+    ax.legend(fontsize=8)
+    mg = settings.cfg.meta_gradient
+    fig.suptitle(
+        f"{settings.method} meta-training on {settings.cfg.lpg.env}: {mg.num_agents} agents, "
+        f"K={mg.num_agent_updates}, rule Adam {mg.learning_rate:g}, {settings.train_updates} "
+        "updates per lifetime",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = run_dir / "meta_steps.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_meta_test(run_dir: Path, table: dict) -> Path:
@@ -957,48 +1337,82 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-def _curriculum_summary(run_dir: Path) -> dict | None:
-    """First / last / mean of every curriculum metric (curriculum.csv); None if absent."""
-    path = run_dir / CURRICULUM_CSV
+def _curriculum_summary(run_dir: Path, name: str = CURRICULUM_CSV) -> dict | None:
+    """First / last / mean / total of every metric of a per-step CSV (curriculum.csv,
+    meta_steps.csv; finite values); None if absent."""
+    path = run_dir / name
     if not path.is_file():
         return None
-    rows = [line.split(",") for line in path.read_text().splitlines() if line]
-    names, data = rows[0][1:], rows[1:]
-    table = np.asarray([[float(x) if x else math.nan for x in r[1:]] for r in data], np.float64)
-    table = table.reshape(len(data), len(names))
-    return {
-        name: {
-            "first": metacli.num(table[0, i]) if len(data) else None,
-            "last": metacli.num(table[-1, i]) if len(data) else None,
-            "mean": metacli.num(np.nanmean(table[:, i])) if len(data) else None,
-            "total": metacli.num(np.nansum(table[:, i])) if len(data) else None,
+    columns = read_csv_columns(path)
+    out = {}
+    for key, x in list(columns.items())[1:]:
+        finite = x[np.isfinite(x)]
+        out[key] = {
+            "first": metacli.num(x[0]) if len(x) else None,
+            "last": metacli.num(x[-1]) if len(x) else None,
+            "mean": metacli.num(finite.mean()) if finite.size else None,
+            "total": metacli.num(finite.sum()) if finite.size else None,
         }
-        for i, name in enumerate(names)
+    return out
+
+
+def _meta_gradient_summary(run_dir: Path, settings: Settings) -> dict:
+    """summary.json's "meta_training" of a meta-gradient run (meta_steps.csv)."""
+    m = read_csv_columns(run_dir / META_STEPS_CSV)
+    finished = m.get("finished_return", np.zeros(0))
+    tenth = max(1, len(finished) // 10)
+    head, tail = finished[:tenth], finished[-tenth:]
+    mean = lambda x: metacli.num(np.mean(x[np.isfinite(x)])) if np.isfinite(x).any() else None  # noqa: E731
+    return {
+        "definition": (
+            "per meta-step: finished_return = mean final return (last 5% of updates, finished "
+            "episodes only) of the agents whose life ended that step (NaN if none); meta_loss = "
+            "the regularised A2C loss of the updated agents that the rule's Adam step descends"
+        ),
+        "meta_steps": len(finished),
+        "planned_meta_steps": settings.cfg.meta_gradient.num_steps,
+        "num_agents": settings.cfg.meta_gradient.num_agents,
+        "finished_return_first_tenth": mean(head),
+        "finished_return_last_tenth": mean(tail),
+        "metrics": _curriculum_summary(run_dir, META_STEPS_CSV),
     }
 
 
-def summary_of(plan: Plan, fitness: dict, table, session: dict, info=None) -> dict:
-    settings = plan.settings
-    definition = (
-        "per candidate, the final return of an A2C agent trained with it for its lifetime on "
-        "its antithetic pair's level; per generation the mean and max over the population "
-        "(finite values)"
-    )
+def summary_of(plan: Plan, table, session: dict, info=None) -> dict:
+    settings, run_dir = plan.settings, plan.run_dir
     out = {
+        "method": settings.method,
+        "meta_optimizer": settings.meta_optimizer,
         "algo": settings.algo,
         "curriculum": settings.curriculum,
         "env": settings.cfg.lpg.env,
         "seed": settings.seed,
-        "population_size": settings.es.population_size,
-        "generations": len(fitness["mean"]),
-        "planned_generations": settings.es.num_generations,
         "train_updates": settings.train_updates,
-        "fitness": metacli.fitness_summary(fitness, definition),
-        "curriculum_metrics": _curriculum_summary(plan.run_dir),
-        "rule": "rule",
-        "normalisation": NORMALISATION,
-        "meta_test": None,
     }
+    if settings.meta_gradient:
+        out["meta_training"] = _meta_gradient_summary(run_dir, settings)
+        out["fitness"] = None
+    else:
+        fitness = metacli.read_fitness(run_dir)
+        definition = (
+            "per candidate, the final return of an A2C agent trained with it for its lifetime "
+            "on its antithetic pair's level; per generation the mean and max over the "
+            "population (finite values)"
+        )
+        out.update(
+            population_size=settings.es.population_size,
+            generations=len(fitness["mean"]),
+            planned_generations=settings.es.num_generations,
+            fitness=metacli.fitness_summary(fitness, definition),
+        )
+    out.update(
+        {
+            "curriculum_metrics": _curriculum_summary(run_dir),
+            "rule": "rule",
+            "normalisation": NORMALISATION,
+            "meta_test": None,
+        }
+    )
     trained_on = (info or {}).get("trained_on", {})
     for key in ("antagonist_runs", "antagonist_runs_uncached"):
         if key in trained_on:
@@ -1042,9 +1456,12 @@ def execute(plan: Plan) -> dict:
         params = out.params
         info = {**out.info, "run": {"folder": str(run_dir), "seed": settings.seed}}
         lpg.save(run_dir / "rule", params, info)
-        plot_fitness(run_dir, settings)
+        if settings.meta_gradient:
+            plot_meta_steps(run_dir, settings)
+        else:
+            plot_fitness(run_dir, settings)
         session["wall_s"] = time.perf_counter() - t_start
-        partial = summary_of(plan, metacli.read_fitness(run_dir), None, session, info)
+        partial = summary_of(plan, None, session, info)
         if plan.previous.get("meta_test") is not None:
             partial["meta_test_stale"] = "the rule changed; meta_test.json is of an older one"
         runs.write_json(run_dir / "summary.json", partial)
@@ -1061,29 +1478,236 @@ def execute(plan: Plan) -> dict:
     runs.write_json(run_dir / "meta_test.json", table)
     plot_meta_test(run_dir, table)
     session["wall_s"] = time.perf_counter() - t_start
-    summary = summary_of(plan, metacli.read_fitness(run_dir), table, session, info)
+    summary = summary_of(plan, table, session, info)
     runs.write_json(run_dir / "summary.json", summary)
     return summary
 
 
+def meta_training_line(summary: dict) -> str | None:
+    """The meta-training's one line: the ES fitness curve's ends, or the meta-gradient's
+    finished-agent return over the first and last tenth of its meta-steps."""
+    if summary.get("fitness") is not None:
+        return metacli.fitness_line(summary)
+    mt = summary.get("meta_training")
+    if not mt or not mt["meta_steps"]:
+        return None
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    return (
+        f"{summary['method']}: {mt['meta_steps']} meta-steps, {mt['num_agents']} agents; final "
+        f"return of finished agents {fmt(mt['finished_return_first_tenth'])} (first tenth) -> "
+        f"{fmt(mt['finished_return_last_tenth'])} (last tenth)"
+    )
+
+
 def report(plan: Plan, summary: dict) -> None:
-    """The final lines: the fitness curve's ends, the meta-test table, the timings."""
-    line = metacli.fitness_line(summary)
+    """The final lines: the meta-training's progress, the meta-test table, the timings."""
+    line = meta_training_line(summary)
     if line:
         print(line)
     print(format_table(metacli.read_json(plan.run_dir / "meta_test.json")))
     t = summary["timings"]
-    names = ("es_compile_s", "es_run_s", "meta_test_compile_s", "meta_test_run_s")
+    names = (
+        "es_compile_s",
+        "es_run_s",
+        "meta_gradient_first_call_s",
+        "meta_gradient_run_s",
+        "meta_test_compile_s",
+        "meta_test_run_s",
+    )
     parts = [f"{k} {t[k]:.0f} s" for k in names if t.get(k) is not None]
     print(f"{' | '.join(parts)} | wall {summary['wall_s']:.0f} s\nrun folder: {plan.run_dir}")
 
 
+# --------------------------------------------------------------------------- --compare-ta
+
+# (subfolder, label, settings) of the TA comparison's runs: the TA paper's TA-LPG (ES) against
+# LPG (ES: the same meta-optimiser, so the pair isolates the time-awareness) and the ablation
+# TA-LPG (meta-gradient: the paper reports that meta-gradients over K updates fail to learn
+# lifetime-dependent rules).
+COMPARE_TA = (
+    ("ta-lpg-es", "TA-LPG (ES)", {"time_aware": True, "meta_optimizer": "es"}),
+    (
+        "ta-lpg-mg",
+        "TA-LPG (meta-gradient)",
+        {"time_aware": True, "meta_optimizer": "meta_gradient"},
+    ),
+    ("lpg-es", "LPG (ES)", {"time_aware": False, "meta_optimizer": "es"}),
+)
+_MEMO: dict | None = (
+    None  # --compare-ta: the tuned baselines and random returns, shared by its runs
+)
+
+
+def _arm_args(args, arm_dir: Path, arm: Mapping[str, Any], exp) -> argparse.Namespace:
+    """The CLI arguments of one run of the comparison: a new run in `arm_dir`, or a --resume of
+    the run there (refused when the config file and overrides now give another config)."""
+    overrides = [*args.overrides, *(f"{k}={str(v).lower()}" for k, v in arm.items())]
+    ns = argparse.Namespace(**{**vars(args), "overrides": overrides, "compare_ta": False})
+    ns.time_aware, ns.meta_optimizer, ns.resume, ns.meta_test_only = False, None, None, None
+    if not (arm_dir / "config.yaml").is_file():
+        ns.out = str(arm_dir)
+        return ns
+    values = runs.load_yaml(args.config) if args.config else {}
+    values = metacli.deep_merge(values, metacli.parse_overrides(overrides))
+    saved = exp.resolve(metacli.read_config(arm_dir, "--compare-ta", exp.prog))
+    diff = metacli.changed(saved, exp.resolve(values), exp)
+    if diff:
+        raise ValueError(
+            f"--compare-ta: {arm_dir} holds a run of another config ({'; '.join(diff)}); "
+            "give another --out"
+        )
+    ns.resume, ns.config, ns.out = str(arm_dir), None, None
+    return ns
+
+
+def compare_ta(args, prog: str, curriculum: str) -> int:
+    """--compare-ta: the runs of COMPARE_TA one after another in DIR/<name> (each as a plain run
+    of this CLI with its settings; a rerun continues them), then DIR/comparison.json, .txt and
+    .png. Returns the exit code."""
+    global _MEMO
+    import datetime
+
+    from experiments.sweep import set_host_devices
+
+    if not args.no_progress:
+        print(describe(args, curriculum), file=sys.stderr, flush=True)
+    set_host_devices(args)
+    exp = experiment(prog, curriculum)
+    try:
+        if args.resume or args.meta_test_only or args.time_aware or args.meta_optimizer:
+            raise ValueError(
+                "--compare-ta sets time_aware and meta_optimizer per run: it takes neither "
+                "--time-aware, --meta-optimizer, --resume nor --meta-test-only (rerun the same "
+                "command to continue a comparison)"
+            )
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else Path("runs") / f"compare-ta-{stamp}"
+        arms = [
+            (name, label, _arm_args(args, out / name, arm, exp)) for name, label, arm in COMPARE_TA
+        ]
+        for _, _, ns in arms:  # every run's settings are checked before any starts
+            metacli.prepare(ns, exp)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    describe_arm = lambda a: describe(a, curriculum)  # noqa: E731
+    _MEMO = {}
+    try:
+        for _, label, ns in arms:
+            if not args.no_progress:
+                print(f"== {label}: {ns.out or ns.resume}", file=sys.stderr, flush=True)
+            rc = metacli.main(ns, exp, describe_arm, execute, report)
+            if rc:
+                if rc == 130:
+                    print("or rerun the whole comparison with the same command", file=sys.stderr)
+                return rc
+    finally:
+        _MEMO = None
+    table = comparison(out, [(name, label) for name, label, _ in arms])
+    runs.write_json(out / "comparison.json", table)
+    text = format_comparison(table)
+    runs.atomic_write(out / "comparison.txt", text + "\n")
+    plot_comparison(out, table)
+    print(text)
+    print(f"comparison folder: {out}")
+    return 0
+
+
+def comparison(out: Path, arms: list[tuple[str, str]]) -> dict:
+    """The comparison table of the runs in out/<name>: per lifetime multiple the normalised
+    return's IQM [95% CI] over tasks x seeds of each run's rule (its meta_test.json "overall"),
+    with the tuned A2C and PPO of the first run (every run has the same baselines); per cell the
+    raw final return's IQM [CI] of each rule."""
+    tables = {name: metacli.read_json(out / name / "meta_test.json") for name, _ in arms}
+    first = tables[arms[0][0]]
+    lifetimes = sorted(first["lifetimes"])
+    overall = {}
+    for m in lifetimes:
+        key = f"{m:g}x"
+        row = {}
+        for name, _ in arms:
+            entry = tables[name]["overall"].get(key)
+            row[name] = None if entry is None else entry["lpg"]
+        entry = first["overall"].get(key)
+        for baseline in BASELINES:
+            row[baseline] = None if entry is None else entry[baseline]
+        overall[key] = row
+    cells = {}
+    for i, c in enumerate(first["cells"]):
+        cell = {name: tables[name]["cells"][i]["results"]["lpg"] for name, _ in arms}
+        cell.update({b: c["results"][b] for b in BASELINES})
+        cells[f"{c['task']}@{c['lifetime']:g}x"] = cell
+    return {
+        "runs": {
+            name: {
+                "label": label,
+                "folder": str(out / name),
+                "method": metacli.read_json(out / name / "summary.json").get("method"),
+            }
+            for name, label in arms
+        },
+        "series": [name for name, _ in arms] + list(BASELINES),
+        "test_seeds": first["test_seeds"],
+        "normalisation": NORMALISATION,
+        "definition": (
+            "overall: per lifetime multiple, IQM [95% stratified-bootstrap CI] over tasks x "
+            "seeds of the normalised final return (each run's meta_test.json 'overall'; 1x over "
+            "every task, other multiples over the grid worlds); cells: the raw final return's "
+            "IQM [CI] over seeds; a2c / ppo: the tuned baselines (the same in every run)"
+        ),
+        "overall": overall,
+        "cells": cells,
+    }
+
+
+def format_comparison(table: dict) -> str:
+    series = table["series"]
+    labels = {name: run["label"] for name, run in table["runs"].items()}
+    width = 26
+    head = f"{'':<24}" + "".join(f"{labels.get(s, s):>{width}}" for s in series)
+    lines = [
+        "TA comparison: normalised return (R - R_random) / (R_A2C - R_random), IQM [95% CI] "
+        f"over tasks x {table['test_seeds']} seeds",
+        head,
+    ]
+    for m, row in table["overall"].items():
+        lines.append(
+            f"{'lifetime ' + m:<24}" + "".join(metacli.ci_text(row[s], width) for s in series)
+        )
+    lines.append("final return per cell, IQM [95% CI] over seeds:")
+    for cell, row in table["cells"].items():
+        lines.append(f"{cell:<24}" + "".join(metacli.ci_text(row[s], width) for s in series))
+    return "\n".join(lines)
+
+
+def plot_comparison(out: Path, table: dict) -> Path:
+    """comparison.png: the normalised IQM [CI] per lifetime multiple of every run and baseline."""
+    panels = {
+        "normalised return, IQM over tasks x seeds": [
+            {"tick": m, "values": row} for m, row in table["overall"].items()
+        ]
+    }
+    return metacli.plot_cells(
+        out / "comparison.png",
+        panels,
+        table["series"],
+        xlabel="lifetime (x meta-trained updates)",
+        ylabel="IQM [95% CI]",
+        suptitle=", ".join(f"{k}: {v['label']}" for k, v in table["runs"].items()),
+    )
+
+
 def main(argv=None, prog: str = "experiments.lpg", curriculum: str = "dr") -> int:
     """The CLI (experiments.groove: prog "experiments.groove", curriculum "regret")."""
+    args = parse_args(argv, prog, curriculum)
+    if args.compare_ta:
+        return compare_ta(args, prog, curriculum)
+    if args.meta_optimizer:
+        args.overrides = [*args.overrides, f"meta_optimizer={args.meta_optimizer}"]
     return metacli.main(
-        parse_args(argv, prog, curriculum),
+        args,
         experiment(prog, curriculum),
-        lambda args: describe(args, curriculum),
+        lambda a: describe(a, curriculum),
         execute,
         report,
     )

@@ -51,6 +51,37 @@ ES_RESUMABLE = ("es.num_generations", "es.generations_per_call")
 
 
 @dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How far a run's meta-training goes and where its progress is kept: `planned` steps of
+    `unit` ("generation", "meta-step") set by the key `key` ("es.num_generations"), checkpointed
+    in the run folder's `where` ("es/"), `done(run_dir)` of them there so far; `resumable`: the
+    meta-training keys a --resume may change (beside the test keys); `shards`: the count the
+    devices must divide (the ES population; None: the meta-training runs on one device)."""
+
+    planned: int
+    key: str
+    unit: str
+    where: str
+    done: Callable[[Path], int]
+    resumable: tuple[str, ...]
+    shards: int | None
+
+
+def es_schedule(settings) -> Schedule:
+    """The ES meta-training's schedule (`settings.es`, checkpoints in DIR/es)."""
+    es = settings.es
+    return Schedule(
+        es.num_generations,
+        "es.num_generations",
+        "generation",
+        "es/",
+        done_generations,
+        ES_RESUMABLE,
+        es.population_size,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """What differs between the meta-training CLIs.
 
@@ -59,7 +90,8 @@ class Experiment:
     with `.values` (plain YAML) and `.es` (ESConfig), ValueError naming the key on bad input;
     run_name(settings): the default folder name under runs/ (a timestamp is appended);
     test_keys: the settings only the meta-test reads (they may change with --resume and
-    --meta-test-only); nested: the mapping-valued settings, merged and compared key by key.
+    --meta-test-only); nested: the mapping-valued settings, merged and compared key by key;
+    schedule(settings): the meta-training's `Schedule` (default: ES, `es_schedule`).
     """
 
     prog: str
@@ -68,10 +100,11 @@ class Experiment:
     run_name: Callable[[Any], str]
     test_keys: tuple[str, ...]
     nested: tuple[str, ...]
+    schedule: Callable[[Any], Schedule] = es_schedule
 
-    @property
-    def resumable(self) -> set[str]:
-        return {*self.test_keys, *ES_RESUMABLE}
+    def resumable(self, settings) -> set[str]:
+        """The keys a --resume of a run with `settings` may change."""
+        return {*self.test_keys, *self.schedule(settings).resumable}
 
 
 # --------------------------------------------------------------------------- arguments
@@ -280,7 +313,7 @@ def changed(saved, new, experiment: Experiment) -> list[str]:
         f"{k}: the run has {a.get(k, '<unset>')!r}, given {b.get(k, '<unset>')!r}"
         for k in sorted({*a, *b})
         if a.get(k) != b.get(k)
-        and k not in experiment.resumable
+        and k not in experiment.resumable(saved)
         and k.split(".")[0] not in experiment.test_keys
     ]
 
@@ -312,20 +345,21 @@ def _folder_settings(args, overrides, experiment: Experiment):
     saved = experiment.resolve(read_config(run_dir, flag, experiment.prog))
     settings = experiment.resolve(deep_merge(saved.values, overrides))
     diff = changed(saved, settings, experiment)
+    schedule = experiment.schedule(settings)
     if args.meta_test_only:
         before, after = (flatten(s.values, experiment.nested) for s in (saved, settings))
         diff += [
             f"{k}: only the meta-test settings may change with --meta-test-only"
-            for k in ES_RESUMABLE
-            if before[k] != after[k]
+            for k in schedule.resumable
+            if before.get(k) != after.get(k)
         ]
     if diff:
-        allowed = sorted(experiment.resumable if args.resume else experiment.test_keys)
+        allowed = sorted(experiment.resumable(saved) if args.resume else experiment.test_keys)
         raise ValueError(
             f"{flag} {run_dir}: the overrides change the run's config ({'; '.join(diff)}); "
             f"only {allowed} may change; start a new run (--out) instead"
         )
-    done = done_generations(run_dir)
+    done = schedule.done(run_dir)
     name = experiment.artifact
     if args.meta_test_only:
         if not (run_dir / name / saved_objects.MANIFEST).is_file():
@@ -333,10 +367,10 @@ def _folder_settings(args, overrides, experiment: Experiment):
                 f"--meta-test-only {run_dir}: no learned {name} ({name}/) there yet; finish the "
                 f"meta-training with --resume {run_dir}"
             )
-    elif done > settings.es.num_generations:
+    elif done > schedule.planned:
         raise ValueError(
-            f"--resume {run_dir}: es/ holds generation {done}, past es.num_generations="
-            f"{settings.es.num_generations}; give es.num_generations >= {done}"
+            f"--resume {run_dir}: {schedule.where} holds {schedule.unit} {done}, past "
+            f"{schedule.key}={schedule.planned}; give {schedule.key} >= {done}"
         )
     return run_dir, settings, done
 
@@ -385,8 +419,8 @@ def prepare(args, experiment: Experiment) -> Plan:
     from purejaxrl import sweep
 
     devices = sweep.resolve_devices(args.devices)
-    pop = settings.es.population_size
-    if args.devices is not None and pop % len(devices):
+    pop = experiment.schedule(settings).shards
+    if args.devices is not None and pop is not None and pop % len(devices):
         raise ValueError(
             f"--devices {args.devices}: es.population_size={pop} must divide by the device count"
         )
@@ -395,7 +429,7 @@ def prepare(args, experiment: Experiment) -> Plan:
         settings=settings,
         run_dir=run_dir,
         devices=devices,
-        es_devices=max(d for d in range(1, len(devices) + 1) if pop % d == 0),
+        es_devices=1 if pop is None else max(d for d in range(1, len(devices) + 1) if pop % d == 0),
         progress=not args.no_progress,
         write_config=write_config,
         done_generations=done,
@@ -502,12 +536,13 @@ def fitness_line(summary: dict) -> str | None:
     """ "fitness: generation 1 mean .. -> generation G mean .." from summary.json (None if no
     generation ran)."""
     f = summary["fitness"]
-    if f["first_mean"] is None:
+    if not summary.get("generations"):
         return None
+    g = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731  (None: no finite fitness)
     return (
-        f"fitness: generation 1 mean {f['first_mean']:.4g} best {f['first_best']:.4g} -> "
-        f"generation {summary['generations']} mean {f['last_mean']:.4g} best "
-        f"{f['last_best']:.4g} (best ever {f['best_ever']:.4g})"
+        f"fitness: generation 1 mean {g(f['first_mean'])} best {g(f['first_best'])} -> "
+        f"generation {summary['generations']} mean {g(f['last_mean'])} best "
+        f"{g(f['last_best'])} (best ever {g(f['best_ever'])})"
     )
 
 
@@ -690,7 +725,7 @@ def _complete(plan: Plan, experiment: Experiment) -> bool:
     run_dir = plan.run_dir
     return (
         plan.mode == "resume"
-        and plan.done_generations >= plan.settings.es.num_generations
+        and plan.done_generations >= experiment.schedule(plan.settings).planned
         and (run_dir / "meta_test.json").is_file()
         and (run_dir / experiment.artifact).is_dir()
     )
@@ -720,17 +755,17 @@ def main(
         except ValueError as e:  # bad settings, unknown env or key, occupied or foreign folder
             print(f"error: {e}", file=sys.stderr)
             return 2
+        schedule = experiment.schedule(plan.settings)
         if _complete(plan, experiment):
             print(
-                f"{plan.run_dir} is complete ({plan.done_generations} of "
-                f"{plan.settings.es.num_generations} generations); raise "
-                "es.num_generations=... to continue, or rerun the meta-test with "
-                f"--meta-test-only {plan.run_dir}",
+                f"{plan.run_dir} is complete ({plan.done_generations} of {schedule.planned} "
+                f"{schedule.unit}s); raise {schedule.key}=... to continue, or rerun the "
+                f"meta-test with --meta-test-only {plan.run_dir}",
                 file=sys.stderr,
             )
             return 0
         if plan.mode == "resume":
-            say(plan, f"resuming {plan.run_dir} at generation {plan.done_generations} ...")
+            say(plan, f"resuming {plan.run_dir} at {schedule.unit} {plan.done_generations} ...")
         try:
             summary = execute(plan)
         except KeyboardInterrupt:

@@ -611,8 +611,20 @@ _RUN_INFO = {"format", "config", "key", "done", "metrics", "shapes", "digest"}
 
 
 def _config_record(cfg: GrooveConfig) -> str:
-    """The config as canonical JSON (what a checkpoint must match to be resumed)."""
-    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    """The config as canonical JSON (what a checkpoint must match to be resumed), less
+    `meta_gradient.num_steps`: a run may be continued further."""
+    record = dataclasses.asdict(cfg)
+    del record["meta_gradient"]["num_steps"]
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def checkpoint_steps(checkpoint_dir) -> int:
+    """Meta-steps held by the meta-gradient checkpoint in `checkpoint_dir` (0 when there is none;
+    CheckpointError when it is damaged or not one)."""
+    path = Path(checkpoint_dir).absolute() / "meta_gradient"
+    if not path.exists():
+        return 0
+    return int(saved.read_info(path, _RUN_KIND, _RUN_INFO, _RUN_FORMAT)["done"])
 
 
 def _save_run(path, state, metrics, done, record, key_data) -> None:

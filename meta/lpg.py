@@ -48,7 +48,7 @@ Meta-training:
   curriculum GROOVE): a persistent population of agents, each on its own level; a meta-step =
   K agent updates with the rule, then A2C's -mean(log pi A) on a fresh rollout (A: GAE(0.99,
   0.95) of a separate value critic) plus regularisers on the updated agents, differentiated
-  through the loop's own K updates; clipped Adam 1e-4 on the rule. Agents whose lives end score
+  through the loop's own K updates; Adam 1e-4 on the rule. Agents whose lives end score
   their levels and restart on levels from a curriculum. LPG and TA-LPG (the TA paper's ablation).
 
 Levels: `levels` is None (the env's default params), a batch of env params (a pytree whose leaves
@@ -466,9 +466,10 @@ class LPGConfig:
     """env (+ env_kwargs): the env whose levels the agents train on; inner: A2CConfig fields of
     every agent (prediction_size is set to y_size); time_aware: TA-LPG; y_size, hidden: the rule's
     y width and GRU width; kl_weight: the agent loss's KL weight; es: the ES settings (default:
-    OpenES, population 16, sigma 0.1 as the public GROOVE code; learning rate 0.01, where the
-    code's ES step is `--lpg_learning_rate` 1e-4 decayed by 0.999 per step to 1e-5: a deliberate
-    deviation, sized for 100-generation CPU runs; one level per antithetic pair);
+    OpenES, population 16, sigma 0.1 and learning rate 0.01 as the public GROOVE code's TA-LPG
+    command (its README, April 2023: the ES learning rate is 1e-2, once misreported as 1e-4),
+    without its decay of the rate by 0.999 per step to 1e-5, which our ESConfig does not
+    express; one level per antithetic pair);
     level_lifetime: honour each level's own lifetime L (its `lifetime` field, in updates, e.g.
     the grid worlds' `gridworld/all_randlife`): agents still run the inner config's N updates
     (a static shape), but TA-LPG sees n/L and log L, and the fitness is the final return at
@@ -650,7 +651,8 @@ class MetaGradientConfig:
     sequential chunks of num_agents / agent_chunks vmapped agents (the code's num_mini_batches:
     memory only, the gradient is the same mean); K = num_agent_updates (5) agent updates per
     meta-step; num_steps: meta-steps of `train`; learning_rate: Adam on the rule (1e-4);
-    max_grad_norm: clip of the rule's gradient norm (0.5; None: no clip); gamma, gae_lambda
+    max_grad_norm: optional clip of the rule's gradient norm (None, as the code's default Adam:
+    its `--lpg_max_grad_norm` 0.5 applies only to its SGD option); gamma, gae_lambda
     (0.99, 0.95): the meta-objective's GAE with a separate value critic (critic_learning_rate,
     Adam); normalize_advantages: those advantages normalised over each agent's rollout (as the
     code); the regularisers entropy_coef (5e-2), pi_hat_l2_coef (5e-3), y_entropy_coef (1e-3),
@@ -665,7 +667,7 @@ class MetaGradientConfig:
     num_agent_updates: int = 5
     num_steps: int = 100
     learning_rate: float = 1e-4
-    max_grad_norm: float | None = 0.5
+    max_grad_norm: float | None = None
     gamma: float = 0.99
     gae_lambda: float = 0.95
     normalize_advantages: bool = True
@@ -892,8 +894,8 @@ def make_meta_gradient_train(
     public code's definition), averaged: theta_k's on the states of update k + 1's rollout (the
     loss metrics of update k + 1, taken at its start parameters), theta_K's on the fresh
     rollout. pi_hat, y_hat: the rule's outputs of the K updates. Its gradient in the rule's
-    parameters, through the K updates, averaged over agents, takes a clipped Adam step (a
-    non-finite gradient is skipped and counted).
+    parameters, through the K updates, averaged over agents, takes an Adam step (after the
+    optional max_grad_norm clip; a non-finite gradient is skipped and counted).
 
     Agents keep training across meta-steps. An agent whose life ends (its update count reaches
     its lifetime: the inner config's N updates, or with `cfg.level_lifetime` its level's own L,

@@ -3,10 +3,11 @@ tuned A2C and PPO) and the pieces they share with experiments.lpo (experiments/m
 
 The default tests check settings, bad input, the normalisation and the small meta-test helpers
 without compiling a training program (except one random-policy rollout). The end-to-end CLI runs
-(`-m slow`) share one tiny GROOVE run (regret curriculum on gridworld/small, population 4, 2
-generations, meta-test on gridworld/sparse at 1x and 2x with 2 seeds); compiling is most of
-their time, so the module keeps jax's persistent compilation cache in pytest's cache folder
-(the resumed, interrupted and meta-test-only runs load the programs the first run compiled).
+(`-m slow`) share two tiny GROOVE runs on gridworld/small with the regret curriculum, meta-tested
+on gridworld/sparse at 1x and 2x with 2 seeds: ES-GROOVE (population 4, 2 generations) and
+GROOVE (meta-gradient, 4 agents, K = 2, 4 meta-steps in calls of 2); compiling is most of their
+time, so the module keeps jax's persistent compilation cache in pytest's cache folder (the
+resumed, interrupted and meta-test-only runs load the programs the first runs compiled).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TINY = {
     "env": "gridworld/small",
     "inner": {"total_timesteps": 256, "num_envs": 4, "num_steps": 16},
     "hidden": 16,
+    "meta_optimizer": "es",
     "es": {"population_size": 4, "num_generations": 2, "generations_per_call": 1},
     "buffer": {"capacity": 4, "min_fill": 0.5},
     "test_tasks": ["gridworld/sparse"],
@@ -51,10 +53,25 @@ def compile_cache(request, tmp_path_factory):
     yield from cli_compile_cache(request, tmp_path_factory, "experiments-lpg-jax-cache")
 
 
+# The meta-gradient's tiny run: 4 updates per life, K = 2, so a life is 2 meta-steps.
+TINY_MG = {
+    **{k: v for k, v in TINY.items() if k not in ("meta_optimizer", "es")},
+    "meta_gradient": {"num_agents": 4, "num_agent_updates": 2, "num_steps": 4,
+                      "steps_per_call": 2},
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mg_config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny_mg.yaml"
+    path.write_text(yaml.safe_dump(TINY_MG))
     return path
 
 
@@ -65,9 +82,18 @@ def run_cli(argv, cache, main=cli.main) -> int:
 
 @pytest.fixture(scope="module")
 def run_a(config_file, compile_cache, tmp_path_factory):
-    """The tiny GROOVE run, through experiments.groove (curriculum regret by default)."""
+    """The tiny ES-GROOVE run, through experiments.groove (curriculum regret by default)."""
     out = tmp_path_factory.mktemp("groove") / "a"
     argv = ["--config", str(config_file), "--out", str(out)]
+    assert run_cli(argv, compile_cache, groove_cli.main) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_mg(mg_config_file, compile_cache, tmp_path_factory):
+    """The tiny GROOVE run (meta-gradient: experiments.groove's default)."""
+    out = tmp_path_factory.mktemp("groove") / "mg"
+    argv = ["--config", str(mg_config_file), "--out", str(out)]
     assert run_cli(argv, compile_cache, groove_cli.main) == 0
     return out
 
@@ -91,6 +117,8 @@ def read_csv(path: Path) -> list[dict]:
 def test_settings_resolve_defaults_and_lifetimes():
     settings = cli.resolve({})
     assert settings.curriculum == "dr" and settings.algo == "lpg"
+    assert settings.meta_optimizer == "meta_gradient" and settings.steps_per_call == 50
+    assert settings.cfg.meta_gradient == lpg.MetaGradientConfig()  # meta.lpg's defaults
     assert settings.cfg.lpg.env == "gridworld/all_shortlife"
     assert settings.test_tasks == cli.GRID_TASKS and settings.minatar == ("Breakout-MinAtar",)
     assert settings.lifetimes == (1.0, 0.5, 2.0) and settings.test_seeds == 8
@@ -121,9 +149,60 @@ def test_groove_cli_defaults_to_the_regret_curriculum():
     assert groove.resolve({}).curriculum == "regret"
     assert groove.resolve({"curriculum": "pvl"}).curriculum == "pvl"
     assert cli.experiment().resolve({}).curriculum == "dr"
-    args = cli.parse_args(["es.population_size=8"], "experiments.groove", "regret")
+    args = cli.parse_args(["meta_gradient.num_agents=32"], "experiments.groove", "regret")
+    assert "building GROOVE meta-training" in cli.describe(args, "regret")
+    assert "curriculum regret, 32 agents x 100 meta-steps" in cli.describe(args, "regret")
+    args = cli.parse_args(["es.population_size=8", "--meta-optimizer", "es"])
+    assert "building ES-GROOVE meta-training" in cli.describe(args, "regret")
     assert "curriculum regret, population 8 x 100" in cli.describe(args, "regret")
     assert groove_cli.CURRICULUM == "regret" and groove_cli.PROG == groove.prog
+    # describe runs before jax starts: its meta-gradient defaults are meta.lpg's
+    mg = lpg.MetaGradientConfig()
+    assert cli.MG_DESCRIBE == {"num_agents": mg.num_agents, "num_steps": mg.num_steps}
+
+
+@pytest.mark.parametrize(
+    "values, optimizer, method",
+    [
+        ({}, "meta_gradient", "LPG (meta-gradient, curriculum dr)"),
+        ({"time_aware": True}, "es", "TA-LPG (ES, curriculum dr)"),  # the TA paper's
+        ({"time_aware": True, "meta_optimizer": "meta_gradient"}, "meta_gradient",
+         "TA-LPG (meta-gradient, curriculum dr)"),
+        ({"curriculum": "regret"}, "meta_gradient", "GROOVE"),  # GROOVE as published
+        ({"curriculum": "regret", "meta_optimizer": "es"}, "es", "ES-GROOVE"),
+        ({"curriculum": "regret", "time_aware": True}, "es", "ES-GROOVE (TA-LPG rule)"),
+        ({"curriculum": "pvl", "meta_optimizer": "es"}, "es", "LPG (ES, curriculum pvl)"),
+    ],
+)  # fmt: skip
+def test_meta_optimizer_defaults_to_each_methods_own(values, optimizer, method):
+    settings = cli.resolve(values)
+    assert settings.meta_optimizer == optimizer and settings.method == method
+    assert settings.cfg.meta_optimizer == optimizer  # what groove.make_meta_train runs
+    assert settings.values["meta_optimizer"] == optimizer  # explicit in config.yaml
+    assert cli.resolve(settings.values).values == settings.values
+    name = cli.experiment().run_name(settings)
+    assert name.startswith(f"{settings.algo}-{'mg' if optimizer == 'meta_gradient' else 'es'}-")
+    schedule = cli.schedule(settings)
+    if optimizer == "es":
+        assert schedule.key == "es.num_generations" and schedule.shards == 16
+    else:
+        assert schedule.key == "meta_gradient.num_steps" and schedule.planned == 100
+        assert schedule.shards is None and schedule.where == "meta_gradient/"
+
+
+def test_meta_optimizer_flag_and_meta_gradient_block(tmp_path):
+    args = cli.parse_args(["--meta-optimizer", "es"])
+    assert args.meta_optimizer == "es" and not args.compare_ta
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        cli.parse_args(["--meta-optimizer", "ess"])
+    settings = cli.resolve(
+        {"meta_gradient": {"num_agents": 4, "agent_chunks": 2, "learning_rate": "3e-4",
+                           "max_grad_norm": None, "steps_per_call": 7}}
+    )  # fmt: skip
+    mg = settings.cfg.meta_gradient
+    assert (mg.num_agents, mg.agent_chunks, mg.max_grad_norm) == (4, 2, None)
+    assert mg.learning_rate == 3e-4  # PyYAML leaves "3e-4" a string; the block reads a number
+    assert settings.steps_per_call == 7 and settings.values["meta_gradient"]["steps_per_call"] == 7
 
 
 @pytest.mark.parametrize("name", ["lpg_cpu.yaml", "lpg_paper.yaml"])
@@ -137,9 +216,17 @@ def test_shipped_configs_resolve(name):
     assert settings.test_tasks == cli.GRID_TASKS and settings.lifetimes[:3] == (1.0, 0.5, 2.0)
     assert settings.es.fitness_shaping == "pairwise" and settings.test_seeds >= 8
     assert "Breakout-MinAtar" in settings.minatar
+    # meta_optimizer unset: each method's own
+    assert "meta_optimizer" not in values and settings.meta_optimizer == "meta_gradient"
+    assert cli.resolve({**values, "time_aware": True}).meta_optimizer == "es"
+    text = (Path(cli.__file__).parent / "configs" / name).read_text()
+    assert "docs REFERENCES" not in text and "EmptyJackson/groove" in text
+    mg = settings.cfg.meta_gradient
+    assert mg.num_agent_updates == 5 and mg.learning_rate == 1e-4
     if name == "lpg_cpu.yaml":
         assert settings.cfg.lpg.env == "gridworld/small" and settings.train_updates == 64
         assert settings.es.population_size == 32
+        assert mg.num_agents == 64 and mg.num_steps == 1000 and settings.steps_per_call == 50
         dense = cli.learner_config(settings, "gridworld/dense", 1.0, "a2c")
         assert dict(dense.env_kwargs) == {"max_steps": 100}
     else:
@@ -147,6 +234,18 @@ def test_shipped_configs_resolve(name):
         assert settings.es.population_size == 1024 and settings.cfg.lpg.hidden == 256
         assert settings.cfg.buffer.capacity == 4000 and settings.cfg.buffer.replay_prob == 0.5
         assert settings.lifetimes == (1.0, 0.5, 2.0, 10.0)  # 10x: the paper's 2,500 updates
+        # EmptyJackson/groove: --num_agents 512 --num_mini_batches 16, K 5, Adam 1e-4 with no
+        # clip (its Adam ignores --lpg_max_grad_norm), --train_steps 3e4; ES (the README's TA-LPG
+        # command): population 2 x 512, sigma 0.1, --lpg_learning_rate 0.01, 2500 steps
+        assert (mg.num_agents, mg.agent_chunks, mg.num_steps) == (512, 16, 30_000)
+        assert mg.max_grad_norm is None and mg.stagger is False
+        assert (mg.entropy_coef, mg.pi_hat_l2_coef, mg.y_entropy_coef, mg.y_hat_l2_coef) == (
+            5e-2, 5e-3, 1e-3, 1e-3
+        )  # fmt: skip
+        inner = settings.cfg.lpg.inner_config()
+        assert (inner.num_envs, inner.num_steps) == (64, 20)
+        assert settings.es.sigma == 0.1 and settings.es.learning_rate == 0.01
+        assert settings.es.num_generations == 2500
 
 
 # --------------------------------------------------------------------------- bad input
@@ -171,6 +270,12 @@ def test_shipped_configs_resolve(name):
         (["test_env_kwargs={gridworld/sparse: {max_step: 5}}"], "test_env_kwargs.gridworld/sparse"),
         (["test_env_kwargs={gridworld/dense: {max_steps: 5}}"], "not among test_tasks"),
         (["test_seeds=0"], "test_seeds=0"),
+        (["meta_optimizer=meta_grad"], "did you mean 'meta_gradient'"),
+        (["meta_gradient.num_agent=4"], "meta_gradient: unknown field 'num_agent'"),
+        (["meta_gradient.learning_rate=-1"], "MetaGradientConfig.learning_rate=-1"),
+        (["meta_gradient.num_agents=3", "meta_gradient.agent_chunks=2"], "not divisible"),
+        (["meta_gradient.steps_per_call=0"], "meta_gradient.steps_per_call=0"),
+        (["meta_optimizer=meta_gradient"], "shorter than meta_gradient.num_agent_updates=5"),
     ],
 )
 def test_bad_input_stops_before_writing(extra, message, config_file, tmp_path, capsys):
@@ -179,6 +284,96 @@ def test_bad_input_stops_before_writing(extra, message, config_file, tmp_path, c
     err = capsys.readouterr().err
     assert "error: " in err and message in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("meta_gradient", "meta_gradient: unknown field 'num_agent'; did you mean 'num_agents'"),
+        ("top", "unknown key 'meta_optimiser'; did you mean 'meta_optimizer'"),
+    ],
+)
+@pytest.mark.parametrize("main", [cli.main, groove_cli.main])
+def test_paper_config_with_an_unknown_field_stops_before_compiling(
+    where, message, main, tmp_path, monkeypatch, capsys
+):
+    """lpg_paper.yaml with one misspelt field: `error: ...` naming it, exit code 2, nothing
+    written, and nothing traced or compiled (jax.jit / lax.scan would fail the test)."""
+    from experiments import runs
+
+    values = runs.load_yaml(Path(cli.__file__).parent / "configs" / "lpg_paper.yaml")
+    if where == "top":
+        values["meta_optimiser"] = "es"
+    else:
+        values["meta_gradient"]["num_agent"] = values["meta_gradient"].pop("num_agents")
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(values))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was compiled before the settings were checked")
+
+    monkeypatch.setattr(jax, "jit", refuse)
+    monkeypatch.setattr(jax.lax, "scan", refuse)
+    out = tmp_path / "run"
+    assert main(["--config", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err, err
+    assert not out.exists()
+
+
+def test_compare_ta_refuses_flags_that_set_what_it_sets(config_file, tmp_path, capsys):
+    for flag in (["--time-aware"], ["--meta-optimizer", "es"], ["--resume", str(tmp_path)]):
+        argv = ["--compare-ta", "--config", str(config_file), "--out", str(tmp_path / "c")]
+        assert cli.main([*argv, *flag, "--no-progress"]) == 2
+        assert "--compare-ta sets time_aware and meta_optimizer" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_compare_ta_checks_every_run_before_starting(config_file, tmp_path, capsys):
+    """A setting only the meta-gradient run rejects (lifetime 4 updates < K = 5) stops the
+    comparison before its first (ES) run starts."""
+    out = tmp_path / "c"
+    argv = ["--compare-ta", "--config", str(config_file), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 2
+    assert "shorter than meta_gradient.num_agent_updates=5" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _meta_test_table(shift: float) -> dict:
+    """A meta_test.json of one task at 1x and 2x whose rule IQM is `shift` + the cell's index."""
+    stats = lambda x: {"iqm": x, "iqm_ci": [x - 1, x + 1], "mean": x}  # noqa: E731
+    cells = [
+        {"task": "gridworld/sparse", "lifetime": m,
+         "results": {"lpg": stats(shift + i), "a2c": stats(10.0), "ppo": stats(20.0)}}
+        for i, m in enumerate((1.0, 2.0))
+    ]  # fmt: skip
+    overall = {
+        "1x": {"lpg": stats(shift), "a2c": stats(1.0), "ppo": stats(2.0)},
+        "2x": None,
+    }
+    return {"lifetimes": [1.0, 2.0], "test_seeds": 2, "cells": cells, "overall": overall}
+
+
+def test_comparison_table_of_three_runs(tmp_path):
+    from experiments import runs
+
+    names = [(name, label) for name, label, _ in cli.COMPARE_TA]
+    assert [n for n, _ in names] == ["ta-lpg-es", "ta-lpg-mg", "lpg-es"]
+    for i, (name, _) in enumerate(names):
+        (tmp_path / name).mkdir()
+        runs.write_json(tmp_path / name / "meta_test.json", _meta_test_table(100.0 * i))
+        runs.write_json(tmp_path / name / "summary.json", {"method": f"m{i}"})
+    table = cli.comparison(tmp_path, names)
+    assert table["series"] == ["ta-lpg-es", "ta-lpg-mg", "lpg-es", "a2c", "ppo"]
+    assert [table["overall"]["1x"][n]["iqm"] for n, _ in names] == [0.0, 100.0, 200.0]
+    assert table["overall"]["1x"]["a2c"]["iqm"] == 1.0 and table["overall"]["2x"]["lpg-es"] is None
+    assert table["cells"]["gridworld/sparse@2x"]["ta-lpg-mg"]["iqm"] == 101.0
+    assert table["runs"]["lpg-es"] == {
+        "label": "LPG (ES)", "folder": str(tmp_path / "lpg-es"), "method": "m2"
+    }  # fmt: skip
+    text = cli.format_comparison(table)
+    assert "TA-LPG (ES)" in text and "lifetime 1x" in text and "gridworld/sparse@2x" in text
+    assert cli.plot_comparison(tmp_path, table).is_file()
 
 
 def test_an_occupied_out_is_refused(config_file, tmp_path, capsys):
@@ -306,16 +501,19 @@ def test_run_folder_holds_every_output(run_a):
     assert config["lifetimes"] == [2.0] and config["test_seeds"] == 2
 
     rows = read_csv(run_a / "fitness.csv")
-    assert [r["generation"] for r in rows] == ["1", "2"] and [r["nonfinite"] for r in rows] == [
-        "0",
-        "0",
-    ]
-    assert all(float(r["best"]) >= float(r["mean"]) for r in rows)
+    assert [r["generation"] for r in rows] == ["1", "2"]
+    # a candidate whose agent finished no episode in its last 5% of updates has a NaN fitness
+    # (purejaxrl.scores.final_return): with 4 updates of 16 steps on levels of 20-100-step
+    # episodes, some do; the finite ones give mean and best
+    assert all(0 <= int(r["nonfinite"]) <= 4 for r in rows)
+    assert all(float(r["best"]) >= float(r["mean"]) for r in rows if int(r["nonfinite"]) < 4)
     curriculum = read_csv(run_a / "curriculum.csv")
     assert [r["generation"] for r in curriculum] == ["1", "2"]
     assert curriculum[0]["replay"] == "0.0" and curriculum[0]["antagonist_runs"] == "2.0"
-    # generation 1 offers 2 new levels; the buffer (capacity 4) admits both
-    assert curriculum[0]["admitted"] == "2.0" and curriculum[0]["buffer_size"] == "2.0"
+    # generation 1 offers 2 new levels; the buffer (capacity 4) admits those with a finite AR
+    # (a pair with a NaN fitness has a NaN AR, never admitted)
+    first = curriculum[0]
+    assert first["admitted"] == first["buffer_size"] and float(first["admitted"]) in (0, 1, 2)
 
     table = json.loads((run_a / "meta_test.json").read_text())
     assert table["learners"] == ["lpg", "a2c", "ppo"] and table["test_seeds"] == 2
@@ -347,7 +545,7 @@ def test_run_folder_holds_every_output(run_a):
     summary = json.loads((run_a / "summary.json").read_text())
     assert summary["algo"] == "lpg" and summary["curriculum"] == "regret"
     assert summary["generations"] == 2 and summary["train_updates"] == 4
-    assert summary["fitness"]["first_mean"] == float(rows[0]["mean"])
+    assert summary["fitness"]["first_mean"] == (float(rows[0]["mean"]) if rows[0]["mean"] else None)
     assert summary["curriculum_metrics"]["antagonist_runs"]["first"] == 2.0
     assert summary["antagonist_runs"] <= summary["antagonist_runs_uncached"] == 4
     assert set(summary["meta_test"]) == {"gridworld/sparse@1x", "gridworld/sparse@2x"}
@@ -461,3 +659,157 @@ def test_bad_resume_changes_nothing(argv, message, run_a, config_file, compile_c
     err = capsys.readouterr().err
     assert "error: " in err and message in err, err
     assert snapshot(run_a) == before
+
+
+# --------------------------------------------------------------------------- meta-gradient end to end
+
+
+@pytest.mark.slow  # the run_mg fixture: a whole CLI run, ~3 min cold, ~1 min with the cache
+def test_meta_gradient_run_folder(run_mg):
+    """GROOVE as published (experiments.groove's default): the rule, meta_steps.csv,
+    curriculum.csv per meta-step, the checkpoint, the plots, summary.json and the meta-test."""
+    for name in ("config.yaml", "meta_steps.csv", "meta_steps.png", "curriculum.csv",
+                 "meta_test.json", "meta_test.png", "summary.json"):  # fmt: skip
+        assert (run_mg / name).is_file(), name
+    assert not (run_mg / "fitness.csv").exists() and not (run_mg / "es").exists()
+    assert cli.done_meta_steps(run_mg) == 4  # the checkpoint after the last call
+    config = yaml.safe_load((run_mg / "config.yaml").read_text())
+    assert config["meta_optimizer"] == "meta_gradient" and config["curriculum"] == "regret"
+    assert config["meta_gradient"]["num_agents"] == 4 and config["meta_gradient"]["num_steps"] == 4
+
+    steps = read_csv(run_mg / "meta_steps.csv")
+    assert [r["meta_step"] for r in steps] == ["1", "2", "3", "4"]
+    for name in ("meta_loss", "meta_pg_loss", "finished_return", "agents_restarted",
+                 "rule_grad_norm", "rule_skipped", "entropy"):  # fmt: skip
+        assert name in steps[0], name
+    assert all(math.isfinite(float(r["meta_loss"])) and r["rule_skipped"] == "0.0" for r in steps)
+    # lives of 4 updates, K = 2, staggered starts: every agent's first life ends by step 2
+    assert sum(float(r["agents_restarted"]) for r in steps[:2]) == 4
+    curriculum = read_csv(run_mg / "curriculum.csv")
+    assert [r["meta_step"] for r in curriculum] == ["1", "2", "3", "4"]
+    assert {"replay", "admitted", "buffer_size", "mean_score"} <= set(curriculum[0])
+    assert "replay" not in steps[0]  # the curriculum's metrics are in curriculum.csv only
+
+    params, info = lpg.load(run_mg / "rule")
+    assert info["trained_on"]["method"] == "meta_gradient" and info["trained_on"]["meta_steps"] == 4
+    assert info["trained_on"]["meta_gradient"]["num_steps"] == 4
+    assert info["time_aware"] is False and info["hidden"] == 16
+
+    table = json.loads((run_mg / "meta_test.json").read_text())
+    assert [(c["task"], c["lifetime"]) for c in table["cells"]] == [
+        ("gridworld/sparse", 1.0), ("gridworld/sparse", 2.0)
+    ]  # fmt: skip
+    for c in table["cells"]:
+        assert len(c["results"]["lpg"]["per_seed"]) == 2
+
+    summary = json.loads((run_mg / "summary.json").read_text())
+    assert summary["method"] == "GROOVE" and summary["meta_optimizer"] == "meta_gradient"
+    assert summary["fitness"] is None and summary["meta_training"]["meta_steps"] == 4
+    assert summary["meta_training"]["num_agents"] == 4
+    assert summary["curriculum_metrics"]["buffer_size"]["last"] >= 1
+    assert set(summary["meta_test"]) == {"gridworld/sparse@1x", "gridworld/sparse@2x"}
+    timings = summary["timings"]
+    assert timings["meta_steps_run"] == 4 and timings["meta_gradient_first_call_s"] > 0
+    assert timings["meta_step_s"] > 0 and summary["sessions"][0]["mode"] == "new"
+
+
+def _same_rule(a: Path, b: Path) -> None:
+    mine, _ = lpg.load(a / "rule")
+    theirs, _ = lpg.load(b / "rule")
+    for x, y in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow  # the run_mg fixture, and a two-session run with the cached programs
+def test_meta_gradient_resume_raises_num_steps_exactly(
+    run_mg, mg_config_file, compile_cache, tmp_path
+):
+    out = tmp_path / "b"
+    one = ["--config", str(mg_config_file), "meta_gradient.num_steps=2", "lifetimes=[]"]
+    assert run_cli([*one, "--out", str(out)], compile_cache, groove_cli.main) == 0
+    assert len(read_csv(out / "meta_steps.csv")) == 2 and cli.done_meta_steps(out) == 2
+    argv = ["--resume", str(out), "meta_gradient.num_steps=4", "lifetimes=[2.0]"]
+    assert run_cli(argv, compile_cache, groove_cli.main) == 0
+    for name in ("meta_steps.csv", "curriculum.csv"):
+        assert (out / name).read_text() == (run_mg / name).read_text(), name
+    _same_rule(out, run_mg)
+    cell = lambda folder: json.loads((folder / "meta_test.json").read_text())["cells"]  # noqa: E731
+    assert [c["results"] for c in cell(out)] == [c["results"] for c in cell(run_mg)]
+    assert yaml.safe_load((out / "config.yaml").read_text())["meta_gradient"]["num_steps"] == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["mode"] for s in summary["sessions"]] == ["new", "resume"]
+    assert summary["sessions"][1]["generations_before"] == 2
+    before = snapshot(out)  # complete now: a plain resume changes nothing
+    assert run_cli(["--resume", str(out)], compile_cache, groove_cli.main) == 0
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow  # a CLI run with the meta-gradient program (cached after run_mg)
+def test_meta_gradient_interrupt_then_resume(
+    run_mg, mg_config_file, compile_cache, tmp_path, monkeypatch, capsys
+):
+    original = cli.write_meta_steps
+
+    def interrupt(run_dir, metrics, first=1, keep_upto=None):
+        original(run_dir, metrics, first, keep_upto)
+        if keep_upto is not None:  # called by on_steps, after the checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "write_meta_steps", interrupt)
+    out = tmp_path / "c"
+    argv = ["--config", str(mg_config_file), "--out", str(out)]
+    assert run_cli(argv, compile_cache, groove_cli.main) == 130
+    assert f"python -m experiments.groove --resume {out}" in capsys.readouterr().err
+    assert cli.done_meta_steps(out) == 2 and not (out / "rule").exists()
+    assert len(read_csv(out / "meta_steps.csv")) == 2
+    monkeypatch.setattr(cli, "write_meta_steps", original)
+    assert run_cli(["--resume", str(out)], compile_cache, groove_cli.main) == 0
+    for name in ("meta_steps.csv", "curriculum.csv"):
+        assert (out / name).read_text() == (run_mg / name).read_text(), name
+    _same_rule(out, run_mg)
+
+
+@pytest.mark.slow  # the run_mg fixture
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--resume", "{a}", "meta_gradient.num_agents=8"], "meta_gradient.num_agents: the run"),
+        (["--resume", "{a}", "es.num_generations=3"], "es.num_generations: the run has"),
+        (["--resume", "{a}", "meta_optimizer=es"], "meta_optimizer: the run has"),
+        (["--resume", "{a}", "meta_gradient.num_steps=3"], "meta_gradient/ holds meta-step 4"),
+        (["--meta-test-only", "{a}", "meta_gradient.num_steps=5"], "only the meta-test"),
+    ],
+)
+def test_bad_meta_gradient_resume_changes_nothing(argv, message, run_mg, compile_cache, capsys):
+    before = snapshot(run_mg)
+    argv = [x.format(a=run_mg) for x in argv]
+    assert run_cli(argv, compile_cache, groove_cli.main) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err, err
+    assert snapshot(run_mg) == before
+
+
+@pytest.mark.slow  # three tiny runs (ES TA-LPG, meta-gradient TA-LPG, ES LPG) and the table
+def test_compare_ta_runs_three_rules_and_one_table(mg_config_file, compile_cache, tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["--compare-ta", "--config", str(mg_config_file), "--out", str(out),
+            "es.population_size=2", "es.num_generations=1", "meta_gradient.num_steps=2"]  # fmt: skip
+    assert run_cli(argv, compile_cache) == 0
+    expect = {"ta-lpg-es": (True, "es"), "ta-lpg-mg": (True, "meta_gradient"),
+              "lpg-es": (False, "es")}  # fmt: skip
+    for name, (ta, optimizer) in expect.items():
+        config = yaml.safe_load((out / name / "config.yaml").read_text())
+        assert (config["time_aware"], config["meta_optimizer"]) == (ta, optimizer), name
+        assert (out / name / "meta_test.json").is_file() and (out / name / "rule").is_dir()
+    table = json.loads((out / "comparison.json").read_text())
+    assert table["series"] == [*expect, "a2c", "ppo"] and set(table["overall"]) == {"1x", "2x"}
+    assert (out / "comparison.txt").is_file() and (out / "comparison.png").is_file()
+    # the baselines were tuned once: every run's meta-test has the same A2C and PPO
+    tests = [json.loads((out / n / "meta_test.json").read_text()) for n in expect]
+    assert all(t["cells"][0]["results"]["a2c"] == tests[0]["cells"][0]["results"]["a2c"]
+               for t in tests)  # fmt: skip
+    before = snapshot(out)  # complete: the same command again changes nothing
+    assert run_cli(argv, compile_cache) == 0
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith("comparison")} == {
+        k: v for k, v in before.items() if not k.startswith("comparison")
+    }
