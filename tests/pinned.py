@@ -77,13 +77,19 @@ CASES = {
 }
 
 
+# Not pinned: the size of each `param_sum/<i>`'s terms, the scale of its float rounding.
+SCALE = "param_abs_sum/"
+
+
 def run_case(name: str) -> dict[str, np.ndarray]:
-    """Metrics `[num_updates]` of one case, plus `param_sum/<i>`: per-leaf sums of final params."""
+    """Metrics `[num_updates]` of one case, plus `param_sum/<i>`: per-leaf sums of final params,
+    and `param_abs_sum/<i>` (`SCALE`, not pinned): per-leaf sums of their absolute values."""
     module, cfg = CASES[name]
     out = jax.jit(module.make_train(cfg))(jax.random.key(0))
     result = {k: np.asarray(v) for k, v in out.metrics.items()}
-    leaves = jax.tree.leaves(out.state.params)
-    result.update({f"param_sum/{i}": np.asarray(x).sum() for i, x in enumerate(leaves)})
+    leaves = [np.asarray(x) for x in jax.tree.leaves(out.state.params)]
+    result.update({f"param_sum/{i}": x.sum() for i, x in enumerate(leaves)})
+    result.update({f"{SCALE}{i}": np.abs(x).sum() for i, x in enumerate(leaves)})
     return result
 
 
@@ -91,7 +97,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--write", action="store_true", help=f"overwrite {PATH}")
     args = p.parse_args()
-    flat = {f"{c}:{k}": v for c in CASES for k, v in run_case(c).items()}
+    flat = {f"{c}:{k}": v for c in CASES for k, v in run_case(c).items() if not k.startswith(SCALE)}
     if args.write:
         np.savez_compressed(PATH, **flat)
         print(f"wrote {len(flat)} arrays to {PATH}")

@@ -231,6 +231,10 @@ def _pole_lengths(n):
     return jax.vmap(lambda length: default.replace(length=length))(lengths), default
 
 
+# The two vmap-over-env-params checks compile 2 programs each (13-16 s CPU each): with the slow
+# checks. Fast: test_sweep.py's sweep over env_params.length equals separate runs, and the
+# quickstart notebook trains vmapped over Pendulum's gravity.
+@pytest.mark.slow
 def test_vmap_over_cartpole_pole_lengths_equals_separate_runs():
     params, _ = _pole_lengths(16)
     agent = ppo.make_agent(dataclasses.replace(TINY, total_timesteps=4 * 8 * 4))
@@ -246,6 +250,7 @@ def test_vmap_over_cartpole_pole_lengths_equals_separate_runs():
     assert finished[:8].sum() > finished[8:].sum()
 
 
+@pytest.mark.slow
 def test_vmap_over_pendulum_gravity_equals_separate_runs():
     _, default = envs.make("Pendulum-v1")
     gravity = jnp.array([2.0, 10.0, 20.0])

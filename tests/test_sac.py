@@ -46,6 +46,12 @@ def over_lrs():
     return jax.jit(jax.vmap(_run, in_axes=(None, 0)))(KEYS[0], LRS)
 
 
+@pytest.fixture(scope="module")
+def update():
+    """One compiled SAC update of TINY's agent, shared by the checks of a single update."""
+    return jax.jit(sac.make_agent(TINY).update)
+
+
 # --------------------------------------------------------------------------- pure pieces
 
 
@@ -176,11 +182,10 @@ def test_vmap_over_gamma_and_tau_compiles_and_differs():
     assert not np.allclose(q[0, 30:], q[1, 30:])
 
 
-def test_target_critic_is_polyak_average_after_one_update(over_seeds):
+def test_target_critic_is_polyak_average_after_one_update(over_seeds, update):
     """One gradient step from the final state: target' = tau q' + (1 - tau) target."""
-    agent = sac.make_agent(TINY)
     state = jax.tree.map(lambda x: x[0], over_seeds.state)
-    new, metrics = jax.jit(agent.update)(state)
+    new, metrics = update(state)
     assert int(metrics["nan_skipped"]) == 0
     expected = sac.polyak(new.params["params"]["q"], state.target_critic, TINY.tau)
     assert_trees_close(new.target_critic, expected, rtol=1e-5, atol=1e-7)
@@ -189,12 +194,11 @@ def test_target_critic_is_polyak_average_after_one_update(over_seeds):
     )
 
 
-def test_nan_loss_skips_the_gradient_step(over_seeds):
-    agent = sac.make_agent(TINY)
+def test_nan_loss_skips_the_gradient_step(over_seeds, update):
     state = jax.tree.map(lambda x: x[0], over_seeds.state)
     data = dict(state.buffer.data, reward=state.buffer.data["reward"].at[:].set(jnp.nan))
     state = state.replace(buffer=state.buffer.replace(data=data))
-    new, metrics = jax.jit(agent.update)(state)
+    new, metrics = update(state)
     assert int(metrics["nan_skipped"]) == 1 and float(metrics["q_loss"]) == 0.0
     assert_trees_close(new.params, state.params, rtol=0, atol=0)
     assert_trees_close(new.target_critic, state.target_critic, rtol=0, atol=0)

@@ -131,6 +131,10 @@ def read_csv(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- train --log
 
 
+# The `logged` fixture is a whole `experiments.train --log tensorboard wandb` run (~12 s CPU, and a
+# W&B service process): with the slow checks. The reporter and the sinks are checked without training below,
+# and a CLI run's TensorBoard log in test_sweep_cli.py.
+@pytest.mark.slow
 def test_tensorboard_logs_the_metrics_csv_values(logged):
     rows = read_csv(logged / "metrics.csv")
     assert [int(r["update"]) for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -159,6 +163,7 @@ def test_tensorboard_logs_the_metrics_csv_values(logged):
     assert "train/env_steps" not in scalars  # it is the step axis
 
 
+@pytest.mark.slow  # the `logged` fixture
 def test_wandb_writes_an_offline_run_with_the_config(logged):
     folders = sorted((logged / "wandb").glob("offline-run-*"))
     assert len(folders) == 1

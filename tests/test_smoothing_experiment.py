@@ -37,6 +37,9 @@ def _finite(values) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
+# A whole CLI run (train, certify, attack; ~30 s CPU): with the slow checks. Its parts
+# are checked in test_attack.py, test_certify.py and test_smoothing_wrappers.py.
+@pytest.mark.slow
 def test_smoothing_experiment_writes_run_folder(tmp_path):
     out = tmp_path / "run"
     assert smoothing.main(TINY + ["--out", str(out)]) == 0

@@ -133,9 +133,11 @@ def test_zero_sigma_is_the_identity_bit_for_bit():
     got = rollout(ObservationNoise(base, 0.0), params, KEY, actions)
     for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(x, y)
-    # a traced zero too (the wrapper is then in the program)
+    # a traced zero too (the wrapper is then in the program); against the op-by-op reset, another
+    # program: CartPole's initial state may round differently in the last bit (1 ulp, seen with
+    # XLA's backend optimisation level 0)
     traced = jax.jit(lambda s: ObservationNoise(base, s).reset(KEY, params)[0])(0.0)
-    np.testing.assert_array_equal(traced, base.reset(KEY, params)[0])
+    np.testing.assert_allclose(traced, base.reset(KEY, params)[0], rtol=1e-6, atol=1e-9)
 
 
 def test_vmap_over_sigma_on_the_wrapped_step():
@@ -152,13 +154,16 @@ def test_vmap_over_sigma_on_the_wrapped_step():
     obs, new_state, reward, _, _, info = step(sigmas)
     clean_obs, clean_state, clean_reward, *_ = base.step(KEY, state, action, params)
     assert obs.shape == (3, 3)
-    np.testing.assert_array_equal(obs[0], clean_obs)
+    # The vmapped jitted step and the plain one are different programs (Pendulum's sin/cos,
+    # vectorised or not): equal up to float rounding.
+    close = dict(rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(obs[0], clean_obs, **close)
     # common random numbers: the same draw, scaled by sigma; the env itself is untouched
     np.testing.assert_allclose(obs[2] - clean_obs, 10 * (obs[1] - clean_obs), rtol=1e-4, atol=1e-6)
     assert np.all(np.abs(obs[2] - clean_obs) > 0)
-    np.testing.assert_array_equal(reward, jnp.broadcast_to(clean_reward, (3,)))
+    np.testing.assert_allclose(reward, jnp.broadcast_to(clean_reward, (3,)), **close)
     for x, y in zip(jax.tree.leaves(new_state), jax.tree.leaves(clean_state), strict=True):
-        np.testing.assert_array_equal(x, jnp.broadcast_to(y, x.shape))
+        np.testing.assert_allclose(x, jnp.broadcast_to(y, x.shape), **close)
     np.testing.assert_array_equal(info["final_observation"], obs)
 
 
