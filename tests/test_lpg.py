@@ -314,15 +314,23 @@ def population_fitness(es_run):
 
 @pytest.mark.slow  # 50 ES generations, ~40 s
 def test_es_meta_training_beats_the_initial_rule_on_the_same_keys(es_run, population_fitness):
+    """On 64 common keys (level and agent seed), the meta-trained rule's agents end with a higher
+    return than the initial rule's: the paired mean difference is above 0.05 and above twice its
+    standard error (Catch returns are multiples of 1/16 per update, so a single key is noisy; a
+    paired test rather than a raw threshold, which another CPU's rounding of the ES trajectory
+    can move by a few hundredths)."""
     meta_train, out = es_run
     assert out.es.fitness.shape == (50, POPULATION) and out.es.num_nonfinite == 0
     init = ES_CFG.init_params(jax.random.split(jax.random.key(0))[0])
-    keys = jax.random.split(jax.random.key(123), POPULATION)
-    replicate = lambda p: jax.tree.map(lambda x: jnp.broadcast_to(x, (POPULATION, *x.shape)), p)
+    n = 4 * POPULATION
+    keys = jax.random.split(jax.random.key(123), n)
+    replicate = lambda p: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), p)
     before = np.asarray(population_fitness(replicate(init), keys))
     after = np.asarray(population_fitness(replicate(out.params), keys))
-    assert after.mean() > before.mean() + 0.1, (before.mean(), after.mean())
-    assert np.mean(after > before) >= 0.5
+    gain = after - before
+    se = gain.std(ddof=1) / np.sqrt(n)
+    assert gain.mean() > max(0.05, 2 * se), (before.mean(), after.mean(), se)
+    assert np.mean(after > before) >= np.mean(after < before)
     assert out.info["trained_on"]["levels"] == "set"
 
 
@@ -342,9 +350,14 @@ def test_population_fitness_equals_candidates_one_by_one(es_run, population_fitn
     keys = es.candidate_keys(jax.random.key(7), POPULATION, antithetic=True)
     together = np.asarray(population_fitness(stack(candidates), keys))
     single = jax.jit(meta_train.fitness)
-    for i in (0, 2, 9):
-        alone = float(single(candidates[i], keys[i]))
-        np.testing.assert_allclose(alone, together[i], rtol=1e-6, equal_nan=True)
+    alone = np.array([float(single(c, k)) for c, k in zip(candidates, keys, strict=True)])
+    # Different programs (vmapped vs one candidate) round differently on some CPUs (AVX-512 vs
+    # AVX2 reductions); a rounding difference can flip one sampled action and with it an episode
+    # of Catch (1/16 of a return): equal on most candidates, off by an episode or two at most.
+    np.testing.assert_array_equal(np.isnan(alone), np.isnan(together))
+    finite = np.isfinite(alone)
+    assert np.mean(alone[finite] == together[finite]) >= 0.75
+    np.testing.assert_allclose(alone[finite], together[finite], atol=0.125 + 1e-6)
     assert np.isnan(together[2]) and np.isfinite(np.delete(together, 2)).all()
     clean, bad = es.replace_nonfinite(jnp.asarray(together))
     assert int(bad) == 1 and float(clean[2]) == float(np.min(np.delete(together, 2)))
@@ -385,7 +398,8 @@ def test_one_meta_gradient_step_decreases_the_meta_loss():
     assert moved > 0
     _, again = step_from_start(new.rule)  # the meta-loss of the new rule
     assert float(again["meta_loss"]) < float(metrics["meta_loss"])
-    assert np.all(np.asarray(new.agents.update_step) == MG_SETTINGS.num_agent_updates)
+    start = mg.init(k_init).agents.update_step  # staggered: agent i at about i/A of its life
+    np.testing.assert_array_equal(new.agents.update_step, start + MG_SETTINGS.num_agent_updates)
     assert int(new.step) == 1
 
 
