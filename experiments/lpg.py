@@ -459,16 +459,6 @@ def _meta_optimizer(value, time_aware: bool) -> str:
     return value
 
 
-def _number(value):
-    """A number written as a YAML string that PyYAML leaves unparsed ("1e-4") as a float."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def _meta_gradient(values: Mapping[str, Any]):
     """(lpg.MetaGradientConfig, steps_per_call) of the `meta_gradient` block; an unknown field is
     named with close matches, a bad value with its field."""
@@ -482,7 +472,7 @@ def _meta_gradient(values: Mapping[str, Any]):
                 f"meta_gradient: unknown field {key!r}{metacli.hint(key, known)} (fields: {known})"
             )
     kwargs = {
-        k: _number(v) if isinstance(fields[k].default, float) else v
+        k: runs.number_or_text(v) if isinstance(fields[k].default, float) else v
         for k, v in values.items()
         if k in fields
     }

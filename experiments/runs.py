@@ -104,6 +104,17 @@ def _is_mapping_field(name: str) -> bool:
     return C.is_mapping_field(name)
 
 
+def number_or_text(value: Any) -> Any:
+    """A string that reads as a number ('1e-4', which YAML 1.1 leaves a string) as that float;
+    any other value unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _coerce(cls_name: str, name: str, default: Any, value: Any) -> Any:
     """Matches YAML values to the field's type: '1e-3' -> 0.001, 1e6 -> 1000000, [..] -> tuple."""
     where = f"{cls_name}.{name}={value!r}"

@@ -83,12 +83,7 @@ def _value(text: str) -> Any:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    return runs.number_or_text(value)
 
 
 def parse_space(items) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -447,7 +447,7 @@ def test_baselines_must_show_ppo_beating_r_low():
 
 
 class _ESCompiled(Exception):
-    pass
+    """Raised by the stubbed ES compile: the config was accepted and the ES was reached."""
 
 
 def test_meta_train_refuses_given_baselines_before_the_es_compiles(monkeypatch):
