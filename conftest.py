@@ -40,6 +40,13 @@ def pytest_configure(config):
         and "xla_backend_optimization_level" not in flags
     ):
         os.environ["XLA_FLAGS"] = f"{flags} {FAST_SUITE_XLA_FLAG}".strip()
+    # Start jax's backend now, with the XLA_FLAGS the run was given: a command that shards
+    # (experiments.command.use_host_cores) run in-process by a test must not turn this worker
+    # into a 2-device process for the tests that follow it. Tests of the host-device count run
+    # the commands in fresh processes (tests/test_host_devices.py).
+    import jax
+
+    jax.devices()
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

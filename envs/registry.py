@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +12,9 @@ from typing import Any
 from envs import gridworld, multimodal
 from envs.core import Environment, check_override_keys
 
-# id -> factory(**overrides) -> (raw env without auto-reset, env_params)
-_REGISTRY: dict[str, Callable[..., tuple[Environment, Any]]] = {}
+# factory(**overrides) -> (raw env without auto-reset, env_params); the table is `_REGISTRY`
+# at the end of this module.
+Factory = Callable[..., tuple[Environment, Any]]
 
 GYMNAX_IDS = (
     # classic control
@@ -71,7 +73,7 @@ DEFAULT_BRAX_BACKEND = "generalized"
 _BRAX_ONLY_GENERALIZED = ("swimmer",)
 
 
-def register(env_id: str, factory: Callable[..., tuple[Environment, Any]]) -> None:
+def register(env_id: str, factory: Factory) -> None:
     """Registers `factory(**overrides) -> (raw_env, env_params)`; `make` adds auto-reset.
 
     The raw env must not auto-reset (`envs.make` wraps it in `AutoReset`).
@@ -202,17 +204,12 @@ def _brax_factory(name: str):
     return factory
 
 
-for _id in GYMNAX_IDS:
-    register(_id, _gymnax_factory(_id))
-for _name in BRAX_NAMES:
-    register(f"brax/{_name}", _brax_factory(_name))
-
-
 # ---------------------------------------------------------------------------------------------
-# our own JAX envs
+# the registry: every built-in id in this one table (`register` adds more at run time)
 
-
-for _id in (multimodal.BANDIT_ID, multimodal.POINTMASS_ID):
-    register(_id, lambda _id=_id, **overrides: multimodal.make(_id, **overrides))
-for _id in gridworld.IDS:
-    register(_id, lambda _id=_id, **overrides: gridworld.make(_id, **overrides))
+_REGISTRY: dict[str, Factory] = {
+    **{env_id: _gymnax_factory(env_id) for env_id in GYMNAX_IDS},
+    **{f"brax/{name}": _brax_factory(name) for name in BRAX_NAMES},
+    **{env_id: functools.partial(multimodal.make, env_id) for env_id in multimodal.IDS},
+    **{env_id: functools.partial(gridworld.make, env_id) for env_id in gridworld.IDS},
+}

@@ -61,6 +61,11 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
 
 
+class RunError(ValueError):
+    """Bad input found while a run executes (e.g. a logging sink that fails to start): printed as
+    `error: ...`, exit code 2, like the errors of `plan`."""
+
+
 @dataclasses.dataclass
 class Plan:
     """What every command's plan holds (a command's plan subclasses it): the run folder, the mode
@@ -153,12 +158,16 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         summary = command.execute(plan)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        flag = command.continue_with(plan)
-        print(
-            f"\ninterrupted; continue with python -m {command.prog} {flag} {plan.run_dir}",
-            file=sys.stderr,
+        how = (
+            f"continue with python -m {command.prog} {command.continue_with(plan)} {plan.run_dir}"
+            if command.resume
+            else f"{plan.run_dir} keeps what finished"
         )
+        print(f"\ninterrupted; {how}", file=sys.stderr)
         return EXIT_INTERRUPTED
     lines = command.report(plan, summary)
     if lines:
@@ -290,9 +299,14 @@ def plain(value):
 # --------------------------------------------------------------------------- run folders
 
 
-def new_run_dir(out: str | None, name: str, markers: Iterable[str] = ("config.yaml",)) -> Path:
+def new_run_dir(
+    out: str | None,
+    name: str,
+    markers: Iterable[str] = ("config.yaml",),
+    resumable: bool = True,
+) -> Path:
     """The folder of a new run: --out, or runs/<name>-<timestamp>. ValueError if it holds a run
-    (any of `markers`) or is a file."""
+    (any of `markers`; the message offers --resume if the command is `resumable`) or is a file."""
     if out:
         run_dir = Path(out)
     else:
@@ -301,10 +315,8 @@ def new_run_dir(out: str | None, name: str, markers: Iterable[str] = ("config.ya
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir}: exists and is not a folder")
     if any((run_dir / m).exists() for m in markers):
-        raise ValueError(
-            f"--out {run_dir} already holds a run; continue it with --resume {run_dir} or "
-            "choose another --out"
-        )
+        resume = f"continue it with --resume {run_dir} or " if resumable else ""
+        raise ValueError(f"--out {run_dir} already holds a run; {resume}choose another --out")
     return run_dir
 
 
@@ -321,7 +333,8 @@ def start(
     folder = vars(args).get("resume")
     if not folder:
         values = settings(args)
-        return new_run_dir(args.out, name(values), markers), values, "new"
+        resumable = "resume" in vars(args)
+        return new_run_dir(args.out, name(values), markers, resumable), values, "new"
     if args.config or args.out:
         raise ValueError("--resume DIR takes neither --config nor --out (it uses DIR)")
     saved = read_run_config(folder)

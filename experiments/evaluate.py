@@ -2,101 +2,108 @@
 
     python -m experiments.evaluate DIR [--episodes N] [--seeds 0 2 ...] [--seed K]
 
-Loads DIR/checkpoint (its own saved config builds the agent), runs `purejaxrl.evaluation.evaluate`
-vmapped over the selected seeds' states, once with the mean/argmax action (deterministic) and once
-sampling from the policy (stochastic), prints a table and writes DIR/evaluation.json (with the
-checkpoint's `checkpoint_update`). `--seeds` picks seed indices of the checkpoint; `--seed` is the
-evaluation's own PRNG seed. A later `experiments.train --resume DIR` that trains further renames
-evaluation.json to evaluation.stale.json, since it describes the replaced checkpoint.
+The checkpoint's own saved config builds the agent, whatever its registered objective (a learned
+LPO drift or LPG rule is loaded from the `objective.path` it names). `purejaxrl.evaluation.evaluate`
+runs vmapped over the chosen seeds' states (`--seeds`: indices into the checkpoint), once with
+the mean/argmax action and once sampling from the policy, from PRNG seed `--seed`; the table goes
+to stdout and DIR/evaluation.json (docs/experiments.md).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import jax
 import numpy as np
 
-import meta.lpo  # noqa: F401  (registers the learned / hand-written objectives by name)
-from experiments import runs
-from purejaxrl import checkpoint
+from experiments import command, runs
 
 MODES = {"deterministic": True, "stochastic": False}
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.evaluate",
-        description="Evaluate the checkpoint of a run folder; writes DIR/evaluation.json.",
-    )
+@dataclasses.dataclass
+class Plan(command.Plan):
+    agent: Any = None
+    state: Any = None  # the chosen seeds' TrainStates, stacked [S, ...]
+    record: dict = dataclasses.field(default_factory=dict)  # evaluation.json's header
+
+
+def _arguments(p) -> None:
     p.add_argument("run_dir", metavar="DIR", help="run folder written by experiments.train")
     p.add_argument("--episodes", type=int, default=20, help="episodes per seed and mode (20)")
     p.add_argument(
         "--seeds", type=int, nargs="+", metavar="I", help="seed indices to evaluate (default all)"
     )
     p.add_argument("--seed", type=int, default=1234, help="base PRNG seed of the evaluation")
-    return p.parse_args(argv)
 
 
-def _stats(x: np.ndarray) -> dict:
-    return {"mean": float(np.mean(x)), "std": float(np.std(x))}
+def _plan(args) -> Plan:
+    """The checkpoint's agent and the chosen seeds' states; ValueError for a missing or corrupt
+    checkpoint, an unknown objective or a bad seed index."""
+    if args.overrides or args.config or args.out:
+        raise ValueError(
+            "experiments.evaluate takes a run folder DIR (no settings, --config, --out)"
+        )
+    if args.episodes < 1:
+        raise ValueError(f"--episodes={args.episodes}: must be a positive integer")
+    import jax
 
+    from purejaxrl import checkpoint
 
-def evaluate_run(run_dir, episodes: int = 20, seeds=None, eval_seed: int = 1234) -> dict:
-    """The evaluation record of DIR's checkpoint (also written to DIR/evaluation.json)."""
-    run_dir = Path(run_dir)
-    if episodes < 1:
-        raise ValueError(f"--episodes={episodes}: must be a positive integer")
+    runs.register_objectives()
+    run_dir = Path(args.run_dir)
     info = checkpoint.read_info(run_dir / "checkpoint")
     config = checkpoint.config_from_dict(info["algo"], info["config"])
     agent = checkpoint.make_agent(info["algo"], config)
     state, info = checkpoint.load(run_dir / "checkpoint", agent)
-    from purejaxrl import evaluation  # after the checks: a bad DIR fails fast
-
     num_seeds = info["num_seeds"]
     if num_seeds is None:  # an unbatched state: treat it as one seed
-        state = jax.tree.map(lambda x: x[None], state)
-        num_seeds = 1
-    chosen = list(range(num_seeds)) if seeds is None else list(seeds)
+        state, num_seeds = jax.tree.map(lambda x: x[None], state), 1
+    chosen = list(range(num_seeds)) if args.seeds is None else list(args.seeds)
     bad = [i for i in chosen if not 0 <= i < num_seeds]
     if bad:
         raise ValueError(f"--seeds {bad}: the checkpoint holds seeds 0..{num_seeds - 1}")
+    record = {"run_dir": str(run_dir), "algo": info["algo"], "env": config.env}
+    record.update(checkpoint_update=info["update_step"], episodes_per_seed=args.episodes)
+    record.update(seeds=chosen, eval_seed=args.seed)
     state = jax.tree.map(lambda x: x[np.asarray(chosen)], state)
+    return Plan(run_dir, "evaluate", not args.no_progress, agent=agent, state=state, record=record)
 
-    record = {
-        "run_dir": str(run_dir),
-        "algo": info["algo"],
-        "env": config.env,
-        "checkpoint_update": info["update_step"],
-        "episodes_per_seed": episodes,
-        "seeds": chosen,
-        "eval_seed": eval_seed,
-    }
+
+def _stats(x: np.ndarray, **more) -> dict:
+    return {**more, "mean": float(np.mean(x)), "std": float(np.std(x))}
+
+
+def _execute(plan: Plan) -> dict:
+    """Both modes' returns [seeds, episodes] -> DIR/evaluation.json (returned)."""
+    import jax
+
+    from purejaxrl import evaluation
+
+    record, episodes = dict(plan.record), plan.record["episodes_per_seed"]
+    keys = jax.random.split(jax.random.key(record["eval_seed"]), len(record["seeds"]))
     for mode, deterministic in MODES.items():
-        fn = jax.jit(
-            jax.vmap(lambda s, k, d=deterministic: evaluation.evaluate(agent, s, k, episodes, d))
-        )
-        keys = jax.random.split(jax.random.key(eval_seed), len(chosen))
+        run = lambda s, k, d=deterministic: evaluation.evaluate(plan.agent, s, k, episodes, d)  # noqa: E731
         t = time.perf_counter()
-        returns = np.asarray(jax.device_get(fn(state, keys)), dtype=np.float64)  # [seeds, episodes]
+        returns = np.asarray(jax.device_get(jax.jit(jax.vmap(run))(plan.state, keys)), np.float64)
         record[mode] = {
             **_stats(returns),
             "per_seed": [
-                {"seed": i, **_stats(r), "returns": [float(x) for x in r]}
-                for i, r in zip(chosen, returns, strict=True)
+                _stats(r, seed=i) | {"returns": r.tolist()}
+                for i, r in zip(record["seeds"], returns, strict=True)
             ],
             "seconds": time.perf_counter() - t,
         }
-    runs.atomic_write(run_dir / "evaluation.json", json.dumps(record, indent=2) + "\n")
+    command.write_json(plan.run_dir / "evaluation.json", record)
     return record
 
 
 def format_table(record: dict) -> str:
     head = f"{'seed':>6}  " + "  ".join(f"{m:>22}" for m in MODES)
+    cell = lambda s: f"{s['mean']:>12.2f} ± {s['std']:<7.2f}"  # noqa: E731
     lines = [
         f"{record['algo']} on {record['env']} at update {record['checkpoint_update']}, "
         f"{record['episodes_per_seed']} episodes per seed (mean ± std of episode return)",
@@ -104,27 +111,26 @@ def format_table(record: dict) -> str:
         "-" * len(head),
     ]
     for j, seed in enumerate(record["seeds"]):
-        cells = []
-        for m in MODES:
-            s = record[m]["per_seed"][j]
-            cells.append(f"{s['mean']:>12.2f} ± {s['std']:<7.2f}")
-        lines.append(f"{seed:>6}  " + "  ".join(cells))
+        lines.append(f"{seed:>6}  " + "  ".join(cell(record[m]["per_seed"][j]) for m in MODES))
     lines.append("-" * len(head))
-    overall = [f"{record[m]['mean']:>12.2f} ± {record[m]['std']:<7.2f}" for m in MODES]
-    lines.append(f"{'all':>6}  " + "  ".join(overall))
+    lines.append(f"{'all':>6}  " + "  ".join(cell(record[m]) for m in MODES))
     return "\n".join(lines)
 
 
+COMMAND = command.Command(
+    prog="experiments.evaluate",
+    description="Evaluate the checkpoint of a run folder; writes DIR/evaluation.json.",
+    plan=_plan,
+    execute=_execute,
+    report=lambda plan, record: f"{format_table(record)}\nwrote {plan.run_dir / 'evaluation.json'}",
+    arguments=_arguments,
+    resume=False,
+    continue_with=lambda plan: f"--episodes {plan.record['episodes_per_seed']}",
+)
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        record = evaluate_run(args.run_dir, args.episodes, args.seeds, args.seed)
-    except ValueError as e:  # missing/corrupt checkpoint, bad seed index
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(record))
-    print(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
-    return 0
+    return command.run(COMMAND, argv)
 
 
 if __name__ == "__main__":

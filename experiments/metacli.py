@@ -1,62 +1,39 @@
-"""The command-line machinery that the meta-training experiments share (experiments.lpo,
-experiments.lpg, experiments.groove).
-
-One meta-training CLI is: settings (a YAML mapping and `key=value` overrides, resolved to a
-settings object with `values`, the plain YAML written as config.yaml, and `es`, its
-meta.es.ESConfig), a run folder, ES meta-training with checkpoints in DIR/es (`--resume DIR`
-continues it bit-exactly), a learned object saved in DIR/<artifact>, and a meta-test that
-`--meta-test-only DIR` reruns. An `Experiment` names what differs between them; this module holds
-what does not:
-
-- arguments: `parser` (the shared flags), `parse_overrides`, `deep_merge`, `flatten`;
-- checks that raise ValueError naming the key: `check_keys`, `as_bool`, `as_int`, `task_list`,
-  `mapping`, `multiples`, `es_config`, `hint` (close matches);
-- the plan: `prepare(args, experiment)` does everything that can fail on bad input before
-  anything is written (an occupied --out, a --resume that changes the run's config, ...);
-- outputs: `say`, `write_yaml`, `num`, fitness.csv (`fitness_rows`, `write_fitness`,
-  `read_fitness`), `plot_fitness`, `plot_cells` (IQM bars with CI whiskers), `ci_text`;
-- the meta-test's per-seed numbers: `final_per_seed`, `stats`, `seed_keys`;
-- `use_compile_cache` (jax's persistent compilation cache) and `main`, the error handling of a
-  run: exit code 2 and `error: ...` on bad input before anything is written, 130 on Ctrl-C with
-  the command that continues.
+"""What the meta-training commands (experiments.lpo, experiments.lpg, experiments.groove) share,
+on the run skeleton (experiments/command.py): an `Experiment` names what differs; here are the
+plan (folder checks, `Schedule`, devices), `execute`, `report`, fitness.csv, the meta-test's
+per-seed statistics and the IQM bar plots. See docs/experiments.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import csv
 import dataclasses
 import datetime
-import difflib
-import json
+import importlib
 import math
-import re
-import sys
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from experiments import runs
-from experiments.sweep import set_host_devices
+from experiments import aggregate, command
+from purejaxrl import config as C
 
-FINAL_FRACTION = runs.FINAL_FRACTION  # final return: mean over the last 5% of updates
 TEST_KEY_SALT = 0x7E57  # meta-test keys: fold_in(key(seed), this), then per task name
 FITNESS_COLUMNS = ["generation", "mean", "best", "nonfinite"]
 ES_RESUMABLE = ("es.num_generations", "es.generations_per_call")
+TIMINGS = ("baselines_s", "es_compile_s", "es_run_s", "meta_gradient_first_call_s",
+           "meta_gradient_run_s", "meta_test_compile_s", "meta_test_run_s")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """How far a run's meta-training goes and where its progress is kept: `planned` steps of
-    `unit` ("generation", "meta-step") set by the key `key` ("es.num_generations"), checkpointed
-    in the run folder's `where` ("es/"), `done(run_dir)` of them there so far; `resumable`: the
-    meta-training keys a --resume may change (beside the test keys); `shards`: the count the
-    devices must divide (the ES population; None: the meta-training runs on one device)."""
+    """How far meta-training goes: `planned` steps of `unit` set by `key`, checkpointed in the
+    run folder's `where`, `done(run_dir)` of them so far; `resumable`: the keys a --resume may
+    change (beside the test keys); `shards`: what the devices must divide (None: one device)."""
 
     planned: int
     key: str
@@ -70,149 +47,51 @@ class Schedule:
 def es_schedule(settings) -> Schedule:
     """The ES meta-training's schedule (`settings.es`, checkpoints in DIR/es)."""
     es = settings.es
-    return Schedule(
-        es.num_generations,
-        "es.num_generations",
-        "generation",
-        "es/",
-        done_generations,
-        ES_RESUMABLE,
-        es.population_size,
-    )
+    return Schedule(es.num_generations, "es.num_generations", "generation", "es/",
+                    done_generations, ES_RESUMABLE, es.population_size)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """What differs between the meta-training CLIs.
-
-    prog: the module run with -m ("experiments.lpo"); artifact: the run folder's subfolder of
-    the learned object ("drift", "rule"), saved with meta/saved.py; resolve(values) -> settings
-    with `.values` (plain YAML) and `.es` (ESConfig), ValueError naming the key on bad input;
-    run_name(settings): the default folder name under runs/ (a timestamp is appended);
-    test_keys: the settings only the meta-test reads (they may change with --resume and
-    --meta-test-only); nested: the mapping-valued settings, merged and compared key by key;
-    schedule(settings): the meta-training's `Schedule` (default: ES, `es_schedule`).
-    """
+    """What differs between the meta-training commands. The learned object lives in
+    DIR/<artifact>, written and read by the module `library` (its save(path, params, info) and
+    load(path, time_aware=)). resolve(values) -> settings (.values: config.yaml, .es,
+    .time_aware); meta_train(plan, session, t_start) -> (params, info); meta_test(plan, params)
+    -> table (meta_test.json); summary(plan, table, session, info) -> summary.json."""
 
     prog: str
     artifact: str
+    library: str
     resolve: Callable[[Mapping[str, Any]], Any]
     run_name: Callable[[Any], str]
-    test_keys: tuple[str, ...]
-    nested: tuple[str, ...]
+    test_keys: tuple[str, ...]  # what only the meta-test reads
+    meta_train: Callable
+    plot_training: Callable  # (plan, params)
+    meta_test: Callable
+    plot_meta_test: Callable  # (run_dir, table)
+    format_table: Callable  # (table) -> text
+    summary: Callable
     schedule: Callable[[Any], Schedule] = es_schedule
 
-    def resumable(self, settings) -> set[str]:
-        """The keys a --resume of a run with `settings` may change."""
-        return {*self.test_keys, *self.schedule(settings).resumable}
 
-
-# --------------------------------------------------------------------------- arguments
-
-
-def parser(prog: str, description: str, doc: str, time_aware: str, artifact: str, out: str):
-    """The shared flags: key=value overrides, --config, --time-aware (help `time_aware`),
-    --out (default `out`), --resume, --meta-test-only, --devices, --compile-cache,
-    --no-progress. The epilog is `doc` from its "Run folder" section on."""
-    p = argparse.ArgumentParser(
-        prog=f"python -m {prog}",
-        description=description,
-        epilog=doc.split("Run folder", 1)[1].join(["Run folder", ""]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings (YAML values)")
-    p.add_argument("--config", help="YAML settings (see experiments/configs/)")
+def arguments(p, time_aware: str, artifact: str) -> None:
+    """The meta-training flags beside the skeleton's."""
     p.add_argument("--time-aware", action="store_true", help=time_aware)
-    p.add_argument("--out", help=f"run folder (default {out})")
-    p.add_argument("--resume", metavar="DIR", help="continue the meta-training in DIR")
     p.add_argument(
-        "--meta-test-only", metavar="DIR", help=f"rerun the meta-test of DIR's learned {artifact}"
+        "--meta-test-only", metavar="DIR", help=f"rerun the meta-test of DIR's {artifact}"
     )
-    p.add_argument(
-        "--devices",
-        type=int,
-        metavar="N",
-        help="shard over the first N devices (default: all that divide the population)",
-    )
-    p.add_argument(
-        "--compile-cache",
-        metavar="DIR",
-        help="keep compiled programs in DIR (jax's persistent compilation cache) for reruns",
-    )
-    p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bars or status lines (errors, warnings and the final table remain)",
-    )
-    return p
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """['es.population_size=32', 'tasks=[CartPole-v1]', 'task_inner.Acrobot-v1.num_envs=16']
-    -> a nested mapping (every dot nests; values are YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ValueError(f"override {item!r} must look like key=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        *outer, last = key.split(".")
-        node = out
-        for part in outer:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[last] = value
-    return out
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` updated by `update`; mappings merge key by key, anything else is replaced."""
-    out = copy.deepcopy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def flatten(values: Mapping[str, Any], nested: Sequence[str], prefix: str = "") -> dict[str, Any]:
-    """{"es": {"sigma": 0.03}} -> {"es.sigma": 0.03}: the top-level keys in `nested` are opened,
-    and every mapping below them."""
-    out = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and (prefix or key in nested):
-            out.update(flatten(value, nested, f"{name}."))
-        else:
-            out[name] = value
-    return out
+    p.add_argument("--compile-cache", metavar="DIR", help="keep compiled programs in DIR (reruns)")
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def hint(name: str, known: Sequence[str]) -> str:
-    """ "; did you mean 'x'?" for the close matches of `name` in `known`, else ""."""
-    close = difflib.get_close_matches(str(name), list(known), n=3)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def check_keys(values: Mapping[str, Any], keys: Sequence[str]) -> None:
     for key in values:
         if key not in keys:
-            raise ValueError(f"unknown key {key!r}{hint(key, keys)} (known keys: {list(keys)})")
-
-
-def as_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r}: must be true or false")
-    return value
+            raise ValueError(
+                f"unknown key {key!r}{C.close_match(key, keys)} (known keys: {list(keys)})"
+            )
 
 
 def as_int(name: str, value, low: int) -> int:
@@ -221,22 +100,34 @@ def as_int(name: str, value, low: int) -> int:
     return value
 
 
-def task_list(name: str, value, known: Sequence[str] | None = None) -> list[str]:
-    """A list of distinct env ids (a single id is a list of one); each must be in `known`
-    (default: every registered id)."""
+def positive(name: str, value) -> int:
+    return as_int(name, value, 1)
+
+
+def choices(name: str, value, known: Sequence[str], what: str = "env id") -> tuple[str, ...]:
+    """Distinct names (a single name is a list of one) among `known`."""
+    value = [value] if isinstance(value, str) else value or []
+    if not isinstance(value, list | tuple) or not all(isinstance(t, str) for t in value):
+        raise ValueError(f"{name}={value!r}: must be a list of {what}s")
+    listed = f" (choose from {list(known)})" if len(known) <= 8 else ""
+    for x in value:
+        if x not in known:
+            raise ValueError(f"{name}: unknown {what} {x!r}{C.close_match(x, known)}{listed}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name}={list(value)}: an {what} appears twice")
+    return tuple(value)
+
+
+def env_ids(part: str = "") -> list[str]:
+    """The registered env ids that contain `part`."""
     import envs
 
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple) or not all(isinstance(t, str) for t in value):
-        raise ValueError(f"{name}={value!r}: must be a list of env ids")
-    known = envs.registered() if known is None else list(known)
-    for task in value:
-        if task not in known:
-            raise ValueError(f"{name}: unknown env id {task!r}{hint(task, known)}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"{name}={list(value)}: an env id appears twice")
-    return list(value)
+    return [i for i in envs.registered() if part in i]
+
+
+def task_list(name: str, value, known: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Distinct env ids (a single id is a list of one) in `known` (default: all)."""
+    return choices(name, value, env_ids() if known is None else known)
 
 
 def mapping(name: str, value) -> dict:
@@ -247,75 +138,75 @@ def mapping(name: str, value) -> dict:
     return dict(value)
 
 
-def multiples(name: str, value) -> list[float]:
-    """[1.0, *the distinct positive numbers of `value` other than 1] (e.g. horizons)."""
+def numbers(name: str, value) -> list[float]:
+    """A list of finite numbers > 0 (None: [])."""
     value = value or []
     if not isinstance(value, list | tuple) or not all(
-        isinstance(h, int | float) and not isinstance(h, bool) and math.isfinite(h) and h > 0
-        for h in value
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+        for x in value
     ):
         raise ValueError(f"{name}={value!r}: must be a list of positive numbers")
-    return [1.0, *dict.fromkeys(float(h) for h in value if float(h) != 1.0)]
+    return [float(x) for x in value]
 
 
-def es_config(values: Mapping[str, Any]):
-    """meta.es.ESConfig(**values); an unknown field is named with its close matches."""
-    from meta import es
-
-    fields = [f.name for f in dataclasses.fields(es.ESConfig)]
-    for key in values:
-        if key not in fields:
-            raise ValueError(f"es: unknown field {key!r}{hint(key, fields)} (fields: {fields})")
-    return es.ESConfig(**values)
+def multiples(name: str, value) -> tuple[float, ...]:
+    """(1.0, *the distinct positive numbers of `value` other than 1) (horizons, lifetimes)."""
+    return (1.0, *dict.fromkeys(h for h in numbers(name, value) if h != 1.0))
 
 
-def plain(value):
-    """YAML-ready: tuples as lists, numpy scalars as Python numbers, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def field_default(cls, name: str):
+    """The default of the dataclass `cls`'s field `name` (its factory's value)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def typed(name: str, cls, values):
+    """Config `cls` (which checks its fields) from the mapping under key `name`; a ValueError
+    names the key."""
+    try:
+        return C.from_dict(cls, mapping(name, values))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def describe_es(values: Mapping, defaults: Mapping) -> str:
+    """ "population P x G generations" of the unresolved settings (no jax import)."""
+    es = {**defaults, **(values["es"] if isinstance(values.get("es"), Mapping) else {})}
+    return f"population {es['population_size']} x {es['num_generations']} generations"
+
+
+def unresolved(args) -> dict | None:
+    """--config merged with the overrides of a new run, for the first status line (None on bad
+    input or for --resume / --meta-test-only)."""
+    if args.resume or args.meta_test_only:
+        return None
+    try:
+        return command.settings(args)
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- plan
 
 
 @dataclasses.dataclass
-class Plan:
-    mode: str  # "new" | "resume" | "meta_test_only"
-    settings: Any
-    run_dir: Path
-    devices: list
-    es_devices: int
-    progress: bool
-    write_config: bool
+class MetaPlan(command.Plan):
+    """mode "new" | "resume" | "meta_test_only"; stage: what `execute` is doing."""
+
+    experiment: Any = None
+    settings: Any = None
+    devices: list = dataclasses.field(default_factory=list)
+    es_devices: int = 1
+    write_config: bool = True
     done_generations: int = 0
     baselines: dict | None = None  # DIR/baselines.json's "baselines" (experiments.lpo)
     previous: dict = dataclasses.field(default_factory=dict)  # summary.json of the folder
-    stage: str = "meta_train"  # what `execute` is doing: "meta_train" | "meta_test"
+    compile_cache: str | None = None
+    stage: str = "meta_train"
 
 
-def read_config(run_dir: Path, flag: str, prog: str) -> dict:
-    if not run_dir.is_dir():
-        raise ValueError(f"{flag} {run_dir}: no such run folder")
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"{flag} {run_dir}: no config.yaml there (not a run of {prog})")
-    return runs.load_yaml(run_dir / "config.yaml")
-
-
-def changed(saved, new, experiment: Experiment) -> list[str]:
-    """The settings that differ between two resolved settings, other than the resumable ones."""
-    a, b = flatten(saved.values, experiment.nested), flatten(new.values, experiment.nested)
-    return [
-        f"{k}: the run has {a.get(k, '<unset>')!r}, given {b.get(k, '<unset>')!r}"
-        for k in sorted({*a, *b})
-        if a.get(k) != b.get(k)
-        and k not in experiment.resumable(saved)
-        and k.split(".")[0] not in experiment.test_keys
-    ]
+def continue_with(plan) -> str:
+    return "--meta-test-only" if getattr(plan, "stage", "") == "meta_test" else "--resume"
 
 
 def done_generations(run_dir: Path) -> int:
@@ -328,381 +219,81 @@ def done_generations(run_dir: Path) -> int:
         return 0
 
 
-def read_json(path: Path) -> dict:
-    """The JSON object in `path`, {} if it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
+def _existing(p: MetaPlan, args, overrides: dict) -> None:
+    """Fills `p` for --resume / --meta-test-only DIR: DIR's settings with the overrides, which
+    may change only the test keys (and, resuming, the schedule's keys)."""
+    from meta.saved import MANIFEST
 
-
-def _folder_settings(args, overrides, experiment: Experiment):
-    """(run_dir, settings, done) of --resume / --meta-test-only DIR, checked."""
-    from meta import saved as saved_objects
-
-    flag = "--resume" if args.resume else "--meta-test-only"
-    run_dir = Path(args.resume or args.meta_test_only)
-    saved = experiment.resolve(read_config(run_dir, flag, experiment.prog))
-    settings = experiment.resolve(deep_merge(saved.values, overrides))
-    diff = changed(saved, settings, experiment)
-    schedule = experiment.schedule(settings)
-    if args.meta_test_only:
-        before, after = (flatten(s.values, experiment.nested) for s in (saved, settings))
-        diff += [
-            f"{k}: only the meta-test settings may change with --meta-test-only"
-            for k in schedule.resumable
-            if before.get(k) != after.get(k)
-        ]
-    if diff:
-        allowed = sorted(experiment.resumable(saved) if args.resume else experiment.test_keys)
+    exp, flag = p.experiment, "--resume" if args.resume else "--meta-test-only"
+    if args.config or args.out:
+        raise ValueError(f"{flag} DIR takes neither --config nor --out (it uses DIR)")
+    p.run_dir = Path(args.resume or args.meta_test_only)
+    saved = exp.resolve(command.read_run_config(p.run_dir, flag)).values
+    p.settings = exp.resolve(command.merge(saved, overrides))
+    schedule = exp.schedule(p.settings)
+    allowed = exp.test_keys + (schedule.resumable if args.resume else ())
+    command.check_unchanged(saved, p.settings.values, allowed, flag)
+    p.done_generations = done = schedule.done(p.run_dir)
+    name = exp.artifact
+    if args.meta_test_only and not (p.run_dir / name / MANIFEST).is_file():
         raise ValueError(
-            f"{flag} {run_dir}: the overrides change the run's config ({'; '.join(diff)}); "
-            f"only {allowed} may change; start a new run (--out) instead"
+            f"--meta-test-only {p.run_dir}: no learned {name} ({name}/) there yet; finish the "
+            f"meta-training with --resume {p.run_dir}"
         )
-    done = schedule.done(run_dir)
-    name = experiment.artifact
-    if args.meta_test_only:
-        if not (run_dir / name / saved_objects.MANIFEST).is_file():
-            raise ValueError(
-                f"--meta-test-only {run_dir}: no learned {name} ({name}/) there yet; finish the "
-                f"meta-training with --resume {run_dir}"
-            )
-    elif done > schedule.planned:
+    if args.resume and done > schedule.planned:
         raise ValueError(
-            f"--resume {run_dir}: {schedule.where} holds {schedule.unit} {done}, past "
+            f"--resume {p.run_dir}: {schedule.where} holds {schedule.unit} {done}, past "
             f"{schedule.key}={schedule.planned}; give {schedule.key} >= {done}"
         )
-    return run_dir, settings, done
+    p.baselines = command.read_json(p.run_dir / "baselines.json").get("baselines")
+    p.previous = command.read_json(p.run_dir / "summary.json")
+    p.mode = "resume" if args.resume else "meta_test_only"
+    p.write_config = p.settings.values != saved
 
 
-def _new_settings(args, overrides, experiment: Experiment):
-    """(run_dir, settings) of a new run, checked (an occupied --out is refused)."""
-    values = runs.load_yaml(args.config) if args.config else {}
-    settings = experiment.resolve(deep_merge(values, overrides))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", experiment.run_name(settings))
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{stamp}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--out {run_dir}: exists and is not a folder")
-    if any((run_dir / f).exists() for f in ("config.yaml", "es", experiment.artifact)):
-        raise ValueError(
-            f"--out {run_dir} already holds a run; continue it with --resume {run_dir} or "
-            "choose another --out"
-        )
-    return run_dir, settings
-
-
-def prepare(args, experiment: Experiment) -> Plan:
-    """Everything that can fail on bad input, done before anything is written."""
-    overrides = parse_overrides(args.overrides)
+def plan(args, exp: Experiment, extra: Mapping[str, Any] = ()) -> MetaPlan:
+    """Everything that can fail on bad input, before anything is written. `extra`: overrides
+    set by flags (--time-aware: time_aware true)."""
+    extra = {**dict(extra), **({"time_aware": True} if args.time_aware else {})}
     if args.resume and args.meta_test_only:
         raise ValueError("--resume and --meta-test-only go apart: give one of them")
-    folder = args.resume or args.meta_test_only
-    flag = "--resume" if args.resume else "--meta-test-only"
-    if folder and (args.config or args.out):
-        raise ValueError(f"{flag} DIR takes neither --config nor --out (it uses DIR)")
-    if args.devices is not None and args.devices < 1:
-        raise ValueError(f"--devices={args.devices}: must be a positive integer")
-    if args.time_aware:
-        overrides["time_aware"] = True
-
-    if folder:
-        run_dir, settings, done = _folder_settings(args, overrides, experiment)
-        baselines = read_json(run_dir / "baselines.json").get("baselines")
-        previous = read_json(run_dir / "summary.json")
-        mode = "resume" if args.resume else "meta_test_only"
-        write_config = settings.values != read_config(run_dir, flag, experiment.prog)
+    p = MetaPlan(Path("."), progress=not args.no_progress, experiment=exp,
+                 compile_cache=args.compile_cache)  # fmt: skip
+    if args.resume or args.meta_test_only:
+        _existing(p, args, command.merge(command.parse_overrides(args.overrides), extra))
     else:
-        run_dir, settings = _new_settings(args, overrides, experiment)
-        done, baselines, previous, mode, write_config = 0, None, {}, "new", True
-
+        p.settings = exp.resolve(command.merge(command.settings(args), extra))
+        markers = ("config.yaml", "es", exp.artifact)
+        p.run_dir = command.new_run_dir(args.out, exp.run_name(p.settings), markers)
     from purejaxrl import sweep
 
-    devices = sweep.resolve_devices(args.devices)
-    pop = experiment.schedule(settings).shards
-    if args.devices is not None and pop is not None and pop % len(devices):
+    p.devices = sweep.resolve_devices(args.devices)
+    schedule = exp.schedule(p.settings)
+    pop = schedule.shards
+    if args.devices is not None and pop is not None and pop % len(p.devices):
         raise ValueError(
             f"--devices {args.devices}: es.population_size={pop} must divide by the device count"
         )
-    return Plan(
-        mode=mode,
-        settings=settings,
-        run_dir=run_dir,
-        devices=devices,
-        es_devices=1 if pop is None else max(d for d in range(1, len(devices) + 1) if pop % d == 0),
-        progress=not args.no_progress,
-        write_config=write_config,
-        done_generations=done,
-        baselines=baselines,
-        previous=previous,
-    )
+    p.es_devices = 1 if pop is None else divisor_devices(len(p.devices), pop)
+    if (p.mode == "resume" and p.done_generations >= schedule.planned
+            and (p.run_dir / "meta_test.json").is_file() and (p.run_dir / exp.artifact).is_dir()):  # fmt: skip
+        p.done = (
+            f"{p.run_dir} is complete ({p.done_generations} of {schedule.planned} "
+            f"{schedule.unit}s); raise {schedule.key}=... to continue, or rerun the meta-test "
+            f"with --meta-test-only {p.run_dir}"
+        )
+    return p
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-def say(plan: Plan, message: str) -> None:
-    if plan.progress:
-        print(message, file=sys.stderr, flush=True)
-
-
-def begin_session(plan: Plan) -> dict:
-    """Creates the run folder, writes config.yaml for a new run (or a `--meta-test-only` rerun
-    with changed settings) and returns the session record {mode, started, generations_before}."""
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    if plan.mode == "new" or (plan.write_config and plan.mode == "meta_test_only"):
-        write_yaml(plan.run_dir, plan.settings.values)
-    return {
-        "mode": plan.mode,
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "generations_before": plan.done_generations,
-    }
-
-
-def write_yaml(run_dir: Path, values: Mapping[str, Any]) -> None:
-    runs.atomic_write(run_dir / "config.yaml", yaml.safe_dump(dict(values), sort_keys=False))
-
-
-def num(x) -> float | None:
-    """A JSON number: None for NaN / inf."""
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def fitness_rows(fitness: np.ndarray, nonfinite: np.ndarray, first: int = 1) -> list[list]:
-    """[generation, mean, best, nonfinite] per generation of `fitness` [G, P] (finite values)."""
-    rows = []
-    for g, (row, bad) in enumerate(zip(fitness, nonfinite, strict=True)):
-        finite = row[np.isfinite(row)]
-        mean = float(finite.mean()) if finite.size else math.nan
-        best = float(finite.max()) if finite.size else math.nan
-        rows.append([first + g, mean, best, int(bad)])
-    return rows
-
-
-def csv_cell(x) -> str:
-    if isinstance(x, float):
-        return "" if not math.isfinite(x) else repr(x)  # repr: reads back exactly
-    return str(x)
-
-
-def write_csv_rows(
-    path: Path, columns: Sequence[str], rows: Sequence[Sequence], keep_upto: int | None = None
-) -> None:
-    """`path`: a header, the existing rows whose first column is <= `keep_upto` (None: none),
-    then `rows` (written atomically)."""
-    old = []
-    if keep_upto is not None and path.is_file():
-        with path.open(newline="") as fh:
-            old = [r for r in list(csv.reader(fh))[1:] if r and int(r[0]) <= keep_upto]
-    lines = [",".join(columns)] + [",".join(r) for r in old]
-    lines += [",".join(csv_cell(x) for x in r) for r in rows]
-    runs.atomic_write(path, "\n".join(lines) + "\n")
-
-
-def write_fitness(run_dir: Path, rows: list[list], keep_upto: int | None = None) -> None:
-    """fitness.csv: `rows` after the existing rows up to generation `keep_upto` (None: only
-    `rows`)."""
-    write_csv_rows(run_dir / "fitness.csv", FITNESS_COLUMNS, rows, keep_upto)
-
-
-def read_fitness(run_dir: Path) -> dict[str, np.ndarray]:
-    with (run_dir / "fitness.csv").open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows or rows[0] != FITNESS_COLUMNS:
-        raise ValueError(f"{run_dir}/fitness.csv: expected columns {FITNESS_COLUMNS}")
-    data = [[float(x) if x else math.nan for x in r] for r in rows[1:] if r]
-    table = np.asarray(data, np.float64).reshape(len(data), len(FITNESS_COLUMNS))
-    return {c: table[:, i] for i, c in enumerate(FITNESS_COLUMNS)}
-
-
-def fitness_summary(fitness: dict[str, np.ndarray], definition: str) -> dict:
-    """summary.json's "fitness": first / last mean and best, best ever, the curves."""
-    mean, best = fitness["mean"], fitness["best"]
-    return {
-        "definition": definition,
-        "first_mean": num(mean[0]) if len(mean) else None,
-        "last_mean": num(mean[-1]) if len(mean) else None,
-        "first_best": num(best[0]) if len(best) else None,
-        "last_best": num(best[-1]) if len(best) else None,
-        "best_ever": num(np.nanmax(best)) if len(best) else None,
-        "mean": [num(x) for x in mean],
-        "best": [num(x) for x in best],
-        "nonfinite_total": int(np.nansum(fitness["nonfinite"])),
-    }
-
-
-def fitness_line(summary: dict) -> str | None:
-    """ "fitness: generation 1 mean .. -> generation G mean .." from summary.json (None if no
-    generation ran)."""
-    f = summary["fitness"]
-    if not summary.get("generations"):
-        return None
-    g = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731  (None: no finite fitness)
-    return (
-        f"fitness: generation 1 mean {g(f['first_mean'])} best {g(f['first_best'])} -> "
-        f"generation {summary['generations']} mean {g(f['last_mean'])} best "
-        f"{g(f['last_best'])} (best ever {g(f['best_ever'])})"
-    )
-
-
-def session_summary(plan: Plan, session: dict) -> dict:
-    """summary.json's timing and provenance fields: sps, compile_s, wall_s, timings (this
-    session), sessions (all so far), devices, es_devices, versions."""
-    import jax
-
-    sessions = [s for s in plan.previous.get("sessions", []) if isinstance(s, dict)]
-    return {
-        "sps": session.get("es_sps"),
-        "compile_s": session.get("es_compile_s", 0.0) + session.get("meta_test_compile_s", 0.0),
-        "wall_s": session["wall_s"],
-        "timings": session,
-        "timing_note": (
-            "sps = env steps of all inner runs of the ES generations of this session / "
-            "es_run_s (compile excluded); compile_s = ES + meta-test compile seconds"
-        ),
-        "sessions": sessions + [session],
-        "devices": f"{len(plan.devices)} x {plan.devices[0].platform}",
-        "es_devices": plan.es_devices,
-        "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
-    }
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_fitness(run_dir: Path, title: str, ylabel: str, lines=()) -> Path:
-    """fitness.png: the population's mean and best fitness per generation (fitness.csv), the
-    best so far, and horizontal reference `lines` [(y, label)]."""
-    plt = pyplot()
-    f = read_fitness(run_dir)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(f["generation"], f["mean"], label="population mean")
-    ax.plot(f["generation"], f["best"], label="population best", alpha=0.8)
-    ax.plot(f["generation"], np.fmax.accumulate(f["best"]), "--", lw=1, label="best so far")
-    for (y, label), color in zip(lines, ("k", "grey", "tab:red"), strict=False):
-        ax.axhline(y, color=color, ls=":", lw=1, label=label)
-    ax.set_ylabel(ylabel)
-    ax.set_xlabel("generation")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = run_dir / "fitness.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_cells(path: Path, panels: Mapping[str, Sequence[dict]], series: Sequence[str], **text):
-    """IQM bars with 95% CI whiskers: one panel per key of `panels` (its title), one group of
-    bars per cell of that panel, one bar per name in `series`.
-
-    A cell is {"tick": x label, "values": {name: stats or None}}, stats having "iqm" and
-    "iqm_ci" (None where undefined: no bar). `text`: xlabel, ylabel, suptitle."""
-    plt = pyplot()
-    n = len(panels)
-    cols = min(max(n, 1), 3)
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
-    width = 0.8 / max(len(series), 1)
-    for i, (title, cells) in enumerate(panels.items()):
-        ax = axes[i // cols][i % cols]
-        if all((c["values"].get(s) or {}).get("iqm") is None for c in cells for s in series):
-            ax.text(0.5, 0.5, "no finished episode", ha="center", transform=ax.transAxes)
-        for j, name in enumerate(series):
-            xs, mids, lo, hi = [], [], [], []
-            for k, c in enumerate(cells):
-                s = c["values"].get(name) or {}
-                if s.get("iqm") is None:
-                    continue
-                xs.append(k + (j - (len(series) - 1) / 2) * width)
-                mids.append(s["iqm"])
-                ci = s.get("iqm_ci") or [s["iqm"], s["iqm"]]
-                lo.append(s["iqm"] - ci[0])
-                hi.append(ci[1] - s["iqm"])
-            ax.bar(xs, mids, width, yerr=[lo, hi], capsize=2, label=name)
-        ax.set_xticks(range(len(cells)), [c["tick"] for c in cells])
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(text.get("xlabel", ""))
-        ax.set_ylabel(text.get("ylabel", ""))
-        if i == 0:
-            ax.legend(fontsize=8)
-    for k in range(n, rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    fig.suptitle(text.get("suptitle", ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def ci_text(s: Mapping[str, Any] | None, width: int = 24) -> str:
-    """ "iqm [lo, hi]" of a stats dict, right-aligned in `width`; "-" where there is none."""
-    if not s or s.get("iqm") is None:
-        return f"{'-':>{width}}"
-    lo, hi = s["iqm_ci"]
-    return f"{s['iqm']:>8.4g} [{lo:.4g}, {hi:.4g}]".rjust(width)
-
-
-# --------------------------------------------------------------------------- meta-test numbers
-
-
-def final_per_seed(episode_return: np.ndarray, episodes_finished: np.ndarray) -> np.ndarray:
-    """`[S, U]` -> `[S]`: mean episode return over the last FINAL_FRACTION of updates, counting
-    only updates at or after the seed's first finished episode (NaN if it finished none)."""
-    seen = np.cumsum(np.asarray(episodes_finished) > 0, axis=1) > 0
-    returns = np.where(seen, np.asarray(episode_return, np.float64), np.nan)
-    window = max(1, math.ceil(FINAL_FRACTION * returns.shape[1]))
-    tail = returns[:, -window:]
-    count = np.isfinite(tail).sum(axis=1)
-    total = np.where(np.isfinite(tail), tail, 0.0).sum(axis=1)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def stats(final: np.ndarray, reps: int) -> dict:
-    """IQM [95% CI], mean [CI], median over the finite per-seed values of `final` `[S]`, and
-    the per-seed values (None for NaN) with the counts used / excluded."""
-    from experiments import aggregate
-
-    final = np.asarray(final, np.float64)
-    finite = final[np.isfinite(final)]
-    per_seed = [num(x) for x in final]
-    if not finite.size:
-        empty = dict.fromkeys(("iqm", "iqm_ci", "mean", "mean_ci", "median"))
-        return {**empty, "per_seed": per_seed, "num_runs": 0, "excluded_nan": int(final.size)}
-    s = aggregate.summarize(finite, reps=reps, seed=0)
-    return {
-        "iqm": s["iqm"],
-        "iqm_ci": s["iqm_ci"],
-        "mean": s["mean"],
-        "mean_ci": s["mean_ci"],
-        "median": s["median"],
-        "per_seed": per_seed,
-        "num_runs": s["num_runs"],
-        "excluded_nan": int(final.size - finite.size),
-    }
-
-
-def seed_keys(seed: int, task: str, num: int) -> np.ndarray:
-    """Raw key data `[num, 2]` of a task's meta-test seeds (the same for every objective and
-    horizon; independent of the other tasks)."""
-    import jax
-
-    key = jax.random.fold_in(jax.random.key(seed), TEST_KEY_SALT)
-    key = jax.random.fold_in(key, zlib.crc32(task.encode()))
-    return np.asarray(jax.random.key_data(jax.random.split(key, num)))
+def divisor_devices(count: int, n: int) -> int:
+    """The largest device count <= `count` that divides `n`."""
+    return max(d for d in range(1, count + 1) if n % d == 0)
 
 
 # --------------------------------------------------------------------------- run
 
 
-def use_compile_cache(path) -> Any:
+def use_compile_cache(path) -> Callable[[], None]:
     """Turns on jax's persistent compilation cache in `path`; returns a function restoring the
     previous setting (the CLI may run inside a longer process, e.g. the tests)."""
     import jax
@@ -720,63 +311,352 @@ def use_compile_cache(path) -> Any:
     return restore
 
 
-def _complete(plan: Plan, experiment: Experiment) -> bool:
-    """A resume of a run whose meta-training and meta-test are done."""
-    run_dir = plan.run_dir
-    return (
-        plan.mode == "resume"
-        and plan.done_generations >= experiment.schedule(plan.settings).planned
-        and (run_dir / "meta_test.json").is_file()
-        and (run_dir / experiment.artifact).is_dir()
-    )
-
-
-def main(
-    args,
-    experiment: Experiment,
-    describe: Callable[[Any], str | None],
-    execute: Callable[[Plan], dict],
-    report: Callable[[Plan, dict], None],
-) -> int:
-    """Runs one CLI invocation: the first status line (`describe(args)`, before jax starts),
-    host devices, `prepare`, the compile cache, `execute(plan)` -> summary, `report(plan,
-    summary)`. Returns the exit code: 0, 2 on bad input (nothing written), 130 on Ctrl-C."""
-    if not args.no_progress:
-        message = describe(args)
-        if message:  # at once, before jax is imported (seconds)
-            print(message, file=sys.stderr, flush=True)
-    set_host_devices(args)
-    restore = None
+def execute(plan: MetaPlan) -> dict:
+    """Meta-training (unless --meta-test-only), the learned object, then the meta-test; writes
+    summary.json after each."""
+    restore = use_compile_cache(plan.compile_cache) if plan.compile_cache else None
     try:
-        try:
-            plan = prepare(args, experiment)
-            if args.compile_cache:
-                restore = use_compile_cache(args.compile_cache)
-        except ValueError as e:  # bad settings, unknown env or key, occupied or foreign folder
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        schedule = experiment.schedule(plan.settings)
-        if _complete(plan, experiment):
-            print(
-                f"{plan.run_dir} is complete ({plan.done_generations} of {schedule.planned} "
-                f"{schedule.unit}s); raise {schedule.key}=... to continue, or rerun the "
-                f"meta-test with --meta-test-only {plan.run_dir}",
-                file=sys.stderr,
-            )
-            return 0
-        if plan.mode == "resume":
-            say(plan, f"resuming {plan.run_dir} at {schedule.unit} {plan.done_generations} ...")
-        try:
-            summary = execute(plan)
-        except KeyboardInterrupt:
-            flag = "--meta-test-only" if plan.stage == "meta_test" else "--resume"
-            print(
-                f"\ninterrupted; continue with python -m {experiment.prog} {flag} {plan.run_dir}",
-                file=sys.stderr,
-            )
-            return 130
+        return _execute(plan, plan.experiment)
     finally:
         if restore is not None:
             restore()
-    report(plan, summary)
-    return 0
+
+
+def _execute(plan: MetaPlan, exp: Experiment) -> dict:
+    t_start = time.perf_counter()
+    run_dir, library = plan.run_dir, importlib.import_module(exp.library)
+    session = begin_session(plan)
+    if plan.mode == "resume":
+        unit = exp.schedule(plan.settings).unit
+        plan.say(f"resuming {run_dir} at {unit} {plan.done_generations} ...")
+    if plan.mode == "meta_test_only":
+        params, info = library.load(run_dir / exp.artifact, time_aware=plan.settings.time_aware)
+    else:
+        params, info = exp.meta_train(plan, session, t_start)
+        library.save(run_dir / exp.artifact, params, info)
+        exp.plot_training(plan, params)
+        session["wall_s"] = time.perf_counter() - t_start
+        partial = exp.summary(plan, None, session, info)
+        if plan.previous.get("meta_test") is not None:
+            partial["meta_test_stale"] = (
+                f"the {exp.artifact} changed; meta_test.json is of an older one"
+            )
+        command.write_json(run_dir / "summary.json", partial)
+        plan.say(f"saved the learned {exp.artifact} to {run_dir / exp.artifact}")
+    t_test = time.perf_counter()
+    plan.stage = "meta_test"
+    table = exp.meta_test(plan, params)
+    session.update(meta_test_compile_s=table["compile_s"], meta_test_run_s=table["run_s"],
+                   meta_test_s=time.perf_counter() - t_test)  # fmt: skip
+    command.write_json(run_dir / "meta_test.json", table)
+    exp.plot_meta_test(run_dir, table)
+    session["wall_s"] = time.perf_counter() - t_start
+    summary = exp.summary(plan, table, session, info)
+    command.write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def report(plan: MetaPlan, summary: dict) -> str:
+    """The final lines: the meta-training's progress, the meta-test table, the timings."""
+    lines = [meta_training_line(summary)]
+    lines.append(plan.experiment.format_table(command.read_json(plan.run_dir / "meta_test.json")))
+    t = summary["timings"]
+    parts = [f"{k} {t[k]:.0f} s" for k in TIMINGS if t.get(k) is not None]
+    lines.append(f"{' | '.join(parts)} | wall {summary['wall_s']:.0f} s")
+    lines.append(f"run folder: {plan.run_dir}")
+    return "\n".join(x for x in lines if x)
+
+
+def begin_session(plan: MetaPlan) -> dict:
+    """Creates the run folder, writes config.yaml for a new run (or a `--meta-test-only` rerun
+    with changed settings) and returns the session record {mode, started, generations_before}."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if plan.mode == "new" or (plan.write_config and plan.mode == "meta_test_only"):
+        command.write_yaml(plan.run_dir / "config.yaml", plan.settings.values)
+    return {
+        "mode": plan.mode,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "generations_before": plan.done_generations,
+    }
+
+
+def write_resumed_config(plan: MetaPlan) -> None:
+    """A resume writes its changed config.yaml once, when its meta-training has run (the first
+    checkpoint of this session is written)."""
+    if plan.write_config and plan.mode == "resume":
+        command.write_yaml(plan.run_dir / "config.yaml", plan.settings.values)
+        plan.write_config = False
+
+
+def session_summary(plan: MetaPlan, session: dict) -> dict:
+    """summary.json's timing and provenance fields: sps, compile_s, wall_s, timings (this
+    session), sessions (all so far), devices, es_devices, versions."""
+    sessions = [s for s in plan.previous.get("sessions", []) if isinstance(s, dict)]
+    return {
+        "sps": session.get("es_sps"),
+        "compile_s": session.get("es_compile_s", 0.0) + session.get("meta_test_compile_s", 0.0),
+        "wall_s": session["wall_s"],
+        "timings": session,
+        "timing_note": (
+            "sps = env steps of all inner runs of the ES generations of this session / "
+            "es_run_s (compile excluded); compile_s = ES + meta-test compile seconds"
+        ),
+        "sessions": sessions + [session],
+        "devices": f"{len(plan.devices)} x {plan.devices[0].platform}",
+        "es_devices": plan.es_devices,
+        "versions": command.environment()["versions"],
+    }
+
+
+def on_generations(plan: MetaPlan, extra: Callable[[Mapping, int], None] | None = None):
+    """The ES callback (after each call's checkpoint): a resume's config.yaml, `extra(metrics,
+    first generation)`, then the new rows of fitness.csv."""
+
+    def callback(generation: int, metrics: Mapping) -> None:
+        write_resumed_config(plan)
+        fit = np.asarray(metrics["fitness"])
+        first = generation - len(fit) + 1
+        if extra is not None:
+            extra(metrics, first)
+        rows = fitness_rows(fit, np.asarray(metrics["nonfinite"]), first)
+        write_fitness(plan.run_dir, rows, keep_upto=first - 1)
+
+    return callback
+
+
+def end_es(plan: MetaPlan, session: dict, es_out, steps: int, t_start: float) -> None:
+    """After the ES: config.yaml (a resume), the whole fitness.csv, and this session's ES
+    timings (steps: env steps of one candidate's inner runs)."""
+    write_resumed_config(plan)
+    write_fitness(plan.run_dir, fitness_rows(es_out.fitness, es_out.nonfinite))
+    ran = es_out.fitness.shape[0] - plan.done_generations
+    pop = plan.settings.es.population_size
+    session.update(
+        generations_run=int(ran),
+        es_compile_s=es_out.compile_s,
+        es_run_s=es_out.run_s,
+        es_sps=(ran * pop * steps / es_out.run_s) if es_out.run_s else None,
+        meta_train_s=time.perf_counter() - t_start,
+    )
+
+
+def progress_bar(plan: MetaPlan, total: int):
+    """The meta-test's tqdm bar over its programs (disabled without progress)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="meta-test", unit="prog", dynamic_ncols=True,
+                disable=not plan.progress)  # fmt: skip
+
+
+def timed(program, *args) -> tuple[dict, float, float]:
+    """(the gathered outputs of jitted `program(*args)`, compile seconds, run seconds)."""
+    import jax
+
+    from purejaxrl import sweep
+
+    t0 = time.perf_counter()
+    compiled = program.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = sweep.gather(jax.block_until_ready(compiled(*args)))
+    return out, compile_s, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- fitness.csv
+
+
+def num(x) -> float | None:
+    """A JSON number: None for NaN / inf."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def fitness_rows(fitness: np.ndarray, nonfinite: np.ndarray, first: int = 1) -> list[list]:
+    """[generation, mean, best, nonfinite] per generation of `fitness` [G, P] (finite values)."""
+    rows = []
+    for g, (row, bad) in enumerate(zip(fitness, nonfinite, strict=True)):
+        finite = row[np.isfinite(row)]
+        mean, best = (float(finite.mean()), float(finite.max())) if finite.size else (math.nan,) * 2
+        rows.append([first + g, mean, best, int(bad)])
+    return rows
+
+
+def write_csv_rows(path: Path, columns, rows, keep_upto: int | None = None) -> None:
+    """`path`: a header, the existing rows whose first column is <= `keep_upto` (None: none),
+    then `rows` (floats as repr: they read back exactly; NaN empty)."""
+    old = []
+    if keep_upto is not None and path.is_file():
+        with path.open(newline="") as fh:
+            old = [r for r in list(csv.reader(fh))[1:] if r and int(r[0]) <= keep_upto]
+    cell = lambda x: ("" if not math.isfinite(x) else repr(x)) if isinstance(x, float) else str(x)  # noqa: E731
+    lines = [",".join(columns)] + [",".join(r) for r in old]
+    lines += [",".join(cell(x) for x in r) for r in rows]
+    command.write_text(path, "\n".join(lines) + "\n")
+
+
+def write_fitness(run_dir: Path, rows: list[list], keep_upto: int | None = None) -> None:
+    """fitness.csv: `rows` after the existing rows up to generation `keep_upto`."""
+    write_csv_rows(run_dir / "fitness.csv", FITNESS_COLUMNS, rows, keep_upto)
+
+
+def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
+    """{column: values} of a CSV of numbers (empty cells NaN)."""
+    rows = [line.split(",") for line in path.read_text().splitlines() if line]
+    names, data = rows[0], rows[1:]
+    table = np.asarray([[float(x) if x else math.nan for x in r] for r in data], np.float64)
+    return {name: table.reshape(len(data), len(names))[:, i] for i, name in enumerate(names)}
+
+
+def fitness_summary(run_dir: Path, definition: str) -> dict:
+    """summary.json's "fitness" (fitness.csv): first / last mean and best, best ever, curves."""
+    f = read_csv_columns(run_dir / "fitness.csv")
+    mean, best = f["mean"], f["best"]
+    ends = lambda x, i: num(x[i]) if len(x) else None  # noqa: E731
+    return {
+        "definition": definition,
+        "first_mean": ends(mean, 0),
+        "last_mean": ends(mean, -1),
+        "first_best": ends(best, 0),
+        "last_best": ends(best, -1),
+        "best_ever": num(np.nanmax(best)) if len(best) else None,
+        "mean": [num(x) for x in mean],
+        "best": [num(x) for x in best],
+        "nonfinite_total": int(np.nansum(f["nonfinite"])),
+    }
+
+
+def meta_training_line(summary: dict) -> str | None:
+    """The meta-training's line: the ES fitness curve's ends, or the meta-gradient's
+    finished-agent return over the first and last tenth of its meta-steps."""
+    g = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731  (None: no finite value)
+    f, mt = summary.get("fitness"), summary.get("meta_training")
+    if f is not None and summary.get("generations"):
+        return (
+            f"fitness: generation 1 mean {g(f['first_mean'])} best {g(f['first_best'])} -> "
+            f"generation {summary['generations']} mean {g(f['last_mean'])} best "
+            f"{g(f['last_best'])} (best ever {g(f['best_ever'])})"
+        )
+    if f is None and mt and mt["meta_steps"]:
+        return (
+            f"{summary['method']}: {mt['meta_steps']} meta-steps, {mt['num_agents']} agents; "
+            f"final return of finished agents {g(mt['finished_return_first_tenth'])} (first "
+            f"tenth) -> {g(mt['finished_return_last_tenth'])} (last tenth)"
+        )
+    return None
+
+
+def figure(plt, path: Path, fig, dpi: int, suptitle: str | None = None) -> Path:
+    """Lays out `fig` (with a suptitle) and saves it atomically."""
+    if suptitle is not None:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    fig.set_dpi(dpi)
+    return command.save_figure(fig, path)
+
+
+def plot_fitness(run_dir: Path, title: str, ylabel: str, lines=()) -> Path:
+    """fitness.png: the population's mean and best fitness per generation (fitness.csv), the
+    best so far, and horizontal reference `lines` [(y, label)]."""
+    plt = command.pyplot()
+    f = read_csv_columns(run_dir / "fitness.csv")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(f["generation"], f["mean"], label="population mean")
+    ax.plot(f["generation"], f["best"], label="population best", alpha=0.8)
+    ax.plot(f["generation"], np.fmax.accumulate(f["best"]), "--", lw=1, label="best so far")
+    for (y, label), color in zip(lines, ("k", "grey", "tab:red"), strict=False):
+        ax.axhline(y, color=color, ls=":", lw=1, label=label)
+    ax.set(ylabel=ylabel, xlabel="generation")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return figure(plt, run_dir / "fitness.png", fig, 120)
+
+
+# --------------------------------------------------------------------------- meta-test numbers
+
+
+def final_per_seed(metrics: Mapping[str, Any]) -> np.ndarray:
+    """`[S]` final returns (purejaxrl.scores.final_return) of metrics `[S, U]`."""
+    from purejaxrl import scores
+
+    final = scores.final_return(metrics["episode_return"], metrics["episodes_finished"])
+    return np.asarray(final, np.float64)
+
+
+def stats(final: np.ndarray, reps: int) -> dict:
+    """aggregate.summarize_finite of the per-seed values `[S]`, and those values (None: NaN)."""
+    return {**aggregate.summarize_finite(final, reps=reps), "per_seed": [num(x) for x in final]}
+
+
+def seed_keys(seed: int, task: str, num: int) -> np.ndarray:
+    """Raw key data `[num, 2]` of a task's meta-test seeds (the same for every objective and
+    horizon; independent of the other tasks)."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.key(seed), TEST_KEY_SALT)
+    key = jax.random.fold_in(key, zlib.crc32(task.encode()))
+    return np.asarray(jax.random.key_data(jax.random.split(key, num)))
+
+
+def definition(what: str, reps: int) -> str:
+    """The meta-test's definition text, after `what` (the learners' specifics)."""
+    from purejaxrl import scores
+
+    return (
+        f"per seed, mean episode_return over the last {scores.FINAL_FRACTION:.0%} of updates "
+        "(from its first finished episode on; NaN if none); per cell, IQM over seeds with a 95% "
+        f"stratified bootstrap CI ({reps} resamples; NaN seeds excluded); {what}"
+    )
+
+
+def test_summary(cells: Mapping[str, Mapping], series, learned: str, extra=None) -> dict:
+    """summary.json's meta_test ({cell: {series: iqm, iqm_ci, mean (+ extra(cell, name))}})
+    and `learned`'s final_return_mean and final_return_per_seed, of {"task@mx": cell}."""
+    extra = extra or (lambda c, name: {})
+    pick = lambda r: {k: r[k] for k in ("iqm", "iqm_ci", "mean")}  # noqa: E731
+    return {
+        "meta_test": {
+            key: {o: pick(c["results"][o]) | extra(c, o) for o in series}
+            for key, c in cells.items()
+        },
+        "final_return_mean": {k: c["results"][learned]["mean"] for k, c in cells.items()},
+        "final_return_per_seed": {k: c["results"][learned]["per_seed"] for k, c in cells.items()},
+    }
+
+
+def ci_text(s: Mapping[str, Any] | None, width: int = 24) -> str:
+    """ "iqm [lo, hi]" of a stats dict, right-aligned in `width`; "-" where there is none."""
+    if not s or s.get("iqm") is None:
+        return f"{'-':>{width}}"
+    lo, hi = s["iqm_ci"]
+    return f"{s['iqm']:>8.4g} [{lo:.4g}, {hi:.4g}]".rjust(width)
+
+
+def plot_cells(path: Path, panels: Mapping[str, Sequence[dict]], series: Sequence[str], **text):
+    """IQM bars with 95% CI whiskers: one panel per key of `panels` (its title), a group of bars
+    per cell {"tick": label, "values": {name: stats or None}}, a bar per name in `series`.
+    `text`: xlabel, ylabel, suptitle."""
+    plt = command.pyplot()
+    n = len(panels)
+    cols = min(max(n, 1), 3)
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    width = 0.8 / max(len(series), 1)
+    for i, (title, cells) in enumerate(panels.items()):
+        ax = axes[i // cols][i % cols]
+        if all((c["values"].get(s) or {}).get("iqm") is None for c in cells for s in series):
+            ax.text(0.5, 0.5, "no finished episode", ha="center", transform=ax.transAxes)
+        for j, name in enumerate(series):
+            bars = [(k, c["values"].get(name) or {}) for k, c in enumerate(cells)]
+            bars = [(k, s) for k, s in bars if s.get("iqm") is not None]
+            mid = np.array([s["iqm"] for _, s in bars])
+            ci = np.array([s.get("iqm_ci") or [s["iqm"]] * 2 for _, s in bars]).reshape(-1, 2)
+            xs = [k + (j - (len(series) - 1) / 2) * width for k, _ in bars]
+            ax.bar(xs, mid, width, yerr=[mid - ci[:, 0], ci[:, 1] - mid], capsize=2, label=name)
+        ax.set_xticks(range(len(cells)), [c["tick"] for c in cells])
+        ax.set_title(title, fontsize=10)
+        ax.set(xlabel=text.get("xlabel", ""), ylabel=text.get("ylabel", ""))
+        if i == 0:
+            ax.legend(fontsize=8)
+    for k in range(n, rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    return figure(plt, path, fig, 110, text.get("suptitle", ""))

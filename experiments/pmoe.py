@@ -3,223 +3,117 @@
     python -m experiments.pmoe [--task multimodal|brax] [--algos sac ppo]
         [--methods gaussian pmoe gumbel score] [--seeds N] [--steps N] [--num-experts K]
         [--envs brax/hopper ...] [--scale cpu|paper] [--eval-episodes N] [--out DIR]
-        [key=value | sac.key=value | ppo.key=value ...]
+        [--config FILE] [key=value | sac.key=value | ppo.key=value ...]
+    python -m experiments.pmoe --merge DIR [DIR ...] --out OUT
 
-Methods: "gaussian" is the unimodal policy (SAC: policy="tanh_gaussian", PPO: policy="gaussian");
-"pmoe", "gumbel" and "score" are policy="pmoe" with `num_experts` K (default 2) and that
-`mixture_grad` (purejaxrl/pmoe.py). Each (algo, env, method) is one jitted program,
-`jax.jit(jax.vmap(agent.train))(keys)` over the seeds, with the same keys for every method.
-Overrides (`key=value`, YAML values) change the base config of every algo; `sac.key=value` or
-`ppo.key=value` one algo's only. `--steps N` sets total_timesteps and caps SAC's random warm-up
-(learning_starts) at N // 10.
-
-Tasks and scales (base configs in `base_config`):
-- `--task multimodal` (default): multimodal/bandit (envs/multimodal.py), SAC and PPO, 4 seeds,
-  CPU-sized (SAC 5k env steps, PPO 50k env steps).
-- `--task brax --scale cpu` (default scale): brax/inverted_double_pendulum and brax/hopper with
-  the "spring" backend, SAC only, 3 seeds, 50k env steps.
-- `--task brax --scale paper`: for accelerators. brax hopper, halfcheetah, walker2d, ant, humanoid,
-  humanoidstandup, "generalized" backend, 1M env steps, 5 seeds, K = 2, 256x256 networks. SAC:
-  lr 3e-4, batch 256, buffer 1M, 10k random warm-up steps, 8 envs with 8 gradient steps per vector
-  step (utd 1). PPO: 32 envs x 64 steps, 10 epochs x 32 minibatches, lr 3e-4, normalised
-  observations and rewards.
-
-Merging: `python -m experiments.pmoe --merge DIR [DIR ...] --out OUT` writes one run folder
-(config.yaml, metrics.csv, summary.json, curves.png, auc.png; checkpoints stay where they are and
-summary.json points to them) from several runs of the same task, seeds and base seed, for
-example methods trained as separate jobs. Run names must not repeat across the folders.
-
-Run folder DIR (default runs/pmoe-<task>-<timestamp>):
-    config.yaml    the settings and the full config of every run
-    metrics.csv    long format: algo, env, method, seed, update, env_steps, episode_return
-    summary.json   per run "<algo>-<method>" (brax: "<algo>-<env>-<method>"): final_return_per_seed
-                   (mean over the last 10% of updates), eval_deterministic/stochastic_per_seed,
-                   auc_per_seed (mean of the training curve), each with its mean, IQM and 95%
-                   stratified-bootstrap CIs over seeds (<name>_iqm, _iqm_ci, _mean_ci;
-                   experiments/aggregate.py), sps, compile_s, wall_s and, on the bandit, the
-                   experts at the three contexts; top level: the best run's numbers
-    curves.png     learning curves (mean, min-max band across seeds), one panel per algo/env
-    auc.png        AUC per method with per-seed points, one panel per algo/env
-    experts.png    bandit only: reward landscape, action density and weighted experts per context
-    checkpoints/<run>/   orbax checkpoint of each run's seed-batched final state
+Each (algo, env, method) is one jitted program, `jax.jit(jax.vmap(agent.train))(keys)` over the
+seeds, with the same keys for every method. Tasks, scales, base configs, merging and the run
+folder's files: docs/experiments.md, "experiments.pmoe".
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import datetime
-import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
 from envs import multimodal
-from experiments import aggregate, runs
-from experiments.train import Progress
-from purejaxrl import checkpoint, evaluation, sac  # noqa: F401  (sac registers itself)
-from purejaxrl import config as C
+from experiments import agent_runs, aggregate, command
+from purejaxrl import checkpoint, evaluation, scores
+from purejaxrl.pmoe import (  # noqa: F401 (tests/test_learning.py, notebooks/02_pmoe.ipynb)
+    CONTEXTS,
+    MIN_WEIGHT,
+    MODE_TOL,
+    action_density,
+    expert_stats,
+    mixture_outputs,
+    squashed,
+)
 
 TASKS = ("multimodal", "brax")
 ALGOS = ("sac", "ppo")
 METHODS = ("gaussian", "pmoe", "gumbel", "score")
 SCALES = ("cpu", "paper")
 GAUSSIAN_POLICY = {"sac": "tanh_gaussian", "ppo": "gaussian"}
-FINAL_FRACTION = 0.1  # final return: mean episode_return over the last 10% of updates
+# This command's final return: purejaxrl.scores.final_return over the last 10% of updates.
+FINAL_RETURN_FRACTION = 0.1
 BRAX_CPU_ENVS = ("brax/inverted_double_pendulum", "brax/hopper")
 BRAX_PAPER_ENVS = tuple(
     f"brax/{n}" for n in ("hopper", "halfcheetah", "walker2d", "ant", "humanoid", "humanoidstandup")
 )
-# Bandit contexts: observation [blocked_left, blocked_right, t / horizon] at the episode's start.
-CONTEXTS = {"unblocked": (0.0, 0.0), "left_blocked": (1.0, 0.0), "right_blocked": (0.0, 1.0)}
-MIN_WEIGHT = 0.2  # an expert "holds" a mode if its weight is at least this ...
-MODE_TOL = 0.15  # ... and its (squashed) mean is within this of the mode
+MARKERS = ("config.yaml", "summary.json", "metrics.csv", "checkpoints")  # a folder holding a run
 
-SAC_BANDIT = dict(
-    total_timesteps=5_000,
-    num_envs=4,
-    buffer_size=20_000,
-    batch_size=128,
-    learning_starts=500,
-    utd_ratio=0.5,
-    hidden_sizes=(64, 64),
-    learning_rate=1e-3,
-)
-PPO_BANDIT = dict(
-    total_timesteps=49_152,
-    num_envs=16,
-    num_steps=16,
-    update_epochs=4,
-    num_minibatches=4,
-    hidden_sizes=(64, 64),
-    learning_rate=1e-3,
-    ent_coef=0.0,
-)
-SAC_BRAX_CPU = dict(
-    total_timesteps=50_000,
-    num_envs=4,
-    buffer_size=50_000,
-    batch_size=256,
-    learning_starts=5_000,
-    utd_ratio=0.5,
-    hidden_sizes=(256, 256),
-    learning_rate=3e-4,
-)
-PPO_BRAX_CPU = dict(
-    total_timesteps=50_000,
-    num_envs=16,
-    num_steps=64,
-    update_epochs=4,
-    num_minibatches=8,
-    hidden_sizes=(64, 64),
-    learning_rate=3e-4,
-    normalize_obs=True,
-    normalize_reward=True,
-)
-SAC_PAPER = dict(
-    total_timesteps=1_000_000,
-    num_envs=8,
-    buffer_size=1_000_000,
-    batch_size=256,
-    learning_starts=10_000,
-    utd_ratio=1.0,
-    hidden_sizes=(256, 256),
-    learning_rate=3e-4,
-)
-PPO_PAPER = dict(
-    total_timesteps=1_000_000,
-    num_envs=32,
-    num_steps=64,
-    update_epochs=10,
-    num_minibatches=32,
-    hidden_sizes=(256, 256),
-    learning_rate=3e-4,
-    normalize_obs=True,
-    normalize_reward=True,
-)
+# Base configs (without the policy fields) per (algo, setting); the setting is "bandit" for
+# --task multimodal, else the --scale of --task brax (which adds env_kwargs.backend).
+SAC = ("total_timesteps", "num_envs", "buffer_size", "batch_size", "learning_starts", "utd_ratio",
+       "hidden_sizes", "learning_rate")  # fmt: skip
+PPO = ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
+       "hidden_sizes", "learning_rate")  # fmt: skip
+NORMALIZED = {"normalize_obs": True, "normalize_reward": True}
 
 
-@dataclasses.dataclass
-class Run:
-    """One (algo, env, method): its name, config and agent (built, so validated)."""
+def _row(fields: tuple[str, ...], values: tuple, **more) -> dict:
+    return {**dict(zip(fields, values, strict=True)), **more}
 
-    name: str
-    algo: str
-    env: str
+
+BASE = {
+    ("sac", "bandit"): _row(SAC, (5_000, 4, 20_000, 128, 500, 0.5, (64, 64), 1e-3)),
+    ("sac", "cpu"): _row(SAC, (50_000, 4, 50_000, 256, 5_000, 0.5, (256, 256), 3e-4)),
+    ("sac", "paper"): _row(SAC, (10**6, 8, 10**6, 256, 10_000, 1.0, (256, 256), 3e-4)),
+    ("ppo", "bandit"): _row(PPO, (49_152, 16, 16, 4, 4, (64, 64), 1e-3), ent_coef=0.0),
+    ("ppo", "cpu"): _row(PPO, (50_000, 16, 64, 4, 8, (64, 64), 3e-4), **NORMALIZED),
+    ("ppo", "paper"): _row(PPO, (10**6, 32, 64, 10, 32, (256, 256), 3e-4), **NORMALIZED),
+}
+SAC_BANDIT = BASE["sac", "bandit"]  # tests/test_learning.py checks this config
+BACKEND = {"cpu": "spring", "paper": "generalized"}
+
+
+@dataclasses.dataclass(kw_only=True)
+class Run(agent_runs.Run):
     method: str
-    config: Any
-    agent: Any
-    progress: Progress
 
 
-@dataclasses.dataclass
-class Plan:
+@dataclasses.dataclass(kw_only=True)
+class Plan(command.Plan):
     task: str
     scale: str
     seeds: int
     seed: int
     eval_episodes: int
-    out: Path
     runs: list[Run]
+    merged: dict | None = None  # --merge: the folders' results, curves, config and wall_s
 
 
 # --------------------------------------------------------------------------- settings
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.pmoe",
-        description="Gaussian vs mixture policies (pmoe, gumbel, score) on SAC/PPO over seeds.",
-    )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides")
-    p.add_argument("--task", default="multimodal", help=f"one of {TASKS}")
-    p.add_argument("--algos", nargs="+", help=f"from {ALGOS} (default: both; brax: sac)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"from {METHODS}")
-    p.add_argument("--seeds", type=int, help="seeds per method (default 4; brax 3, paper 5)")
+def arguments(p) -> None:
+    count = agent_runs.positive_int
+    p.add_argument("--task", default="multimodal", choices=TASKS)
+    p.add_argument("--algos", nargs="+", choices=ALGOS, help="default: both; brax: sac")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--seeds", type=count, help="seeds per method (default 4; brax 3, paper 5)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the keys")
-    p.add_argument("--steps", type=int, help="env steps per seed (total_timesteps)")
-    p.add_argument("--num-experts", type=int, default=2, help="K for the mixture methods")
+    p.add_argument("--steps", type=count, help="env steps per seed (total_timesteps)")
+    p.add_argument("--num-experts", type=count, default=2, help="K for the mixture methods")
     p.add_argument("--envs", nargs="+", help="brax env ids (default: by --scale)")
-    p.add_argument("--scale", default="cpu", help=f"one of {SCALES} (brax)")
-    p.add_argument("--eval-episodes", type=int, help="evaluation episodes per seed (default 64)")
-    p.add_argument("--out", help="run folder (default runs/pmoe-<task>-<timestamp>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--scale", default="cpu", choices=SCALES, help="--task brax's size")
+    p.add_argument("--eval-episodes", type=count, default=64, help="evaluation episodes per seed")
     p.add_argument("--merge", nargs="+", metavar="DIR", help="merge these run folders into --out")
-    return p.parse_args(argv)
-
-
-def _check_choices(flag: str, values, allowed) -> None:
-    for v in values:
-        if v not in allowed:
-            raise ValueError(f"{flag} {v!r}: allowed values are {list(allowed)}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{flag} {' '.join(values)}: repeated value")
-
-
-def _check_positive(flag: str, value) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{flag}={value}: must be a positive integer")
 
 
 def base_config(algo: str, task: str, scale: str, env: str) -> dict:
     """The algo's config fields (without policy/method fields) for this task, scale and env."""
-    if task == "multimodal":
-        values = dict(SAC_BANDIT if algo == "sac" else PPO_BANDIT)
-    elif scale == "cpu":
-        values = dict(SAC_BRAX_CPU if algo == "sac" else PPO_BRAX_CPU)
-        values["env_kwargs"] = {"backend": "spring"}
-    else:
-        values = dict(SAC_PAPER if algo == "sac" else PPO_PAPER)
-        values["env_kwargs"] = {"backend": "generalized"}
-    values["env"] = env
+    values = {**BASE[algo, "bandit" if task == "multimodal" else scale], "env": env}
+    if task == "brax":
+        values["env_kwargs"] = {"backend": BACKEND[scale]}
     return values
 
 
@@ -229,111 +123,69 @@ def method_fields(algo: str, method: str, num_experts: int) -> dict:
     return {"policy": "pmoe", "num_experts": num_experts, "mixture_grad": method}
 
 
-def split_overrides(items) -> dict[str, dict]:
-    """key=value -> every algo; sac.key=value / ppo.key=value -> that algo only."""
-    parsed = runs.parse_overrides(items)
+def split_overrides(values: dict) -> dict[str, dict]:
+    """Settings -> per algo: key=value for every algo; sac.key=value / ppo.key=value for one."""
     out: dict[str, dict] = {a: {} for a in ALGOS}
-    for key, value in parsed.items():
-        if key in ALGOS and isinstance(value, dict):
-            out[key].update(value)
-        else:
-            for a in ALGOS:
-                out[a][key] = value
+    for key, value in values.items():
+        own = key in ALGOS and isinstance(value, dict)
+        for a in [key] if own else ALGOS:
+            out[a] = command.merge(out[a], value if own else {key: value})
     return out
 
 
-def prepare(args) -> Plan:
-    """Checks every argument and builds every agent (validating its config) before compiling."""
-    if args.task not in TASKS:
-        raise ValueError(f"--task {args.task!r}: allowed values are {list(TASKS)}")
-    if args.scale not in SCALES:
-        raise ValueError(f"--scale {args.scale!r}: allowed values are {list(SCALES)}")
-    brax = args.task == "brax"
-    algos = args.algos or (["sac"] if brax else list(ALGOS))
-    _check_choices("--algos", algos, ALGOS)
-    _check_choices("--methods", args.methods, METHODS)
-    for flag in ("seeds", "steps", "num_experts", "eval_episodes"):
-        _check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
-    if args.num_experts < 2 and set(args.methods) - {"gaussian"}:
-        raise ValueError(f"--num-experts={args.num_experts}: a mixture needs at least 2 experts")
-    if brax:
+def task_envs(args) -> list[str]:
+    if args.task == "brax":
         envs = args.envs or list(BRAX_PAPER_ENVS if args.scale == "paper" else BRAX_CPU_ENVS)
         bad = [e for e in envs if not e.startswith("brax/")]
         if bad:
             raise ValueError(f"--envs {bad}: --task brax takes brax/<name> ids")
-    else:
-        if args.envs and args.envs != [multimodal.BANDIT_ID]:
-            raise ValueError(f"--envs: --task multimodal runs {multimodal.BANDIT_ID} only")
-        if args.scale != "cpu":
-            raise ValueError("--scale paper applies to --task brax only")
-        envs = [multimodal.BANDIT_ID]
-    seeds = args.seeds or (5 if args.scale == "paper" else 3 if brax else 4)
-    overrides = split_overrides(args.overrides)
-    if args.out:
-        out = Path(args.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"--out {out}: exists and is not an empty folder")
-    else:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"pmoe-{args.task}-{stamp}"
+        return envs
+    if args.envs and args.envs != [multimodal.BANDIT_ID]:
+        raise ValueError(f"--envs: --task multimodal runs {multimodal.BANDIT_ID} only")
+    if args.scale != "cpu":
+        raise ValueError("--scale paper applies to --task brax only")
+    return [multimodal.BANDIT_ID]
 
+
+def plan(args) -> Plan:
+    """Checks every argument and builds every agent (validating its config) before compiling."""
+    if args.merge:
+        return merge_plan(args)
+    agent_runs.check_unique(args, "algos", "methods", "envs")
+    brax = args.task == "brax"
+    algos = args.algos or (["sac"] if brax else list(ALGOS))
+    if args.num_experts < 2 and set(args.methods) - {"gaussian"}:
+        raise ValueError(f"--num-experts={args.num_experts}: a mixture needs at least 2 experts")
+    envs = task_envs(args)
+    run_dir, values, _ = command.start(args, lambda v: f"pmoe-{args.task}", markers=MARKERS)
+    overrides = split_overrides(values)
     planned = []
-    for algo in algos:
-        for env in envs:
-            for method in args.methods:
-                values = base_config(algo, args.task, args.scale, env)
-                values.update(method_fields(algo, method, args.num_experts))
-                values.update(overrides[algo])
-                if args.steps is not None:
-                    values["total_timesteps"] = args.steps
-                    if algo == "sac":  # a short run keeps a warm-up of at most 10% of its steps
-                        values["learning_starts"] = min(values["learning_starts"], args.steps // 10)
-                config = runs.build_spec({"algo": algo, **values}).config
-                name = f"{algo}-{method}" if not brax else f"{algo}-{env.split('/')[-1]}-{method}"
-                progress = Progress(enabled=not args.no_progress)
-                agent = checkpoint.make_agent(algo, config, progress_fn=progress.callback)
-                planned.append(Run(name, algo, env, method, config, agent, progress))
-    return Plan(
-        task=args.task,
-        scale=args.scale,
-        seeds=seeds,
-        seed=args.seed,
-        eval_episodes=args.eval_episodes or 64,
-        out=out,
-        runs=planned,
-    )
+    for algo, env, method in ((a, e, m) for a in algos for e in envs for m in args.methods):
+        values = base_config(algo, args.task, args.scale, env)
+        values.update(method_fields(algo, method, args.num_experts))
+        values = command.merge(values, overrides[algo])
+        if args.steps is not None:
+            values["total_timesteps"] = args.steps
+            if algo == "sac":  # a short run keeps a warm-up of at most 10% of its steps
+                values["learning_starts"] = min(values["learning_starts"], args.steps // 10)
+        name = f"{algo}-{method}" if not brax else f"{algo}-{env.split('/')[-1]}-{method}"
+        values = {"algo": algo, **values}
+        planned.append(agent_runs.make(Run, name, values, not args.no_progress, method=method))
+    seeds = args.seeds or (5 if args.scale == "paper" else 3 if brax else 4)
+    return Plan(run_dir, "new", not args.no_progress, task=args.task, scale=args.scale,
+                seeds=seeds, seed=args.seed, eval_episodes=args.eval_episodes,
+                runs=planned)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- one run
 
 
-def train(run: Run, keys) -> tuple[Any, float, float]:
-    """(TrainOutput with a leading seed axis, compile_s, train_s) of the run's one program."""
-    fn = jax.jit(jax.vmap(run.agent.train))
-    t = time.perf_counter()
-    compiled = fn.lower(keys).compile()
-    compile_s = time.perf_counter() - t
-    cfg = run.config
-    run.progress.start(run.agent.num_updates, 0, run.name, cfg.num_envs * cfg.num_steps)
-    t = time.perf_counter()
-    try:
-        out = jax.block_until_ready(compiled(keys))
-    finally:
-        run.progress.close()
-    return out, compile_s, time.perf_counter() - t
-
-
-def episode_steps(agent) -> int:
-    """The env's episode length in steps (gymnax/brax time limit, or the bandit's horizon)."""
-    try:
-        return evaluation.episode_horizon(agent.env_params)
-    except ValueError:
-        return int(agent.env_params.horizon)
-
-
 def evaluate_seeds(agent, state, key, num_episodes: int) -> dict[str, np.ndarray]:
     """Mean evaluation return per seed `[S]`, deterministic (mode) and stochastic (sampled)."""
-    steps = episode_steps(agent)
+    try:  # the episode length: gymnax/brax time limit, or the bandit's horizon
+        steps = evaluation.episode_horizon(agent.env_params)
+    except ValueError:
+        steps = int(agent.env_params.horizon)
     out = {}
     for name, det in (("deterministic", True), ("stochastic", False)):
         fn = lambda s, k, det=det: evaluation.evaluate(agent, s, k, num_episodes, det, steps)
@@ -343,83 +195,22 @@ def evaluate_seeds(agent, state, key, num_episodes: int) -> dict[str, np.ndarray
     return out
 
 
-def mixture_outputs(agent, params, obs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Actor outputs at `obs` [C, obs_dim] for seed-batched params, in mixture form:
-    (weights [S, C, K], pre-squash mean [S, C, K, d], std [S, C, K, d]); a Gaussian is K = 1."""
-    network = agent.network
-    out = jax.vmap(lambda p: network.apply(p, obs, method=network.actor))(params)
-    if len(out) == 3:
-        logits, mean, log_std = out
-    else:
-        mean, log_std = out
-        mean, log_std = mean[..., None, :], jnp.broadcast_to(log_std, mean.shape)[..., None, :]
-        logits = jnp.zeros(mean.shape[:-1])
-    weights = jax.nn.softmax(logits, axis=-1)
-    return np.asarray(weights), np.asarray(mean), np.asarray(jnp.exp(log_std))
+def seed_stats(name: str, per_seed) -> dict:
+    """<name>_per_seed and _mean of the seeds' values `per_seed` [S], with their IQM and CIs."""
+    per_seed = np.asarray(per_seed, np.float64)
+    stats = {f"{name}_per_seed": per_seed.tolist(), f"{name}_mean": float(per_seed.mean())}
+    return {**stats, **agent_runs.summarize(name, per_seed)}
 
 
-def squashed(agent) -> bool:
-    """Whether the policy's action is tanh(u) (SAC, tanh heads) rather than clip(u) (PPO)."""
-    return bool(np.allclose(agent.head.to_env(jnp.asarray(2.0)), np.tanh(2.0)))
-
-
-def expert_stats(agent, state) -> dict:
-    """Per bandit context: weights, means and stds per seed and expert, where the experts' means
-    sit in action space, the weight near each mode, and the fraction of seeds whose two modes are
-    held by different experts of weight >= MIN_WEIGHT (unblocked context)."""
-    mode = float(agent.env_params.mode)
-    obs = jnp.asarray([[bl, br, 0.0] for bl, br in CONTEXTS.values()], jnp.float32)
-    weights, mean, std = mixture_outputs(agent, state.params, obs)
-    u = mean[..., 0]  # [S, C, K], action dim 0
-    action = np.tanh(u) if squashed(agent) else np.clip(u, -1.0, 1.0)
-    near_left = np.abs(action + mode) < MODE_TOL
-    near_right = np.abs(action - mode) < MODE_TOL
-    stats: dict[str, Any] = {"contexts": {}}
-    for c, name in enumerate(CONTEXTS):
-        stats["contexts"][name] = {
-            "weights": weights[:, c].tolist(),
-            "mean": mean[:, c, :, 0].tolist(),
-            "std": std[:, c, :, 0].tolist(),
-            "action_mean": action[:, c].tolist(),
-            "weight_near_left_mode": (weights[:, c] * near_left[:, c]).sum(-1).tolist(),
-            "weight_near_right_mode": (weights[:, c] * near_right[:, c]).sum(-1).tolist(),
-        }
-    held = weights[:, 0] >= MIN_WEIGHT  # [S, K], unblocked context
-    left, right = held & near_left[:, 0], held & near_right[:, 0]
-    # Different experts: some expert on the left and another on the right.
-    split = left.any(-1) & right.any(-1) & ((left.sum(-1) + right.sum(-1)) >= 2)
-    stats["both_modes_split_per_seed"] = split.tolist()
-    stats["both_modes_split_fraction"] = float(split.mean())
-    top = np.take_along_axis(action[:, 0], weights[:, 0].argmax(-1)[:, None], axis=-1)[:, 0]
-    stats["top_expert_location_unblocked"] = [
-        "mode" if abs(abs(a) - mode) < MODE_TOL else "valley" if abs(a) < mode / 2 else "between"
-        for a in top
-    ]
-    return stats
-
-
-def seed_summary(name: str, per_seed: np.ndarray) -> dict:
-    """<name>_iqm, <name>_iqm_ci and <name>_mean_ci ([lo, hi], 95% stratified bootstrap) over
-    the seeds' values `per_seed` [S] (experiments/aggregate.py)."""
-    s = aggregate.summarize(per_seed)
-    return {f"{name}_iqm": s["iqm"], f"{name}_iqm_ci": s["iqm_ci"], f"{name}_mean_ci": s["mean_ci"]}
-
-
-def curve_stats(returns: np.ndarray) -> dict:
-    """Final return (last FINAL_FRACTION of updates) and AUC (mean over updates) per seed, with
-    their mean, IQM and CIs over seeds."""
-    window = max(1, math.ceil(FINAL_FRACTION * returns.shape[1]))
-    final = returns[:, -window:].mean(axis=1)
-    auc = returns.mean(axis=1)
+def curve_stats(returns: np.ndarray, finished) -> dict:
+    """Final return (purejaxrl.scores over the last FINAL_RETURN_FRACTION of updates) and AUC
+    (mean over all updates) per seed of returns/finished `[S, U]`, with their statistics."""
+    final = scores.final_return(returns, finished, fraction=FINAL_RETURN_FRACTION)
     return {
-        "final_return_per_seed": final.tolist(),
-        "final_return_mean": float(final.mean()),
-        "final_return_std": float(final.std()),
-        **seed_summary("final_return", final),
-        "final_window_updates": window,
-        "auc_per_seed": auc.tolist(),
-        "auc_mean": float(auc.mean()),
-        **seed_summary("auc", auc),
+        **seed_stats("final_return", final),
+        "final_return_std": float(np.asarray(final, np.float64).std()),
+        "final_window_updates": max(1, math.ceil(FINAL_RETURN_FRACTION * returns.shape[1])),
+        **seed_stats("auc", returns.mean(axis=1)),
     }
 
 
@@ -428,79 +219,59 @@ def run_one(run: Run, plan: Plan) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     key = jax.random.key(plan.seed)
     keys = jax.random.split(key, plan.seeds)
-    out, compile_s, train_s = train(run, keys)
+    out, compile_s, train_s = agent_runs.train(run, keys, True, run.name)
     returns = np.asarray(out.metrics["episode_return"], np.float64)  # [S, U]
     env_steps = np.asarray(out.metrics["env_steps"][0], np.int64)  # [U]
     evals = evaluate_seeds(run.agent, out.state, jax.random.fold_in(key, 1), plan.eval_episodes)
-    checkpoint.save(plan.out / "checkpoints" / run.name, out.state, run.config, {"seed": plan.seed})
-    total_steps = int(env_steps[-1]) * plan.seeds
-    entry = {
-        "algo": run.algo,
-        "env": run.env,
-        "method": run.method,
-        **curve_stats(returns),
-        "eval_deterministic_per_seed": evals["deterministic"].tolist(),
-        "eval_deterministic_mean": float(evals["deterministic"].mean()),
-        **seed_summary("eval_deterministic", evals["deterministic"]),
-        "eval_stochastic_per_seed": evals["stochastic"].tolist(),
-        "eval_stochastic_mean": float(evals["stochastic"].mean()),
-        **seed_summary("eval_stochastic", evals["stochastic"]),
-        "sps": total_steps / train_s,
-        "compile_s": compile_s,
-        "train_s": train_s,
-        "checkpoint": f"checkpoints/{run.name}",
-    }
+    where = plan.run_dir / "checkpoints" / run.name
+    checkpoint.save(where, out.state, run.config, {"seed": plan.seed})
+    entry = {"algo": run.algo, "env": run.env, "method": run.method}
+    entry.update(curve_stats(returns, out.metrics["episodes_finished"]))
+    for name, values in evals.items():
+        entry.update(seed_stats(f"eval_{name}", values))
+    entry["sps"] = int(env_steps[-1]) * plan.seeds / train_s
+    entry.update(compile_s=compile_s, train_s=train_s, checkpoint=f"checkpoints/{run.name}")
     if run.env == multimodal.BANDIT_ID:
         entry["experts"] = expert_stats(run.agent, out.state)
     entry["wall_s"] = time.perf_counter() - t0
-    return entry, {"returns": returns, "env_steps": env_steps, "state": out.state}
+    return entry, {"returns": returns, "env_steps": env_steps}
 
 
 # --------------------------------------------------------------------------- files
 
 
-def write_config(plan: Plan) -> None:
-    settings = {
-        "task": plan.task,
-        "scale": plan.scale,
-        "num_seeds": plan.seeds,
-        "seed": plan.seed,
-        "eval_episodes": plan.eval_episodes,
-        "final_fraction": FINAL_FRACTION,
-        "runs": {r.name: {"algo": r.algo, **C.to_dict(r.config)} for r in plan.runs},
-    }
-    runs.atomic_write(plan.out / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
-
-
-def write_metrics(plan: Plan, curves: dict[str, dict]) -> None:
-    lines = ["algo,env,method,seed,update,env_steps,episode_return"]
-    for run in plan.runs:
-        c = curves[run.name]
-        for s, seed_returns in enumerate(c["returns"]):
-            for u, (steps, ret) in enumerate(zip(c["env_steps"], seed_returns, strict=True)):
-                lines.append(f"{run.algo},{run.env},{run.method},{s},{u + 1},{steps},{ret:.6g}")
-    runs.atomic_write(plan.out / "metrics.csv", "\n".join(lines) + "\n")
+def write_metrics(run_dir: Path, planned: list[Run], curves: dict[str, dict]) -> None:
+    rows = [
+        (run.algo, run.env, run.method, s, u + 1, steps, ret)
+        for run in planned
+        for s, seed_returns in enumerate(curves[run.name]["returns"])
+        for u, (steps, ret) in enumerate(
+            zip(curves[run.name]["env_steps"], seed_returns, strict=True)
+        )
+    ]
+    columns = ["algo", "env", "method", "seed", "update", "env_steps", "episode_return"]
+    command.write_csv(run_dir / "metrics.csv", columns, rows)
 
 
 def make_summary(plan: Plan, results: dict[str, dict], wall_s: float) -> dict:
     best = max(results, key=lambda n: results[n]["final_return_mean"])
     b = results[best]
-    device = jax.devices()[0]
     return {
         "task": plan.task,
         "scale": plan.scale,
         "num_seeds": plan.seeds,
         "best_run": best,
         "final_return_mean": b["final_return_mean"],
-        "final_return_iqm": b.get("final_return_iqm", float("nan")),
-        "final_return_iqm_ci": b.get("final_return_iqm_ci", [float("nan")] * 2),
+        "final_return_iqm": b.get("final_return_iqm", math.nan),  # older folders lack the IQM
+        "final_return_iqm_ci": b.get("final_return_iqm_ci", [math.nan] * 2),
         "final_return_per_seed": b["final_return_per_seed"],
         "sps": b["sps"],
         "compile_s": sum(r["compile_s"] for r in results.values()),
         "wall_s": wall_s,
         "definitions": {
-            "final_return": f"per seed, mean episode_return over the last {FINAL_FRACTION:.0%} "
-            "of updates",
+            "final_return": "per seed, mean episode_return over the last "
+            f"{FINAL_RETURN_FRACTION:.0%} of updates (purejaxrl.scores.final_return with "
+            f"fraction={FINAL_RETURN_FRACTION}: finished episodes only)",
             "auc": "per seed, mean episode_return over all updates (warm-up included)",
             "eval": f"per seed, mean return of {plan.eval_episodes} fresh episodes",
             "iqm": "interquartile mean over seeds (mean of the middle 50%, rliable's; with "
@@ -512,31 +283,9 @@ def make_summary(plan: Plan, results: dict[str, dict], wall_s: float) -> dict:
             f"within {MODE_TOL} of -mode, another within {MODE_TOL} of +mode (action space)",
         },
         "results": results,
-        "device": f"{device.platform}: {device.device_kind}",
-        "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
+        **command.environment(),
+        **({"merged_from": plan.merged["config"]["merged_from"]} if plan.merged else {}),
     }
-
-
-def _panels(plan: Plan) -> list[tuple[str, str]]:
-    return list(dict.fromkeys((r.algo, r.env) for r in plan.runs))
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def smooth(returns: np.ndarray, window: int) -> np.ndarray:
@@ -545,20 +294,27 @@ def smooth(returns: np.ndarray, window: int) -> np.ndarray:
     return (c[:, window:] - c[:, :-window]) / window
 
 
+def _panels(plan: Plan, width: float, height: float):
+    """(figure, [(axis, algo, env, runs of that algo and env)]) with one panel per algo/env."""
+    panels = list(dict.fromkeys((r.algo, r.env) for r in plan.runs))
+    fig, axes = command.pyplot().subplots(
+        1, len(panels), figsize=(width * len(panels), height), dpi=90
+    )
+    return fig, [
+        (ax, algo, env, [r for r in plan.runs if (r.algo, r.env) == (algo, env)])
+        for ax, (algo, env) in zip(np.atleast_1d(axes), panels, strict=True)
+    ]
+
+
 def plot_curves(plan: Plan, curves: dict[str, dict]) -> None:
     """curves.png: per algo/env, each method's mean return and min-max band across seeds, both
     of the per-seed moving average over 1% of the updates (SAC's per-update return is noisy)."""
-    plt = _pyplot()
-    panels = _panels(plan)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), dpi=90)
-    for ax, (algo, env) in zip(np.atleast_1d(axes), panels, strict=True):
-        for run in plan.runs:
-            if (run.algo, run.env) != (algo, env):
-                continue
-            window = max(1, curves[run.name]["returns"].shape[1] // 100)
+    fig, panels = _panels(plan, 5.2, 3.6)
+    for ax, algo, env, planned in panels:
+        for run in planned:
             c = curves[run.name]
-            r = smooth(c["returns"], window)
-            x = c["env_steps"][window - 1 :]
+            window = max(1, c["returns"].shape[1] // 100)
+            r, x = smooth(c["returns"], window), c["env_steps"][window - 1 :]
             (line,) = ax.plot(x, r.mean(0), lw=1.6, label=run.method)
             ax.fill_between(x, r.min(0), r.max(0), color=line.get_color(), alpha=0.15)
         title = f"{algo} on {env}" + (f" (moving average, {window} updates)" if window > 1 else "")
@@ -567,182 +323,157 @@ def plot_curves(plan: Plan, curves: dict[str, dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, plan.out / "curves.png")
+    command.save_figure(fig, plan.run_dir / "curves.png")
 
 
 def plot_auc(plan: Plan, results: dict[str, dict]) -> None:
     """auc.png: per algo/env, each method's mean AUC (bar) and per-seed AUCs (points)."""
-    plt = _pyplot()
-    panels = _panels(plan)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=90)
-    for ax, (algo, env) in zip(np.atleast_1d(axes), panels, strict=True):
-        names = [r.name for r in plan.runs if (r.algo, r.env) == (algo, env)]
-        for i, name in enumerate(names):
-            auc = np.asarray(results[name]["auc_per_seed"])
+    fig, panels = _panels(plan, 4.2, 3.4)
+    for ax, algo, env, planned in panels:
+        for i, run in enumerate(planned):
+            auc = np.asarray(results[run.name]["auc_per_seed"])
             ax.bar(i, auc.mean(), color=f"C{i}", alpha=0.5)
             ax.scatter(np.full(auc.shape, i) + np.linspace(-0.15, 0.15, len(auc)), auc, c="k", s=12)
-        ax.set_xticks(range(len(names)), [results[n]["method"] for n in names])
+        ax.set_xticks(range(len(planned)), [r.method for r in planned])
         ax.set(ylabel="AUC (mean episode return)", title=f"{algo} on {env}")
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    _save(fig, plan.out / "auc.png")
-
-
-def action_density(weights, mean, std, squash: bool, a: np.ndarray):
-    """Mixture density over actions a [N] in (-1, 1) for one state's weights [K], mean/std [K]
-    (pre-squash, action dim 0) -> (total [N], weighted components [K, N])."""
-    u = np.arctanh(a) if squash else a
-    jac = 1.0 / (1.0 - a**2) if squash else 1.0
-    z = (u[None] - mean[:, None]) / std[:, None]
-    comps = weights[:, None] * np.exp(-0.5 * z**2) / (std[:, None] * np.sqrt(2 * np.pi)) * jac
-    return comps.sum(0), comps
+    command.save_figure(fig, plan.run_dir / "auc.png")
 
 
 def plot_experts(plan: Plan, results: dict[str, dict]) -> None:
     """experts.png: per bandit run (rows) and context (columns), the reward landscape and the
     first seed's action density with its weighted experts (other seeds' densities faint)."""
-    plt = _pyplot()
     bandit = [r for r in plan.runs if r.env == multimodal.BANDIT_ID]
     if not bandit:
         return
     a = np.linspace(-0.995, 0.995, 500)
-    fig, axes = plt.subplots(len(bandit), 3, figsize=(11, 2.3 * len(bandit)), dpi=80, squeeze=False)
+    fig, axes = command.pyplot().subplots(
+        len(bandit), 3, figsize=(11, 2.3 * len(bandit)), dpi=80, squeeze=False
+    )
     for row, run in zip(axes, bandit, strict=True):
-        params = run.agent.env_params
         ctx = results[run.name]["experts"]["contexts"]
         for ax, (name, blocked) in zip(row, CONTEXTS.items(), strict=True):
-            reward = multimodal.bandit_reward(a[:, None], jnp.asarray(blocked, bool), params)
+            reward = multimodal.bandit_reward(
+                a[:, None], jnp.asarray(blocked, bool), run.agent.env_params
+            )
             ax.plot(a, np.asarray(reward), color="0.5", lw=1.2, label="reward")
             ax.set_ylim(-0.7, 1.2)
             dens = ax.twinx()
-            c = ctx[name]
-            for s in range(len(c["weights"]))[::-1]:
-                w, m, sd = (np.asarray(c[k][s]) for k in ("weights", "mean", "std"))
+            for s in range(len(ctx[name]["weights"]))[::-1]:
+                w, m, sd = (np.asarray(ctx[name][k][s]) for k in ("weights", "mean", "std"))
                 total, comps = action_density(w, m, sd, squashed(run.agent), a)
-                if s == 0:
-                    dens.plot(a, total, color="C0", lw=1.8, label="policy (seed 0)")
-                    for k, comp in enumerate(comps):
-                        dens.plot(a, comp, ls="--", lw=1.2, color=f"C{k + 1}")
-                else:
-                    dens.plot(a, total, color="C0", lw=0.8, alpha=0.3)
+                first = {"lw": 1.8, "label": "policy (seed 0)"} if s == 0 else {}
+                dens.plot(a, total, color="C0", **(first or {"lw": 0.8, "alpha": 0.3}))
+                for k, comp in enumerate(comps if s == 0 else []):
+                    dens.plot(a, comp, ls="--", lw=1.2, color=f"C{k + 1}")
             dens.set_ylim(bottom=0)
             dens.tick_params(labelsize=7)
             ax.set_title(f"{run.name}: {name}", fontsize=9)
             ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("action")
     fig.tight_layout()
-    _save(fig, plan.out / "experts.png")
+    command.save_figure(fig, plan.run_dir / "experts.png")
 
 
 # --------------------------------------------------------------------------- merge
 
 
 def read_run_folder(folder: Path) -> tuple[dict, dict, dict[str, dict]]:
-    """(settings from config.yaml, summary.json, curves {run name: {returns [S, U], env_steps
-    [U]}} from metrics.csv) of one finished run folder; ValueError naming what is missing."""
-    files = {name: folder / name for name in ("config.yaml", "summary.json", "metrics.csv")}
-    for name, path in files.items():
-        if not path.is_file():
+    """(config.yaml, summary.json, curves {run name: {returns [S, U], env_steps [U]}} from
+    metrics.csv) of one finished run folder; ValueError naming what is missing."""
+    for name in ("config.yaml", "summary.json", "metrics.csv"):
+        if not (folder / name).is_file():
             raise ValueError(f"--merge {folder}: no {name} (not a finished experiments.pmoe run)")
-    settings = yaml.safe_load(files["config.yaml"].read_text())
-    summary = json.loads(files["summary.json"].read_text())
+    summary = command.read_json(folder / "summary.json")
     name_of = {(r["algo"], r["env"], r["method"]): n for n, r in summary["results"].items()}
-    rows: dict[str, dict[tuple[int, int], tuple[int, float]]] = {n: {} for n in name_of.values()}
-    with files["metrics.csv"].open() as f:
+    points: dict[str, list] = {n: [] for n in name_of.values()}  # [seed, update, steps, return]
+    with (folder / "metrics.csv").open() as f:
         for row in csv.DictReader(f):
             name = name_of.get((row["algo"], row["env"], row["method"]))
             if name is None:
                 raise ValueError(f"--merge {folder}: metrics.csv has a run summary.json lacks")
-            key = (int(row["seed"]), int(row["update"]))
-            rows[name][key] = (int(row["env_steps"]), float(row["episode_return"]))
+            columns = ("seed", "update", "env_steps", "episode_return")
+            points[name].append([float(row[c]) for c in columns])
     curves = {}
-    for name, points in rows.items():
-        if not points:
-            raise ValueError(f"--merge {folder}: metrics.csv has no rows of run {name!r}")
-        seeds, updates = 1 + max(s for s, _ in points), max(u for _, u in points)
-        if len(points) != seeds * updates:
+    for name, p in points.items():
+        p = np.asarray(p).reshape(-1, 4)
+        seed, update = p[:, 0].astype(int), p[:, 1].astype(int) - 1
+        shape = (seed.max(initial=-1) + 1, update.max(initial=-1) + 1)
+        if not len(p) or len({*zip(seed, update, strict=True)}) != shape[0] * shape[1]:
             raise ValueError(f"--merge {folder}: metrics.csv lacks updates of run {name!r}")
-        returns = np.zeros((seeds, updates))
-        env_steps = np.zeros(updates, np.int64)
-        for (seed, update), (steps, ret) in points.items():
-            returns[seed, update - 1] = ret
-            env_steps[update - 1] = steps
+        returns, env_steps = np.zeros(shape), np.zeros(shape[1], np.int64)
+        returns[seed, update], env_steps[update] = p[:, 3], p[:, 2]
         curves[name] = {"returns": returns, "env_steps": env_steps}
-    return settings, summary, curves
+    return command.load_yaml(folder / "config.yaml"), summary, curves
 
 
-def merge(folders: list[Path], out: Path) -> dict:
-    """Merges finished run folders of the same task, seed count and base seed into `out`
-    (see the module docstring); returns the merged summary."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out}: exists and is not an empty folder")
-    loaded = [(Path(f), *read_run_folder(Path(f))) for f in folders]
-    first_settings = loaded[0][1]
-    plan_runs, results, curves, configs = [], {}, {}, {}
+def merge_plan(args) -> Plan:
+    """--merge: finished run folders of the same task, scale, seed count and base seed, read and
+    checked; runs must not repeat across them."""
+    if not args.out:
+        raise ValueError("--merge needs --out, the folder to write")
+    run_dir = command.new_run_dir(args.out, "pmoe-merged", MARKERS)
+    loaded = [(Path(f), *read_run_folder(Path(f))) for f in args.merge]
+    first = loaded[0][1]
+    planned, results, curves, configs = [], {}, {}, {}
     for folder, settings, summary, folder_curves in loaded:
         for key in ("task", "scale", "num_seeds", "seed"):
-            if settings.get(key) != first_settings.get(key):
+            if settings.get(key) != first.get(key):
                 raise ValueError(
                     f"--merge {folder}: {key}={settings.get(key)!r} differs from "
-                    f"{loaded[0][0]}'s {first_settings.get(key)!r}; only like runs can be merged"
+                    f"{loaded[0][0]}'s {first.get(key)!r}; only like runs can be merged"
                 )
         for name, result in summary["results"].items():
             if name in results:
                 raise ValueError(f"--merge {folder}: run {name!r} is also in another folder")
-            result = dict(result)
-            result["checkpoint"] = str((folder / result["checkpoint"]).resolve())
-            results[name] = result
-            curves[name] = folder_curves[name]
-            configs[name] = settings["runs"][name]
-            plan_runs.append(
-                Run(name, result["algo"], result["env"], result["method"], None, None, None)
-            )
-    plan = Plan(
-        task=first_settings["task"],
-        scale=first_settings["scale"],
-        seeds=first_settings["num_seeds"],
-        seed=first_settings["seed"],
-        eval_episodes=first_settings["eval_episodes"],
-        out=out,
-        runs=plan_runs,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in first_settings.items() if k != "runs"}
-    settings["merged_from"] = [str(f.resolve()) for f, *_ in loaded]
-    settings["runs"] = configs
-    runs.atomic_write(out / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
-    write_metrics(plan, curves)
-    plot_curves(plan, curves)
-    plot_auc(plan, results)
-    wall_s = sum(folder_summary["wall_s"] for _, _, folder_summary, _ in loaded)
-    merged = make_summary(plan, results, wall_s)
-    merged["merged_from"] = settings["merged_from"]
-    runs.write_summary(out, merged)
-    return merged
+            where = str((folder / result["checkpoint"]).resolve())
+            results[name] = {**result, "checkpoint": where}
+            curves[name], configs[name] = folder_curves[name], settings["runs"][name]
+            planned.append(Run(name=name, algo=result["algo"], env=result["env"],
+                               method=result["method"]))  # fmt: skip
+    config = {k: v for k, v in first.items() if k != "runs"}
+    config.update(merged_from=[str(f.resolve()) for f, *_ in loaded], runs=configs)
+    wall_s = sum(summary["wall_s"] for _, _, summary, _ in loaded)
+    merged = {"results": results, "curves": curves, "config": config, "wall_s": wall_s}
+    return Plan(run_dir, "merge", not args.no_progress, task=first["task"], scale=first["scale"],
+                seeds=first["num_seeds"], seed=first["seed"], eval_episodes=first["eval_episodes"],
+                runs=planned, merged=merged)  # fmt: skip
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- command
 
 
 def execute(plan: Plan) -> dict:
+    """Trains every run in turn: config.yaml first, then metrics.csv and summary.json after each
+    run (the files so far, if interrupted); with --merge, gathers the folders. Then the plots."""
     t0 = time.perf_counter()
-    plan.out.mkdir(parents=True, exist_ok=True)
-    write_config(plan)
-    results, curves = {}, {}
-    for i, run in enumerate(plan.runs):
-        results[run.name], curves[run.name] = run_one(run, plan)
-        done = dataclasses.replace(plan, runs=plan.runs[: i + 1])  # files so far, if interrupted
-        write_metrics(done, curves)
-        runs.write_summary(plan.out, make_summary(done, results, time.perf_counter() - t0))
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if plan.merged:
+        results, curves = plan.merged["results"], plan.merged["curves"]
+        command.write_yaml(plan.run_dir / "config.yaml", plan.merged["config"])
+        write_metrics(plan.run_dir, plan.runs, curves)
+    else:
+        config = {"task": plan.task, "scale": plan.scale, "num_seeds": plan.seeds, "seed": plan.seed,
+                  "eval_episodes": plan.eval_episodes, "final_fraction": FINAL_RETURN_FRACTION,
+                  "runs": agent_runs.configs(plan.runs)}  # fmt: skip
+        command.write_yaml(plan.run_dir / "config.yaml", config)
+        results, curves = {}, {}
+        for i, run in enumerate(plan.runs):
+            results[run.name], curves[run.name] = run_one(run, plan)
+            write_metrics(plan.run_dir, plan.runs[: i + 1], curves)
+            summary = make_summary(plan, results, time.perf_counter() - t0)
+            command.write_json(plan.run_dir / "summary.json", summary)
+        plot_experts(plan, results)
     plot_curves(plan, curves)
     plot_auc(plan, results)
-    plot_experts(plan, results)
-    summary = make_summary(plan, results, time.perf_counter() - t0)
-    runs.write_summary(plan.out, summary)
+    wall_s = plan.merged["wall_s"] if plan.merged else time.perf_counter() - t0
+    summary = make_summary(plan, results, wall_s)
+    command.write_json(plan.run_dir / "summary.json", summary)
     return summary
 
 
-def format_table(summary: dict) -> str:
+def report(plan: Plan, summary: dict) -> str:
     width = max(len(n) for n in summary["results"])
     rows = [
         f"{'run':{width}s}  final [per seed]  final IQM [95% CI]  eval det  eval stoch  AUC  "
@@ -759,31 +490,30 @@ def format_table(summary: dict) -> str:
             f"{r['eval_deterministic_mean']:.2f}  {r['eval_stochastic_mean']:.2f}  "
             f"{r['auc_mean']:.2f}  {r['sps']:.0f}  {r['compile_s']:.1f}  {split:.2f}"
         )
+    if plan.merged:
+        folders = len(plan.merged["config"]["merged_from"])
+        rows.append(f"merged {folders} folders into {plan.run_dir}")
+    else:
+        rows.append(f"wall {summary['wall_s']:.1f} s | run folder: {plan.run_dir}")
     return "\n".join(rows)
 
 
+COMMAND = command.Command(
+    prog="experiments.pmoe",
+    description="Gaussian vs mixture policies (pmoe, gumbel, score) on SAC/PPO over seeds.",
+    plan=plan,
+    execute=execute,
+    report=report,
+    arguments=arguments,
+    resume=False,
+    epilog="Settings (key=value, --config) change every algo's base config; sac.key=value or "
+    "ppo.key=value one algo's only.\nTasks, scales, merging and the run folder: "
+    "docs/experiments.md.",
+)
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.merge:
-        try:
-            if not args.out:
-                raise ValueError("--merge needs --out, the folder to write")
-            summary = merge([Path(f) for f in args.merge], Path(args.out))
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(format_table(summary))
-        print(f"merged {len(args.merge)} folders into {args.out}")
-        return 0
-    try:
-        plan = prepare(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = execute(plan)
-    print(format_table(summary))
-    print(f"wall {summary['wall_s']:.1f} s | run folder: {plan.out}")
-    return 0
+    return command.run(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Logging sinks for training metrics: TensorBoard event files and Weights & Biases (both off by
-default; the run folder's metrics.csv is always written).
+default; the run folder's metrics.csv is always written). What is logged, against which step, and
+how per-seed reports are collected: docs/experiments.md, "Logging sinks".
 
     sinks = make_sinks(["tensorboard", "wandb"], run_dir, config)   # checks names and packages
     reporter = Reporter(sinks, num_seeds=4)      # an agent's progress_fn(update_step, metrics)
@@ -7,32 +8,10 @@ default; the run folder's metrics.csv is always written).
     reporter.flush()
     close_sinks(sinks)
 
-A sink has `log(step, scalars, prefix=None)` and `close()`. `step` is the x axis, an int;
-`scalars` maps names to floats; `prefix` (e.g. "lr=0.001", one per configuration of a sweep)
-goes in front of every name as "prefix/name". `TensorBoardSink` writes `add_scalar(tag,
-value, step)` (characters other than letters, digits and `_-./` in a tag become "_", so
-"lr=0.001" shows as "lr_0.001"); `WandbSink` logs each name against a step metric of its own
-("env_steps", or "prefix/env_steps"), so configurations logged one after another in one W&B run
-each get their own x axis, and a resumed run may log a step again.
-
-`Reporter` turns the agent's throttled progress reports (the host callback that also feeds the
-progress bar, every `progress_every` updates) into one `log` per reported update:
-
-- the step is the report's `env_steps` metric: environment steps per seed (update x num_envs x
-  num_steps), the x axis of metrics.csv and curve.png; `update_step` when there is none;
-- the scalars are `train/<metric>`, each the mean over seeds, and `train/update`;
-- `train/episode_return` and `train/episode_length` are the mean over the seeds that have
-  finished an episode, and are left out until one has: before its first finished episode a
-  seed's return is a placeholder 0. A seed counts once a report shows a finished episode
-  (`episodes_finished` > 0) or a nonzero return (the carried return of an episode that finished
-  between two reports), and from then on; these are the seeds metrics.csv averages over (a seed
-  whose finished episodes all returned exactly 0 may count a few reports later than there).
-
-Under a `jax.vmap` over seeds the host callback comes once per seed with unbatched values (in
-seed order), collected until every seed of the update has reported (`num_seeds`) or another
-update reports or `flush()`; a callback outside the vmap comes once with values batched over
-seeds (`[num_seeds]`), logged at once (a sweep passes each configuration's rows to
-`report`). A sink that raises is reported through `on_error` and dropped; training goes on.
+A sink has `log(step, scalars, prefix=None)` (step: the x axis, env steps per seed; a prefix such
+as "lr=0.001", one per configuration of a sweep, goes in front of every name as "prefix/name")
+and `close()`. A sink that raises while logging is reported through `on_error` and dropped;
+training goes on.
 """
 
 from __future__ import annotations
@@ -46,6 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import yaml
+
+from experiments.command import RunError, plain
 
 SINKS = {  # name -> (package imported, pip package)
     "tensorboard": ("tensorboardX", "tensorboardX"),
@@ -57,7 +39,7 @@ NAMESPACE = "train"
 DEFAULT_WANDB_PROJECT = "purejaxrl-research"
 
 
-class SinkError(ValueError):
+class SinkError(RunError):
     """A sink that cannot be used: unknown name, missing package, or a failed start."""
 
 
@@ -83,37 +65,24 @@ def tb_tag(name: str, prefix: str | None) -> str:
 
 
 class TensorBoardSink:
-    """TensorBoard event files in `log_dir` (tensorboardX `SummaryWriter`).
-
-    config: written once as text (tag "config"); purge_step: a resumed run's first new step, so
-    TensorBoard hides the events an earlier session wrote from that step on."""
+    """TensorBoard event files in `log_dir` (tensorboardX `SummaryWriter`); `config` is written
+    once as text (tag "config"). purge_step: a resumed run's first new step, so TensorBoard hides
+    the events an earlier session wrote from that step on."""
 
     name = "tensorboard"
 
-    def __init__(
-        self,
-        log_dir,
-        config: Mapping[str, Any] | None = None,
-        purge_step: int | None = None,
-        flush_secs: int = 10,
-    ):
-        require("tensorboard")
+    def __init__(self, log_dir, config: Mapping[str, Any], purge_step: int | None = None):
+        require(self.name)
         from tensorboardX import SummaryWriter
 
-        self.log_dir = Path(log_dir)
         # The file is named by the second and host: a suffix keeps two sessions within one
         # second (a quick resume) from writing the same file.
+        suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.writer = SummaryWriter(
-            logdir=str(self.log_dir),
-            purge_step=purge_step,
-            flush_secs=flush_secs,
-            filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}",
+            str(log_dir), purge_step=purge_step, flush_secs=10, filename_suffix=suffix
         )
-        if config:
-            import yaml
-
-            text = yaml.safe_dump(_plain(config), sort_keys=False)
-            self.writer.add_text("config", "```\n" + text + "```", global_step=purge_step or 0)
+        text = yaml.safe_dump(plain(config), sort_keys=False)
+        self.writer.add_text("config", f"```\n{text}```", global_step=purge_step or 0)
 
     def log(self, step: int, scalars: Mapping[str, float], prefix: str | None = None) -> None:
         for name, value in scalars.items():
@@ -124,46 +93,29 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """A Weights & Biases run: `wandb.init(project, dir=run_dir, config=config)`, so its files
-    go to `run_dir/wandb/`.
-
-    mode: "online", "offline" (no network or login needed; `wandb sync run_dir/wandb/offline-run-*`
-    uploads it later) or "disabled"; None takes WANDB_MODE (wandb's default: online). run_id
-    with resume="allow" continues an earlier run. The console is not captured (the progress bar
-    and the final line stay as they are)."""
+    """A Weights & Biases run of `project` with `config`, its files in `run_dir/wandb/`
+    (WANDB_MODE=offline needs no network or login; `wandb sync` uploads it later); `run_id`
+    continues that earlier run. Each name is logged against a step metric of its own
+    ("env_steps", or "prefix/env_steps"), so configurations logged one after another each get
+    their own x axis. The console is not captured."""
 
     name = "wandb"
 
-    def __init__(
-        self,
-        project: str | None,
-        run_dir,
-        config: Mapping[str, Any],
-        mode: str | None = None,
-        *,
-        name: str | None = None,
-        group: str | None = None,
-        run_id: str | None = None,
-        resume: str | None = None,
-        step_metric: str = STEP_METRIC,
-    ):
-        require("wandb")
+    def __init__(self, project, run_dir, config, *, name=None, run_id: str | None = None):
+        require(self.name)
         import wandb
 
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.step_metric = step_metric
-        self._defined: set[str] = set()
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        self.defined: set[str] = set()
         try:
             self.run = wandb.init(
                 project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
-                dir=str(self.run_dir),
-                config=_plain(config),
-                mode=mode or os.environ.get("WANDB_MODE") or None,
+                dir=str(run_dir),
+                config=plain(config),
+                mode=os.environ.get("WANDB_MODE") or None,
                 name=name,
-                group=group,
                 id=run_id,
-                resume=resume,
+                resume="allow" if run_id else None,
                 reinit="create_new",
                 settings=wandb.Settings(console="off"),
             )
@@ -174,40 +126,18 @@ class WandbSink:
                 "`wandb sync` it later"
             ) from e
 
-    def _define(self, key: str, step_key: str) -> None:
-        if key in self._defined:
-            return
-        if step_key not in self._defined:
-            self.run.define_metric(_escape(step_key))
-            self._defined.add(step_key)
-        self.run.define_metric(_escape(key), step_metric=_escape(step_key))
-        self._defined.add(key)
-
     def log(self, step: int, scalars: Mapping[str, float], prefix: str | None = None) -> None:
-        step_key = tag(self.step_metric, prefix)
+        step_key = tag(STEP_METRIC, prefix)
         data = {tag(name, prefix): float(value) for name, value in scalars.items()}
-        for key in data:
-            self._define(key, step_key)
+        for key in [step_key, *data]:  # define_metric reads "." as nesting: a dot is escaped
+            if key not in self.defined:
+                step_metric = None if key == step_key else step_key.replace(".", "\\.")
+                self.run.define_metric(key.replace(".", "\\."), step_metric=step_metric)
+                self.defined.add(key)
         self.run.log({**data, step_key: int(step)})
 
     def close(self) -> None:
         self.run.finish()
-
-
-def _escape(name: str) -> str:
-    """define_metric reads "." as nesting; a literal dot (e.g. "lr=0.001/...") is escaped."""
-    return name.replace(".", "\\.")
-
-
-def _plain(x):
-    """YAML/JSON-friendly copy: tuples -> lists, numpy scalars -> Python, mappings -> dict."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 # --------------------------------------------------------------------------- construction
@@ -247,42 +177,31 @@ def make_sinks(
     config: Mapping[str, Any],
     *,
     wandb_project: str | None = None,
-    wandb_mode: str | None = None,
-    wandb_name: str | None = None,
     resume_step: int | None = None,
 ) -> list[Sink]:
     """The sinks `names` for the run folder `run_dir`: "tensorboard" writes `run_dir/tb/`,
-    "wandb" `run_dir/wandb/` (a run of `wandb_project`, named `wandb_name`, default the folder's
-    name, with `config`).
+    "wandb" `run_dir/wandb/` (a run of `wandb_project` named after the folder, with `config`).
 
     resume_step: the step a resumed run continues from; TensorBoard then hides the events of an
     earlier session after it, and W&B continues the run found in `run_dir/wandb/`. Raises
     SinkError for an unknown name, a missing package or a sink that fails to start (the sinks
     started before it are closed)."""
     run_dir = Path(run_dir)
-    sinks: list[Sink] = []
+    resumed = resume_step is not None
+    started: list[Sink] = []
     try:
         for name in check_sinks(names):
             if name == "tensorboard":
-                purge = None if resume_step is None else int(resume_step) + 1
-                sinks.append(TensorBoardSink(run_dir / "tb", config=config, purge_step=purge))
-            elif name == "wandb":
-                run_id = previous_wandb_id(run_dir) if resume_step is not None else None
-                sinks.append(
-                    WandbSink(
-                        wandb_project,
-                        run_dir,
-                        config,
-                        mode=wandb_mode,
-                        name=wandb_name or run_dir.resolve().name,
-                        run_id=run_id,
-                        resume="allow" if run_id else None,
-                    )
-                )
+                purge = int(resume_step) + 1 if resumed else None
+                started.append(TensorBoardSink(run_dir / "tb", config, purge_step=purge))
+            else:
+                run_id = previous_wandb_id(run_dir) if resumed else None
+                name = run_dir.resolve().name
+                started.append(WandbSink(wandb_project, run_dir, config, name=name, run_id=run_id))
     except BaseException:
-        close_sinks(sinks)
+        close_sinks(started)
         raise
-    return sinks
+    return started
 
 
 def previous_wandb_id(run_dir) -> str | None:
@@ -324,13 +243,11 @@ def report_scalars(
 ) -> tuple[int, dict[str, float], np.ndarray]:
     """(step, scalars, started) of one report batched over seeds: update_step `[S]` (or a
     scalar, one seed), metrics {name: [S, ...]}; `started[i]`: seed i finished an episode
-    before (updated and returned). See the module docstring for what is logged."""
+    before (updated and returned). What is logged: docs/experiments.md, "Logging sinks"."""
     updates = np.atleast_1d(np.asarray(update_step))
     n = updates.shape[0]
     seeds = {k: per_seed(v, n) for k, v in metrics.items()}
-    started = np.zeros(n, bool) if started is None else np.asarray(started, bool).copy()
-    if started.shape[0] != n:
-        started = np.resize(np.concatenate([started, np.zeros(n, bool)]), n)
+    started = np.zeros(n, bool) if started is None else np.array(started, bool)
     returns = seeds.get("episode_return")
     if "episodes_finished" in seeds:
         started |= seeds["episodes_finished"] > 0
@@ -353,18 +270,18 @@ def report_scalars(
 
 class Reporter:
     """Feeds `sinks` from progress reports: usable as an agent's `progress_fn(update_step,
-    metrics)` (see the module docstring) or called with complete reports through `report`.
+    metrics)` or called with complete reports through `report`.
 
     prefix: passed to every sink's `log` (a sweep's configuration); num_seeds: how many
-    unbatched calls make one report (None: collected until another update or `flush`);
-    started: per seed, whether it finished an episode before (a resumed run); on_error(message)
-    is told once when a sink fails (it is then dropped)."""
+    unbatched calls (one per seed, under a vmap) make one report (None: collected until another
+    update or `flush`); started: per seed, whether it finished an episode before (a resumed
+    run); on_error(message) is told once when a sink fails (it is then dropped)."""
 
     def __init__(
         self,
         sinks: Sequence[Sink],
-        *,
         prefix: str | None = None,
+        *,
         num_seeds: int | None = None,
         started: Sequence[bool] | None = None,
         on_error: Callable[[str], None] | None = None,

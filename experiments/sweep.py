@@ -6,41 +6,20 @@
         gamma=0.95,0.99 --random 32 --seeds 4 --out DIR       # 32 configurations drawn
     python -m experiments.sweep --resume DIR                  # finish an interrupted sweep
 
-`key=a,b,c` sweeps a field (numeric config fields, static ones such as `hidden_sizes=[32],[64,64]`
-which make one program per value, and env params as `env_params.<name>`); `key=value` without a
-top-level comma sets it for every run. With `--random N`, lists are drawn from uniformly and
-`uniform(a,b)` / `loguniform(a,b)` are ranges. Runs are `purejaxrl.sweep` batches: every
-configuration sees the same seeds (`split(key(seed), seeds)`, as `experiments.train --seeds`).
-
-On CPU the host's cores become devices (`--xla_force_host_platform_device_count`, set before jax
-starts) and the run axis is sharded over them; `--devices N` uses the first N devices. `--chunk C`
-runs at most C runs per program call (memory); each finished chunk is stored under chunks/, so
-`--resume DIR` continues an interrupted sweep (the sweep definition is read from DIR/sweep.yaml;
-overrides or flags that change it are refused). Multi-host: `--coordinator HOST:PORT
---num-processes N --process-id I` (or the environment a TPU pod / SLURM provides, with
-`--distributed`); every process runs its share, process 0 writes the folder.
-
-Sweep folder:
-    sweep.yaml      the base run spec, the space, seeds, random draws, chunk size
-    results.csv     tidy: one row per run x logged update (field values, seed, update, env_steps,
-                    episode_return (empty before the run's first finished episode), losses)
-    runs.csv        one row per run: field values, seed, final return, diverged
-    summary.json    per configuration: IQM of the final return over seeds with a 95% stratified
-                    bootstrap CI, mean, median; the ranking by IQM; sps, compile_s, wall_s
-    curves.png      IQM learning curve per configuration with its 95% CI band
-    sensitivity_<field>.png   final-return IQM (95% CI) vs the field's value, one per swept field
-    profile.png     performance profile: fraction of runs with final return > tau
-    chunks/         per-chunk metrics (resume)
+`key=a,b,c` sweeps a field (`env_params.<name>` an env param), `key=value` sets it for every run;
+with `--random N`, lists are drawn from and `uniform(a,b)` / `loguniform(a,b)` are ranges. The
+run axis is sharded over the devices (on CPU, the host's cores). Resume, multi-host runs and the
+sweep folder (sweep.yaml, results.csv, runs.csv, summary.json, curves.png,
+sensitivity_<field>.png, profile.png, chunks/): docs/experiments.md, "experiments.sweep".
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import datetime
+import dataclasses
+import io
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -48,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from experiments import runs
+from experiments import command, runs
 
 RANGE = re.compile(r"^\s*(uniform|loguniform|log_uniform)\(\s*([^,]+),\s*([^)]+)\)\s*$")
 MAX_ROWS_PER_RUN = 200  # results.csv keeps at most about this many updates per run
-CURVE_CONFIGS = 12  # curves.png shows the best configurations by IQM
+CURVE_CONFIGS = 12  # curves.png and profile.png show the best configurations by IQM
 
 
 # --------------------------------------------------------------------------- parsing
@@ -64,26 +42,13 @@ def split_top_level(text: str) -> list[str]:
     """'1e-4,3e-4' -> ['1e-4', '3e-4']; commas inside [...] / (...) / {...} do not split."""
     parts, depth, current = [], 0, []
     for ch in text:
-        if ch in "[({":
-            depth += 1
-        elif ch in "])}":
-            depth -= 1
+        depth += (ch in "[({") - (ch in "])}")
         if ch == "," and depth == 0:
             parts.append("".join(current))
             current = []
         else:
             current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
-def _value(text: str) -> Any:
-    """A YAML value; '1e-4' (a string to YAML 1.1) is the number 0.0001."""
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    return runs.number_or_text(value)
+    return [*parts, "".join(current)]
 
 
 def parse_space(items) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -96,149 +61,123 @@ def parse_space(items) -> tuple[dict[str, Any], dict[str, Any]]:
         if not sep or not key:
             raise ValueError(f"{item!r} must look like key=value or key=a,b,c")
         match = RANGE.match(text)
+        parts = split_top_level(text)
         if match:
             kind, low, high = match.groups()
             try:
-                bounds = [float(low), float(high)]
+                space[key] = {
+                    "loguniform" if "log" in kind else "uniform": [float(low), float(high)]
+                }
             except ValueError:
                 raise ValueError(f"{item!r}: range bounds must be numbers") from None
-            space[key] = {"loguniform" if "log" in kind else "uniform": bounds}
-            continue
-        parts = split_top_level(text)
-        if len(parts) > 1:
-            if any(not p.strip() for p in parts):
-                raise ValueError(f"{item!r}: an empty value in the list")
-            space[key] = [_value(p) for p in parts]
-        elif key.startswith("env_params."):
-            space[key] = [_value(text)]
+        elif len(parts) > 1 and any(not p.strip() for p in parts):
+            raise ValueError(f"{item!r}: an empty value in the list")
+        elif len(parts) > 1 or key.startswith("env_params."):
+            space[key] = [command.parse_overrides([f"v={p}"])["v"] for p in parts]
         else:
             fixed.append(item)
-    return runs.parse_overrides(fixed), space
+    return command.parse_overrides(fixed), space
 
 
 def to_space(saved: dict[str, Any]):
     """sweep.yaml's space -> purejaxrl.sweep's (lists stay, ranges -> distributions)."""
     from purejaxrl import sweep
 
-    out = {}
-    for key, spec in saved.items():
-        if isinstance(spec, dict) and set(spec) == {"uniform"}:
-            out[key] = sweep.uniform(*spec["uniform"])
-        elif isinstance(spec, dict) and set(spec) == {"loguniform"}:
-            out[key] = sweep.log_uniform(*spec["loguniform"])
-        else:
-            out[key] = spec
-    return out
+    ranges = {"uniform": sweep.uniform, "loguniform": sweep.log_uniform}
+    kind = lambda v: next(iter(v)) if isinstance(v, dict) and len(v) == 1 else None
+    return {k: ranges[kind(v)](*v[kind(v)]) if kind(v) in ranges else v for k, v in saved.items()}
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.sweep",
-        description="Sweep config fields x seeds as one sharded program; writes a sweep folder.",
-        epilog=__doc__.split("Sweep folder:")[1].join(["Sweep folder:", ""]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("items", nargs="*", metavar="key=a,b,c", help="swept fields and overrides")
-    p.add_argument("--config", help="YAML run spec (algo and config fields)")
+def arguments(p) -> None:
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: num_seeds)")
     p.add_argument("--random", type=int, metavar="N", help="draw N configurations at random")
-    p.add_argument("--random-seed", type=int, default=0, help="seed of the random draws")
-    p.add_argument("--devices", type=int, metavar="N", help="use the first N devices")
+    p.add_argument("--random-seed", type=int, help="seed of the random draws (default 0)")
     p.add_argument("--chunk", type=int, metavar="C", help="at most C runs per program call")
-    p.add_argument("--out", help="sweep folder (default runs/sweep-<algo>-<env>-<timestamp>)")
-    p.add_argument("--resume", metavar="DIR", help="finish the interrupted sweep in DIR")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
     p.add_argument("--log", nargs="+", default=[], choices=["tensorboard", "wandb"])
     p.add_argument("--wandb-project", default="purejaxrl-sweeps")
     p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator")
     p.add_argument("--num-processes", type=int, help="jax.distributed: number of processes")
     p.add_argument("--process-id", type=int, help="jax.distributed: this process's index")
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="jax.distributed.initialize() from the environment (TPU pod, SLURM)",
-    )
-    return p.parse_args(argv)
+    text = "jax.distributed from the environment (TPU pod, SLURM)"
+    p.add_argument("--distributed", action="store_true", help=text)
 
 
-# --------------------------------------------------------------------------- definition
+# --------------------------------------------------------------------------- plan
 
 
-def definition(args) -> tuple[dict, Path]:
-    """The sweep definition (what sweep.yaml holds) and the folder; checks everything that can
-    be checked without jax."""
-    for flag in ("seeds", "random", "chunk", "devices"):
+@dataclasses.dataclass
+class SweepPlan(command.Plan):
+    args: Any = None
+    spec: dict = dataclasses.field(default_factory=dict)  # what sweep.yaml holds
+    batch: Any = None  # purejaxrl.sweep.Batch
+    make_agent: Any = None
+    devices: list = dataclasses.field(default_factory=list)
+    programs: int = 0
+    chunks: int = 0
+    finished: dict = dataclasses.field(default_factory=dict)  # chunk -> metrics stored before
+
+
+def plan(args) -> SweepPlan:
+    """Checks everything and writes nothing. The folder is checked before jax.distributed joins
+    the processes (so none sees another's files), and that comes before jax's backend starts."""
+    for flag in ("seeds", "random", "chunk", "bootstrap"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag}={value}: must be a positive integer")
-    if args.bootstrap < 1:
-        raise ValueError(f"--bootstrap={args.bootstrap}: must be a positive integer")
+    fixed, space = parse_space(args.overrides)
     if args.resume:
-        run_dir = Path(args.resume)
-        saved_path = run_dir / "sweep.yaml"
-        if not saved_path.is_file():
-            raise ValueError(f"--resume {run_dir}: no sweep.yaml there (not a sweep folder)")
-        saved = yaml.safe_load(saved_path.read_text())
         if args.out:
             raise ValueError("--resume DIR takes no --out (it writes to DIR)")
-        if args.config or args.items or args.seeds or args.random or args.chunk:
-            asked = _new_definition(args, saved.get("base"))
-            given = {
-                "base": bool(args.config) or bool(parse_space(args.items)[0]),
-                "space": bool(parse_space(args.items)[1]),
-                "seeds": args.seeds is not None,
-                "random": args.random is not None,
-                "chunk": args.chunk is not None,
-            }
-            differs = [k for k, g in given.items() if g and asked[k] != saved.get(k)]
-            if differs:
-                raise ValueError(
-                    f"--resume {run_dir}: the sweep definition differs from the saved one in "
-                    f"{differs}; resume with --resume DIR alone, or start a new sweep"
-                )
-        return saved, run_dir
-    if not args.config:
+        saved, run_dir = command.read_run_config(args.resume, name="sweep.yaml"), Path(args.resume)
+    elif not args.config:
         raise ValueError("give --config FILE for a new sweep or --resume DIR to finish one")
-    spec = _new_definition(args, None)
-    run_dir = Path(args.out) if args.out else _default_dir(spec)
-    if (run_dir / "sweep.yaml").exists():
-        raise ValueError(
-            f"--out {run_dir} already holds a sweep; finish it with --resume {run_dir} or choose "
-            "another --out"
-        )
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--out {run_dir}: exists and is not a folder")
-    return spec, run_dir
-
-
-def _new_definition(args, base: dict | None) -> dict:
-    fixed, space = parse_space(args.items)
-    if args.config:
-        base_values = runs.merge(runs.load_yaml(args.config), fixed)
     else:
-        base_values = runs.merge(base or {}, fixed)
-    if not space and not args.resume:
+        values = command.merge(command.load_yaml(args.config), fixed)
+        name = f"sweep-{values.get('algo')}-{values.get('env')}"
+        saved, run_dir = None, command.new_run_dir(args.out, name, markers=("sweep.yaml",))
+    start_distributed(args)
+    spec = definition(args, fixed, space, saved)
+    if args.log:
+        from experiments import sinks
+
+        sinks.check_sinks(args.log)
+    from purejaxrl import sweep
+
+    batch, make_agent = make_batch(spec)
+    devices = sweep.resolve_devices(args.devices)
+    statics, chunks = sweep.plan(batch, spec["chunk"])
+    finished = load_chunks(run_dir, len(chunks)) if args.resume else {}
+    mode = "resume" if args.resume else "new"
+    return SweepPlan(run_dir, mode, not args.no_progress, None, args, spec, batch, make_agent,
+                     devices, len(statics), len(chunks), finished)  # fmt: skip
+
+
+def definition(args, fixed: dict, space: dict, saved: dict | None) -> dict:
+    """What sweep.yaml holds: the base run spec, the space, seeds, random draws, chunk size. A
+    resumed sweep keeps its `saved` one: flags and items may repeat it, not change it."""
+    old = saved or {}
+    base = command.load_yaml(args.config) if args.config else old.get("base", {})
+    base = command.merge(base, fixed)
+    space = space or old.get("space")
+    if not space:
         raise ValueError("nothing to sweep: give at least one key=a,b,c (or a range with --random)")
+    random = args.random or old.get("random")
     ranges = [k for k, v in space.items() if isinstance(v, dict)]
-    if ranges and not args.random:
+    if ranges and not random:
         raise ValueError(f"{ranges}: ranges need --random N (a grid takes lists a,b,c)")
-    seeds = args.seeds if args.seeds is not None else int(base_values.get("num_seeds", 1))
-    spec = runs.build_spec(runs.merge(base_values, {"num_seeds": 1}))
-    return {
-        "base": spec.to_dict(),
-        "space": space if space else None,
-        "seeds": seeds,
-        "random": args.random,
-        "random_seed": args.random_seed if args.random else None,
-        "chunk": args.chunk,
+    random_seed = args.random_seed if args.random_seed is not None else old.get("random_seed")
+    spec = {
+        "base": runs.build_spec(command.merge(base, {"num_seeds": 1})).to_dict(),
+        "space": space,
+        "seeds": args.seeds or old.get("seeds") or int(base.get("num_seeds", 1)),
+        "random": random,
+        "random_seed": (random_seed or 0) if random else None,
+        "chunk": args.chunk or old.get("chunk"),
     }
-
-
-def _default_dir(spec: dict) -> Path:
-    env = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec["base"]["env"])
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"sweep-{spec['base']['algo']}-{env}-{stamp}"
+    if saved is not None:
+        command.check_unchanged(saved, spec)
+    return spec
 
 
 def make_batch(spec: dict):
@@ -255,35 +194,100 @@ def make_batch(spec: dict):
     return batch, algos.ALGOS[run_spec.algo][1]
 
 
-# --------------------------------------------------------------------------- devices
-
-
 def set_host_devices(args) -> None:
-    """On CPU the sweep uses the host's cores as devices: sets XLA's host device count before
-    jax starts (a count already in XLA_FLAGS wins)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
-        return
-    count = max(args.devices or 1, os.cpu_count() or 1)
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    # Until experiments.metacli and experiments.lpg run on the skeleton (shards=True): delete then.
+    command.use_host_cores(args.devices)
 
 
 def start_distributed(args) -> None:
+    """jax.distributed.initialize from --coordinator/--num-processes/--process-id, or from the
+    environment with --distributed; before jax's backend starts."""
     import jax
 
     given = [args.coordinator, args.num_processes, args.process_id]
     if any(v is not None for v in given):
         if any(v is None for v in given):
             raise ValueError("--coordinator, --num-processes and --process-id go together")
-        if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
+        # collectives between the processes' CPU devices (the GPU and TPU backends ignore it)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     elif args.distributed:
         jax.distributed.initialize()
+
+
+# --------------------------------------------------------------------------- execute
+
+
+def execute(plan: SweepPlan) -> dict:
+    """Runs the missing chunks (each stored in chunks/ once done); process 0 writes the folder
+    and returns the summary, the other processes {}."""
+    import jax
+
+    from experiments import sinks as sinks_lib
+    from purejaxrl import sweep
+
+    writer, args, batch, spec = jax.process_index() == 0, plan.args, plan.batch, plan.spec
+    show = plan.progress and writer
+    if writer:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        command.write_yaml(plan.run_dir / "sweep.yaml", spec)
+    if show:
+        plan.say(
+            f"{batch.num_runs} runs ({len(set(batch.configs.tolist()))} configurations x "
+            f"{spec['seeds']} seeds) in {plan.programs} program(s), {plan.chunks} chunk(s) "
+            f"({len(plan.finished)} done before) over {len(plan.devices)} "
+            f"{plan.devices[0].platform} device(s); compiling ..."
+        )
+    sinks = []
+    if writer and args.log:
+        sinks = sinks_lib.make_sinks(args.log, plan.run_dir, spec, wandb_project=args.wandb_project)
+    # every process compiles the same program: with the host callback when process 0 shows
+    # progress or logs, which the others then feed to a no-op
+    progress = show if writer else bool(plan.progress or args.log) and (lambda done, total: None)
+    t0 = time.perf_counter()
+    try:
+        result = sweep.run(
+            batch,
+            make_agent=plan.make_agent,
+            devices=plan.devices,
+            chunk=spec["chunk"],
+            progress=progress,
+            done=plan.finished,
+            on_chunk=(lambda i, c, m: save_chunk(plan.run_dir, i, m)) if writer else None,
+            on_report=_report_to(sinks, batch) if sinks else None,
+            log=(lambda m: print(m, file=sys.stderr)) if show else None,
+        )
+    finally:
+        sinks_lib.close_sinks(sinks)
+    wall_s = time.perf_counter() - t0
+    if not writer:
+        return {}
+    write_results(plan.run_dir, batch, result)
+    summary = make_summary(plan, result, wall_s)
+    command.write_json(plan.run_dir / "summary.json", summary)
+    plot(plan.run_dir, batch, result, summary, args.bootstrap)
+    return summary
+
+
+def _report_to(sinks, batch):
+    """on_report for sweep.run: one sinks.Reporter per configuration (its prefix names the
+    configuration), fed that configuration's rows of each report (means over its seeds)."""
+    from experiments.sinks import Reporter
+
+    reporters: dict[int, Reporter] = {}
+    runs, on_error = batch.runs, lambda m: print(m, file=sys.stderr)
+
+    def report(chunk, update_step, metrics):
+        configs = batch.configs[chunk.index]
+        for c in dict.fromkeys(configs.tolist()):
+            rows = np.flatnonzero(configs == c)
+            rows = rows[rows < len(chunk.index)]
+            if c not in reporters:
+                values = {f: runs[chunk.index[rows[0]]][f] for f in batch.fields}
+                reporters[c] = Reporter(sinks, _label(values), on_error=on_error)
+            reporters[c].report(update_step[rows], {k: v[rows] for k, v in metrics.items()})
+
+    return report
 
 
 # --------------------------------------------------------------------------- outputs
@@ -294,92 +298,82 @@ def chunk_path(run_dir: Path, i: int) -> Path:
 
 
 def load_chunks(run_dir: Path, num_chunks: int) -> dict[int, dict]:
+    """chunk index -> its stored metrics, for the chunks an earlier session finished."""
     done = {}
-    for i in range(num_chunks):
-        path = chunk_path(run_dir, i)
-        if path.exists():
-            try:
+    for i, path in enumerate(chunk_path(run_dir, i) for i in range(num_chunks)):
+        try:
+            if path.exists():
                 with np.load(path) as data:
-                    done[i] = {k: data[k] for k in data.files}
-            except (OSError, ValueError) as e:
-                raise ValueError(
-                    f"{path} is unreadable ({e}); delete it to run that chunk again"
-                ) from None
+                    done[i] = dict(data)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"{path} is unreadable ({e}); delete it to run that chunk again"
+            ) from None
     return done
 
 
 def save_chunk(run_dir: Path, i: int, metrics: dict) -> None:
-    path = chunk_path(run_dir, i)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **metrics)
-    os.replace(tmp, path)
+    chunk_path(run_dir, i).parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **metrics)
+    command.write_text(chunk_path(run_dir, i), buffer.getvalue())
 
 
-def final_returns(metrics: dict) -> np.ndarray:
-    """`[R]` per run: mean episode_return over the last FINAL_FRACTION of its updates (NaN if
-    it finished no episode)."""
-    returns = seen_returns(metrics)
-    out = np.full(len(returns), np.nan)
-    for r, row in enumerate(returns):
-        valid = np.isfinite(metrics["env_steps"][r])
-        row = row[valid]
-        window = max(1, math.ceil(runs.FINAL_FRACTION * len(row)))
-        tail = row[-window:]
-        if np.isfinite(tail).any():
-            out[r] = np.nanmean(tail)
-    return out
+def _finished(metrics: dict) -> np.ndarray:
+    return metrics.get("episodes_finished", np.ones_like(metrics["env_steps"]))
 
 
 def seen_returns(metrics: dict) -> np.ndarray:
     """episode_return `[R, U]` with NaN before each run's first finished episode."""
-    finished = np.nan_to_num(metrics.get("episodes_finished", np.ones_like(metrics["env_steps"])))
-    seen = np.cumsum(finished, axis=1) > 0
-    return np.where(seen, metrics["episode_return"], np.nan)
+    from purejaxrl import scores
+
+    return np.asarray(scores.measured_returns(metrics["episode_return"], _finished(metrics)))
+
+
+def final_returns(metrics: dict) -> np.ndarray:
+    """`[R]` per run: purejaxrl.scores.final_return over the run's own updates (a group with fewer
+    updates is NaN-padded); NaN if it finished no episode."""
+    from purejaxrl import scores
+
+    lifetime = np.isfinite(metrics["env_steps"]).sum(axis=1)
+    returns = scores.final_return(metrics["episode_return"], _finished(metrics), lifetime)
+    return np.asarray(returns, float)
 
 
 def logged_updates(num_updates: int) -> np.ndarray:
     every = max(1, math.ceil(num_updates / MAX_ROWS_PER_RUN))
     idx = np.arange(every - 1, num_updates, every)
-    if idx[-1] != num_updates - 1:
-        idx = np.append(idx, num_updates - 1)
-    return idx
+    return idx if idx[-1] == num_updates - 1 else np.append(idx, num_updates - 1)
 
 
 def _cell(x) -> str:
     if isinstance(x, float | np.floating):
         return "" if not np.isfinite(x) else f"{float(x):.6g}"
-    if isinstance(x, list):
-        return json.dumps(x)
-    return str(x)
+    return json.dumps(x) if isinstance(x, list) else str(x)
+
+
+def _write_csv(path: Path, header: list, rows) -> None:
+    """command.write_csv, but quoted where a cell needs it (list values such as [32, 32])."""
+    text = io.StringIO()
+    csv.writer(text).writerows([header, *([_cell(c) for c in row] for row in rows)])
+    command.write_text(path, text.getvalue())
 
 
 def write_results(run_dir: Path, batch, result) -> None:
     """results.csv (tidy, per run x logged update) and runs.csv (per run)."""
-    metrics = result.metrics
-    returns = seen_returns(metrics)
+    metrics, returns = result.metrics, seen_returns(result.metrics)
     names = [k for k in sorted(metrics) if k not in ("episode_return", "env_steps")]
-    fields = list(batch.fields)
-    head = ["run", "config", "seed", *fields, "diverged"]
-    tmp = run_dir / "results.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*head, "update", "env_steps", "episode_return", *names])
-        for r, row in enumerate(result.runs):
-            valid = np.flatnonzero(np.isfinite(metrics["env_steps"][r]))
-            for u in logged_updates(len(valid)):
-                cells = [row[h] for h in head]
-                cells += [u + 1, int(metrics["env_steps"][r, u]), returns[r, u]]
-                cells += [metrics[k][r, u] for k in names]
-                w.writerow([_cell(c) for c in cells])
-    os.replace(tmp, run_dir / "results.csv")
+    head = ["run", "config", "seed", *batch.fields, "diverged"]
+    rows = []
+    for r, row in enumerate(result.runs):
+        for u in logged_updates(int(np.isfinite(metrics["env_steps"][r]).sum())):
+            cells = [row[h] for h in head] + [u + 1, int(metrics["env_steps"][r, u]), returns[r, u]]
+            rows.append(cells + [metrics[k][r, u] for k in names])
+    columns = [*head, "update", "env_steps", "episode_return", *names]
+    _write_csv(run_dir / "results.csv", columns, rows)
     final = final_returns(metrics)
-    with open(run_dir / "runs.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*head, "final_return"])
-        for r, row in enumerate(result.runs):
-            w.writerow([_cell(row[h]) for h in head] + [_cell(final[r])])
-    os.replace(run_dir / "runs.csv.tmp", run_dir / "runs.csv")
+    per_run = [[row[h] for h in head] + [final[r]] for r, row in enumerate(result.runs)]
+    _write_csv(run_dir / "runs.csv", [*head, "final_return"], per_run)
 
 
 def configurations(batch, result) -> list[dict]:
@@ -387,9 +381,7 @@ def configurations(batch, result) -> list[dict]:
     that did not diverge (`healthy`)."""
     out: dict[int, dict] = {}
     for row in result.runs:
-        c = out.setdefault(
-            row["config"], {"config": row["config"], "values": {}, "runs": [], "healthy": []}
-        )
+        c = out.setdefault(row["config"], {"config": row["config"], "runs": [], "healthy": []})
         c["values"] = {f: row[f] for f in batch.fields}
         c["runs"].append(row["run"])
         if not row["diverged"]:
@@ -397,312 +389,154 @@ def configurations(batch, result) -> list[dict]:
     return list(out.values())
 
 
-def make_summary(spec, batch, result, reps: int, wall_s: float) -> dict:
+def make_summary(plan: SweepPlan, result, wall_s: float) -> dict:
+    """summary.json: per configuration the final return's IQM, mean (95% CIs) and median over its
+    healthy seeds; the ranking by IQM; timing; devices and versions."""
     import jax
 
-    final = final_returns(result.metrics)
-    entries = []
+    from experiments import aggregate
+    from purejaxrl import scores
+
+    spec, batch, reps = plan.spec, plan.batch, plan.args.bootstrap
+    final, entries = final_returns(result.metrics), []
     for c in configurations(batch, result):
-        scores = final[c["healthy"]]
-        stats = _stats(scores, reps)
-        entries.append(
-            {
-                "config": c["config"],
-                **c["values"],
-                "final_return_iqm": stats["iqm"],
-                "final_return_iqm_ci95": stats["iqm_ci"],
-                "final_return_mean": stats["mean"],
-                "final_return_mean_ci95": stats["mean_ci"],
-                "final_return_median": stats["median"],
-                "final_return_per_seed": [
-                    None if not np.isfinite(x) else float(x) for x in final[c["runs"]]
-                ],
-                "num_seeds": len(c["runs"]),
-                "diverged_seeds": len(c["runs"]) - len(c["healthy"]),
-            }
-        )
-    order = sorted(
-        entries,
-        key=lambda e: -np.inf if e["final_return_iqm"] is None else e["final_return_iqm"],
-        reverse=True,
-    )
+        s = aggregate.summarize_finite(final[c["healthy"]], reps=reps)
+        entries.append({
+            "config": c["config"], **c["values"], "final_return_iqm": s["iqm"],
+            "final_return_iqm_ci95": s["iqm_ci"], "final_return_mean": s["mean"],
+            "final_return_mean_ci95": s["mean_ci"], "final_return_median": s["median"],
+            "final_return_per_seed": [float(x) if np.isfinite(x) else None for x in final[c["runs"]]],
+            "num_seeds": len(c["runs"]), "diverged_seeds": len(c["runs"]) - len(c["healthy"]),
+        })  # fmt: skip
+    iqm = lambda e: -np.inf if e["final_return_iqm"] is None else e["final_return_iqm"]
+    order = sorted(entries, key=iqm, reverse=True)
     return {
-        "algo": spec["base"]["algo"],
-        "env": spec["base"]["env"],
-        "fields": list(batch.fields),
-        "num_configurations": len(entries),
-        "seeds": spec["seeds"],
-        "num_runs": batch.num_runs,
-        "configurations": entries,
-        "ranking": [e["config"] for e in order],
+        "algo": spec["base"]["algo"], "env": spec["base"]["env"], "fields": list(batch.fields),
+        "num_configurations": len(entries), "seeds": spec["seeds"], "num_runs": batch.num_runs,
+        "configurations": entries, "ranking": [e["config"] for e in order],
         "best": {k: order[0][k] for k in ["config", *batch.fields, "final_return_iqm"]},
         "final_return_definition": (
-            f"per run, mean episode_return over the last {runs.FINAL_FRACTION:.0%} of updates; "
-            f"per configuration, IQM over seeds with a 95% stratified bootstrap CI ({reps} "
-            "resamples); diverged runs (a non-finite step) are excluded"
+            f"per run, mean episode_return over the last {scores.FINAL_FRACTION:.0%} of updates "
+            "(purejaxrl.scores.final_return: finished episodes only); per configuration, IQM over "
+            f"seeds with a 95% stratified bootstrap CI ({reps} resamples); diverged runs (a "
+            "non-finite step) are excluded"
         ),
-        "programs": result.programs,
-        "sps": result.sps,
-        "compile_s": result.compile_s,
-        "train_s": result.run_s,
-        "wall_s": wall_s,
+        "programs": result.programs, "sps": result.sps, "compile_s": result.compile_s,
+        "train_s": result.run_s, "wall_s": wall_s,
         "timing_note": "sps = env steps of all runs / train_s of this session (compile excluded)",
-        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+        "devices": f"{len(plan.devices)} x {plan.devices[0].platform}",
         "processes": jax.process_count(),
-        "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
-    }
+        **command.environment(),  # device, device_count (all devices), versions
+    }  # fmt: skip
 
 
-def _stats(scores: np.ndarray, reps: int) -> dict:
-    """aggregate.summarize of the finite scores; None entries when there is none."""
-    from experiments import aggregate
-
-    scores = np.asarray(scores, np.float64)
-    scores = scores[np.isfinite(scores)]
-    if scores.size == 0:
-        keys = ("iqm", "iqm_ci", "mean", "mean_ci", "median")
-        return dict.fromkeys(keys)
-    return aggregate.summarize(scores, reps=reps, seed=0)
+# --------------------------------------------------------------------------- plots
 
 
 def _label(values: dict) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+    return ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in values.items())
 
 
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def plot(run_dir: Path, batch, result, summary: dict, reps: int) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(run_dir: Path, batch, result, summary: dict, reps: int) -> None:
+    """curves.png (IQM learning curves with 95% CI bands) and profile.png (performance profile)
+    of the best configurations; sensitivity_<field>.png per swept field."""
     from experiments import aggregate
 
-    paths = []
-    metrics = result.metrics
-    returns = seen_returns(metrics)
+    plt = command.pyplot()
     configs = {c["config"]: c for c in configurations(batch, result)}
-    steps = np.nanmax(metrics["env_steps"], axis=0)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for cid in summary["ranking"][:CURVE_CONFIGS]:
-        c = configs[cid]
-        rows = c["healthy"]
-        if not rows:
-            continue
-        mid, lo, hi = aggregate.curve_iqm(returns[rows], reps=min(reps, 500), seed=0)
+    best = [configs[c] for c in summary["ranking"][:CURVE_CONFIGS] if configs[c]["healthy"]]
+    returns, final = seen_returns(result.metrics), final_returns(result.metrics)
+    steps = np.nanmax(result.metrics["env_steps"], axis=0)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for c in best:
+        mid, lo, hi = aggregate.curve_iqm(returns[c["healthy"]], reps=min(reps, 500), seed=0)
         (line,) = ax.plot(steps, mid, label=_label(c["values"]))
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("env steps per run")
-    ax.set_ylabel("episode return (IQM over seeds, 95% CI)")
-    ax.set_title(f"{summary['algo']} on {summary['env']}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(run_dir / "curves.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    entries = summary["configurations"]
+    ax.set(xlabel="env steps per run", ylabel="episode return (IQM over seeds, 95% CI)")
+    _save(ax, f"{summary['algo']} on {summary['env']}", run_dir / "curves.png")
     for field in batch.fields:
-        values = sorted({_hashable(e[field]) for e in entries}, key=_sort_key)
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        # the IQM at each value of `field`, over all runs with that value (other fields pooled)
-        final = final_returns(metrics)
-        xs, mids, los, his = [], [], [], []
-        for v in values:
-            rows = [
-                r
-                for r, row in enumerate(result.runs)
-                if _hashable(row[field]) == v and not row["diverged"]
-            ]
-            stats = _stats(final[rows], reps)
-            if stats["iqm"] is None:
-                continue
-            xs.append(v)
-            mids.append(stats["iqm"])
-            los.append(stats["iqm"] - stats["iqm_ci"][0])
-            his.append(stats["iqm_ci"][1] - stats["iqm"])
-        numeric = all(isinstance(x, int | float) for x in xs)
-        pos = xs if numeric else list(range(len(xs)))
-        ax.errorbar(pos, mids, yerr=[los, his], marker="o", capsize=3)
-        if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
-            ax.set_xscale("log")
-        if not numeric:
-            ax.set_xticks(pos, [str(x) for x in xs])
-        ax.set_xlabel(field)
-        ax.set_ylabel("final return (IQM, 95% CI)")
-        ax.set_title(f"sensitivity to {field} (other fields pooled)")
-        fig.tight_layout()
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", field)
-        paths.append(run_dir / f"sensitivity_{safe}.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-
-    final = final_returns(metrics)
+        _plot_sensitivity(plt, run_dir, field, result.runs, final, reps)
     finite = final[np.isfinite(final)]
     if finite.size:
         taus = np.linspace(finite.min(), finite.max(), 101)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for cid in summary["ranking"][:CURVE_CONFIGS]:
-            c = configs[cid]
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        for c in best:
             scores = final[c["healthy"]]
-            if scores.size:
-                ax.plot(
-                    taus, aggregate.performance_profile(scores, taus), label=_label(c["values"])
-                )
-        ax.set_xlabel("final return tau")
-        ax.set_ylabel("fraction of runs with final return > tau")
-        ax.set_title("performance profile")
+            if np.isfinite(scores).any():
+                profile = aggregate.performance_profile(scores[np.isfinite(scores)], taus)
+                ax.plot(taus, profile, label=_label(c["values"]))
+        ax.set(xlabel="final return tau", ylabel="fraction of runs with final return > tau")
+        _save(ax, "performance profile", run_dir / "profile.png")
+
+
+def _save(ax, title: str, path: Path, legend: bool = True) -> None:
+    ax.set_title(title)
+    if legend:
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(run_dir / "profile.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
+    ax.figure.tight_layout()
+    command.save_figure(ax.figure, path)
 
 
-def _hashable(v):
-    return tuple(v) if isinstance(v, list) else v
+def _plot_sensitivity(plt, run_dir: Path, field: str, rows: list, final, reps: int) -> None:
+    """Final-return IQM (95% CI) at each value of `field` over all healthy runs with that value
+    (the other fields pooled)."""
+    from experiments import aggregate
+
+    key = lambda v: tuple(v) if isinstance(v, list) else v
+    order = lambda v: (0, v, "") if isinstance(v, int | float) else (1, 0, str(v))
+    xs, mids, errs = [], [], []
+    for v in sorted({key(row[field]) for row in rows}, key=order):
+        same = [r for r, row in enumerate(rows) if key(row[field]) == v and not row["diverged"]]
+        s = aggregate.summarize_finite(final[same], reps=reps)
+        if s["iqm"] is not None:
+            xs.append(v)
+            mids.append(s["iqm"])
+            errs.append([s["iqm"] - s["iqm_ci"][0], s["iqm_ci"][1] - s["iqm"]])
+    numeric = all(isinstance(x, int | float) for x in xs)
+    pos = xs if numeric else list(range(len(xs)))
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    ax.errorbar(pos, mids, yerr=np.reshape(errs, (-1, 2)).T, marker="o", capsize=3)
+    if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(pos, [str(x) for x in xs])
+    ax.set(xlabel=field, ylabel="final return (IQM, 95% CI)")
+    path = run_dir / f"sensitivity_{re.sub(r'[^A-Za-z0-9_.-]+', '_', field)}.png"
+    _save(ax, f"sensitivity to {field} (other fields pooled)", path, legend=False)
 
 
-def _sort_key(v):
-    return (0, v, "") if isinstance(v, int | float) else (1, 0, str(v))
+# --------------------------------------------------------------------------- command
 
 
-# --------------------------------------------------------------------------- main
+def report(plan: SweepPlan, summary: dict) -> str | None:
+    if not summary:  # a process other than 0
+        return None
+    best = summary["best"]
+    lo, hi = summary["configurations"][best["config"]]["final_return_iqm_ci95"] or [None, None]
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"
+    return (
+        f"best: {_label({f: best[f] for f in plan.batch.fields})}: final return IQM "
+        f"{best['final_return_iqm']:.2f} [{fmt(lo)}, {fmt(hi)}] over {plan.spec['seeds']} seeds | "
+        f"{summary['sps']:,.0f} env steps/s | compile {summary['compile_s']:.1f} s | "
+        f"wall {summary['wall_s']:.1f} s\nsweep folder: {plan.run_dir}"
+    )
+
+
+COMMAND = command.Command(
+    prog="experiments.sweep",
+    description="Sweep config fields x seeds as one sharded program; writes a sweep folder.",
+    plan=plan,
+    execute=execute,
+    report=report,
+    arguments=arguments,
+    describe=lambda args: f"building the sweep ({args.resume or args.config}) ...",
+    epilog="Resume, multi-host runs and the sweep folder: docs/experiments.md.",
+    shards=True,
+)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    show = not args.no_progress
-    try:
-        spec, run_dir = definition(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    set_host_devices(args)
-    if show:
-        print(f"building the sweep of {spec['base']['algo']} on {spec['base']['env']} ...",
-              file=sys.stderr, flush=True)  # fmt: skip
-    try:
-        start_distributed(args)
-        import jax
-
-        from purejaxrl import sweep
-
-        if args.log:
-            from experiments import sinks as sinks_lib
-
-            sinks_lib.check_sinks(args.log)
-        batch, make_agent = make_batch(spec)
-        devices = sweep.resolve_devices(args.devices)
-        statics, chunks = sweep.plan(batch, spec["chunk"])
-        done = load_chunks(run_dir, len(chunks)) if args.resume else {}
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    writer = jax.process_index() == 0
-    callback = show or bool(args.log)
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.atomic_write(run_dir / "sweep.yaml", yaml.safe_dump(spec, sort_keys=False))
-    show = show and writer
-    if show:
-        configs = len({int(c) for c in batch.configs})
-        print(
-            f"{batch.num_runs} runs ({configs} configurations x {spec['seeds']} seeds) in "
-            f"{len(statics)} program(s), {len(chunks)} chunk(s) "
-            f"({len(done)} done before) over {len(devices)} {devices[0].platform} device(s); "
-            "compiling ...",
-            file=sys.stderr,
-            flush=True,
-        )
-    sinks = _sinks(args, run_dir, spec, batch) if writer and args.log else []
-    t0 = time.perf_counter()
-    try:
-        result = sweep.run(
-            batch,
-            make_agent=make_agent,
-            devices=devices,
-            chunk=spec["chunk"],
-            # every process compiles the same program: with the host callback when process 0
-            # shows progress or logs, which the others then feed to a no-op
-            progress=show if writer else (_ignore if callback else False),
-            done=done,
-            on_chunk=(lambda i, c, m: save_chunk(run_dir, i, m)) if writer else None,
-            on_report=_report_to(sinks, batch) if sinks else None,
-            log=(lambda m: print(m, file=sys.stderr)) if show else None,
-        )
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; finish it with python -m experiments.sweep --resume {run_dir}",
-            file=sys.stderr,
-        )
-        return 130
-    finally:
-        if sinks:
-            from experiments.sinks import close_sinks
-
-            close_sinks(sinks)
-    wall_s = time.perf_counter() - t0
-    if not writer:
-        return 0
-    write_results(run_dir, batch, result)
-    summary = make_summary(spec, batch, result, args.bootstrap, wall_s)
-    runs.write_json(run_dir / "summary.json", summary)
-    plot(run_dir, batch, result, summary, args.bootstrap)
-    best = summary["best"]
-    lo, hi = summary["configurations"][best["config"]]["final_return_iqm_ci95"] or [None, None]
-    print(
-        f"best: {_label({f: best[f] for f in batch.fields})}: final return IQM "
-        f"{best['final_return_iqm']:.2f} [{_fmt(lo)}, {_fmt(hi)}] over {spec['seeds']} seeds | "
-        f"{summary['sps']:,.0f} env steps/s | compile {summary['compile_s']:.1f} s | "
-        f"wall {wall_s:.1f} s\nsweep folder: {run_dir}"
-    )
-    return 0
-
-
-def _ignore(done, total) -> None:
-    """The progress function of processes other than 0: the same program, nothing shown."""
-
-
-def _fmt(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
-def _sinks(args, run_dir, spec, batch) -> list:
-    from experiments import sinks
-
-    return sinks.make_sinks(args.log, run_dir, spec, wandb_project=args.wandb_project)
-
-
-def _report_to(sinks, batch):
-    """on_report for sweep.run: one sinks.Reporter per configuration (its prefix names the
-    configuration), fed that configuration's rows of each report (means over its seeds)."""
-    from experiments.sinks import Reporter
-
-    reporters: dict[int, Reporter] = {}
-
-    def report(chunk, update_step, metrics):
-        n = len(chunk.index)
-        configs = batch.configs[chunk.index]
-        for c in dict.fromkeys(configs.tolist()):
-            rows = np.flatnonzero(configs == c)
-            rows = rows[rows < n]
-            if c not in reporters:
-                values = {f: _plain(batch.values[f][chunk.index[rows[0]]]) for f in batch.fields}
-                on_error = lambda m: print(m, file=sys.stderr)  # noqa: E731
-                reporters[c] = Reporter(sinks, prefix=_label(values), on_error=on_error)
-            reporters[c].report(update_step[rows], {k: v[rows] for k, v in metrics.items()})
-
-    return report
-
-
-def _plain(x):
-    return x.item() if isinstance(x, np.generic) else x
+    return command.run(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ with drift >= 0 and drift = 0 at r = 1. PPO-clip is the drift relu((r - clip(r, 
 - MDPO: on-policy mirror descent policy optimisation with an annealed KL step size (see `mdpo`).
 
 Each factory returns a per-sample policy loss for the on-policy loop (purejaxrl/losses.py):
-`policy_loss(log_ratio [B], advantages [B], progress [], extras) -> (loss [], aux)`. Importing this
-module registers the objectives "lpo" (option `path`: a drift saved with `save`, or `shipped`: the
-name of one in meta/learned, e.g. "lpo-cpu"), "dpo" (alpha,
-beta) and "mdpo" (step_size, min_step_size, anneal) with `purejaxrl.objectives`.
+`policy_loss(log_ratio [B], advantages [B], progress [], extras) -> (loss [], aux)`. The
+objectives "lpo" (option `path`: a drift saved with `save`, or `shipped`: the name of one in
+meta/learned, e.g. "lpo-cpu"), "dpo" (alpha, beta) and "mdpo" (step_size, min_step_size, anneal)
+are built by `build_lpo`, `build_dpo`, `build_mdpo` (registered by meta/objectives.py).
 
     params = lpo.init_params(jax.random.key(0), time_aware=True)  # kernels [16, 128], [128, 1]
     loss = lpo.learned_loss(params, time_aware=True)              # ppo.make_train(cfg, loss)
@@ -295,21 +295,19 @@ def shipped_path(name: str) -> Path:
     ValueError with the known names otherwise."""
     names = shipped()
     if name not in names:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"no shipped drift {name!r}{hint}; shipped: {names}")
+        raise ValueError(
+            f"no shipped drift {name!r}{C.close_match(name, names)} (shipped: {names})"
+        )
     return SHIPPED_DIR / name
 
 
-_shipped_names = shipped  # for _build_lpo, whose option `shipped` hides the function
+_shipped_names = shipped  # for build_lpo, whose option `shipped` hides the function
 
 
-# --------------------------------------------------------------------------- registry
+# --------------------------------------------------------------------------- objectives
 
 
-def _build_lpo(cfg, path=None, shipped=None) -> objectives.ActorCritic:
+def build_lpo(cfg, path=None, shipped=None) -> objectives.ActorCritic:
     """GAE + the learned drift saved at `path` (relative to the working directory) or the one
     shipped as `shipped` (see `shipped_path`), loaded now; time_aware and ppo_init come from its
     info."""
@@ -326,16 +324,11 @@ def _build_lpo(cfg, path=None, shipped=None) -> objectives.ActorCritic:
     return objectives.actor_critic(cfg, learned_loss(params, info["time_aware"], info["ppo_init"]))
 
 
-def _build_dpo(cfg, alpha=2.0, beta=0.6) -> objectives.ActorCritic:
+def build_dpo(cfg, alpha=2.0, beta=0.6) -> objectives.ActorCritic:
     """GAE + DPO's closed-form drift."""
     return objectives.actor_critic(cfg, dpo(alpha, beta))
 
 
-def _build_mdpo(cfg, step_size=1.0, min_step_size=0.05, anneal=True) -> objectives.ActorCritic:
+def build_mdpo(cfg, step_size=1.0, min_step_size=0.05, anneal=True) -> objectives.ActorCritic:
     """GAE + on-policy MDPO's annealed KL drift."""
     return objectives.actor_critic(cfg, mdpo(step_size, min_step_size, anneal))
-
-
-objectives.register("lpo", _build_lpo)
-objectives.register("dpo", _build_dpo)
-objectives.register("mdpo", _build_mdpo)

@@ -32,7 +32,7 @@ unchanged.
 
 Curriculum (`curriculum=`, optional): generation-level task state that `evolve` carries, for
 fitness functions that train on tasks chosen by the search itself (GROOVE's level buffer,
-`meta.groove`). An object with
+`meta.groove`). A `Curriculum`, an object with
 
     metrics: tuple[str, ...]                         names of its per-generation scalars
     init(key) -> state                               a pytree of arrays (checkpointed)
@@ -69,11 +69,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib.metadata
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +89,6 @@ from purejaxrl import config as C
 from purejaxrl import sweep
 
 FORMAT = "es/1"
-STATE_ITEM, INFO_ITEM = "state", "info"
 RESUMABLE_FIELDS = frozenset({"num_generations", "generations_per_call"})
 
 # strategy -> (default learning_rate, default antithetic, default fitness_shaping)
@@ -149,44 +147,40 @@ class ESConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self):
+        C.check_types(self)
         C.check_choice(self, "strategy", STRATEGIES)
         lr, anti, shape = _DEFAULTS[self.strategy]
         where = f"ESConfig (strategy={self.strategy!r})"
         for name in ("population_size", "num_generations", "generations_per_call"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{where}: {name}={value!r} must be a positive integer")
-            object.__setattr__(self, name, int(value))
+            C.check_positive_int(self, name)
+            object.__setattr__(self, name, int(getattr(self, name)))
         if self.population_size < 2:
             raise ValueError(f"{where}: population_size={self.population_size} must be >= 2")
-        _positive(where, "sigma", self.sigma)
-        if self.learning_rate is None:
-            object.__setattr__(self, "learning_rate", lr)
-        elif lr is None:
+        if lr is None and self.learning_rate is not None:
             raise ValueError(
                 f"{where}: learning_rate={self.learning_rate!r}: cma_es sets its own step "
                 "sizes; leave learning_rate unset"
             )
-        else:
-            _positive(where, "learning_rate", self.learning_rate)
-        if self.antithetic is None:
-            object.__setattr__(self, "antithetic", anti)
-        elif not isinstance(self.antithetic, bool | np.bool_):
-            raise ValueError(f"{where}: antithetic={self.antithetic!r} must be true or false")
-        elif bool(self.antithetic) != anti and self.strategy != "open_es":
-            raise ValueError(
-                f"{where}: antithetic={self.antithetic}: "
-                + ("pgpe always samples mirrored pairs" if anti else "not supported here")
-            )
-        object.__setattr__(self, "antithetic", bool(self.antithetic))
-        if self.fitness_shaping is None:
-            object.__setattr__(self, "fitness_shaping", shape)
-        elif shape == "rank_weights" and self.fitness_shaping != shape:
+        if shape == "rank_weights" and self.fitness_shaping not in (None, shape):
             raise ValueError(
                 f"{where}: fitness_shaping={self.fitness_shaping!r}: {self.strategy} shapes "
                 "fitness with its own rank weights; leave fitness_shaping unset"
             )
-        elif shape != "rank_weights":
+        defaults = {"learning_rate": lr, "antithetic": anti, "fitness_shaping": shape}
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        for name in ("sigma", "sigma_decay", "learning_rate", "weight_decay"):
+            if getattr(self, name) is not None:
+                _check_number(self, name, positive=name != "weight_decay")
+                object.__setattr__(self, name, float(getattr(self, name)))
+        if not isinstance(self.antithetic, bool | np.bool_):
+            raise ValueError(f"{where}: antithetic={self.antithetic!r} must be true or false")
+        object.__setattr__(self, "antithetic", bool(self.antithetic))
+        if self.antithetic != anti and self.strategy != "open_es":
+            reason = "pgpe always samples mirrored pairs" if anti else "not supported here"
+            raise ValueError(f"{where}: antithetic={self.antithetic}: {reason}")
+        if shape != "rank_weights":
             C.check_choice(self, "fitness_shaping", SHAPINGS, where=where)
         if self.fitness_shaping == "pairwise" and not self.antithetic:
             raise ValueError(
@@ -198,26 +192,19 @@ class ESConfig:
             raise ValueError(
                 f"{where}: population_size={self.population_size} must be even ({reason})"
             )
-        _positive(where, "sigma_decay", self.sigma_decay)
         if self.sigma_decay != 1.0 and self.strategy != "open_es":
             raise ValueError(
                 f"{where}: sigma_decay={self.sigma_decay}: only open_es has a fixed std "
                 "schedule; the others adapt their std"
             )
-        if not _is_number(self.weight_decay) or not self.weight_decay >= 0:
-            raise ValueError(f"{where}: weight_decay={self.weight_decay!r} must be >= 0")
-        for name in ("sigma", "sigma_decay", "weight_decay", "learning_rate"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, float(getattr(self, name)))
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
-
-
-def _positive(where: str, name: str, value) -> None:
-    if not _is_number(value) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{where}: {name}={value!r} must be a finite number > 0")
+def _check_number(cfg: ESConfig, name: str, positive: bool) -> None:
+    """ValueError naming the field unless it is a finite real number > 0 (>= 0: not positive)."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"ESConfig.{name}={value!r}: must be a number")
+    C.check_range(cfg, name, 0.0, np.inf, low_open=positive)
 
 
 def make_strategy(cfg: ESConfig, init_params):
@@ -381,37 +368,15 @@ def evolve(
         raise TypeError(f"evolve: cfg must be an ESConfig, got {type(cfg).__name__}")
     if resume and checkpoint_dir is None:
         raise ValueError("evolve: resume=True needs a checkpoint_dir")
-    devices = sweep.resolve_devices(devices)
-    if cfg.population_size % len(devices):
-        raise ValueError(
-            f"evolve: ESConfig.population_size={cfg.population_size} must divide by the "
-            f"{len(devices)} devices it is sharded over (pass devices=n, or change the size)"
-        )
+    devices = _population_devices(cfg, devices)
     key_data, impl = _key_data(key)
     init_params = jax.tree.map(jnp.asarray, init_params)
     strategy, params = make_strategy(cfg, init_params)
     names = _check_curriculum(curriculum)
-    carry = _initial_carry(strategy, params, init_params, key_data, impl, curriculum)
-    history = np.zeros((0, cfg.population_size), np.float32)
-    nonfinite = np.zeros((0,), np.int32)
-    tasks = {name: np.zeros((0,), np.float32) for name in names}
-
+    fresh = _initial_carry(strategy, params, init_params, key_data, impl, curriculum)
     directory = None if checkpoint_dir is None else Path(checkpoint_dir).absolute()
-    if directory is not None:
-        saved = _complete_steps(directory)
-        if saved and not resume:
-            raise ckpt.CheckpointError(
-                f"{directory} already holds an ES checkpoint (generation {max(saved)}): pass "
-                "resume=True to continue it, or use another checkpoint_dir"
-            )
-        if saved:
-            carry, history, nonfinite, tasks = _load(directory, cfg, carry, impl, names)
+    carry, history = _resume(directory, resume, cfg, fresh, impl, names)
     start = int(carry.generation)
-    if start > cfg.num_generations:
-        raise ValueError(
-            f"evolve: the checkpoint is at generation {start}, past ESConfig.num_generations="
-            f"{cfg.num_generations}"
-        )
 
     population_sharding = sweep.run_sharding(devices)
     replicated = NamedSharding(population_sharding.mesh, PartitionSpec())
@@ -419,84 +384,97 @@ def evolve(
         strategy, params, cfg, fitness_fn, impl, population_sharding, curriculum
     )
     state = sweep.put(carry, replicated)
-    compiled = _ProgramCache(cfg, (fitness_fn, curriculum), init_params, impl, devices)
+    programs = _ProgramCache(cfg, (fitness_fn, curriculum), init_params, impl, devices)
     compile_s = run_s = 0.0
     bar = _Bar(progress, cfg.num_generations, start)
     try:
-        generation = start
-        while generation < cfg.num_generations:
+        for generation in range(start, cfg.num_generations, cfg.generations_per_call):
             n = min(cfg.generations_per_call, cfg.num_generations - generation)
-            program = compiled.get(n)
-            if program is None:
-                t0 = time.perf_counter()
-                jitted = jax.jit(
-                    lambda c, n=n: run_chunk(c, n),
-                    in_shardings=(replicated,),
-                    out_shardings=replicated,
-                )
-                program = jitted.lower(state).compile()
-                compiled.put(n, program)
-                compile_s += time.perf_counter() - t0
+            program, seconds = programs.compiled(n, run_chunk, state, replicated)
+            compile_s += seconds
             t0 = time.perf_counter()
-            state, (fit, bad, task_metrics) = jax.block_until_ready(program(state))
+            state, chunk = jax.block_until_ready(program(state))
             run_s += time.perf_counter() - t0
-            fit, bad, task_metrics = sweep.gather((fit, bad, task_metrics))
-            history = np.concatenate([history, fit])
-            nonfinite = np.concatenate([nonfinite, bad])
-            tasks = {k: np.concatenate([v, task_metrics[k]]) for k, v in tasks.items()}
-            generation += n
+            fit, bad, task_metrics = chunk = sweep.gather(chunk)
+            history.extend(*chunk)
             host = sweep.gather(state) if directory is not None or on_generations else None
             if directory is not None:
-                _save(directory, host, history, nonfinite, cfg, impl, tasks)
+                _save(directory, host, history, cfg, impl)
             best = float(sweep.gather(state.best_fitness))
             bar.advance(n, _finite_mean(fit)[-1], best)
             if on_generations is not None:
-                on_generations(
-                    generation,
-                    {
-                        "fitness": fit,
-                        "nonfinite": bad,
-                        "mean_fitness": _finite_mean(fit),
-                        "best_fitness": best,
-                        "mean_params": _mean_params(strategy, host.es_state),
-                        **(
-                            {"curriculum": task_metrics, "task_state": host.task_state}
-                            if curriculum is not None
-                            else {}
-                        ),
-                    },
-                )
+                metrics = _call_metrics(strategy, host, chunk, best, curriculum is not None)
+                on_generations(generation + n, metrics)
     finally:
         bar.close()
-    final = sweep.gather(state)
+    return _output(strategy, sweep.gather(state), history, compile_s, run_s, curriculum)
+
+
+def _output(strategy, final: Carry, history: _History, compile_s, run_s, curriculum) -> ESOutput:
     return ESOutput(
         mean_params=_mean_params(strategy, final.es_state),
         best_params=final.best_params,
         best_fitness=float(final.best_fitness),
-        fitness=history,
-        nonfinite=nonfinite,
+        fitness=history.fitness,
+        nonfinite=history.nonfinite,
         state=final.es_state,
         compile_s=compile_s,
         run_s=run_s,
-        curriculum=tasks,
+        curriculum=history.curriculum,
         task_state=final.task_state if curriculum is not None else None,
     )
 
 
+def _population_devices(cfg: ESConfig, devices) -> list:
+    """The devices the population is sharded over (see `evolve`); ValueError unless they divide
+    `population_size`."""
+    devices = sweep.resolve_devices(devices)
+    if cfg.population_size % len(devices):
+        raise ValueError(
+            f"evolve: ESConfig.population_size={cfg.population_size} must divide by the "
+            f"{len(devices)} devices it is sharded over (pass devices=n, or change the size)"
+        )
+    return devices
+
+
+def _call_metrics(strategy, host: Carry, chunk, best: float, with_curriculum: bool) -> dict:
+    """`on_generations`'s metrics of one call (see `evolve`) from its gathered outputs."""
+    fit, bad, task_metrics = chunk
+    metrics = {
+        "fitness": fit,
+        "nonfinite": bad,
+        "mean_fitness": _finite_mean(fit),
+        "best_fitness": best,
+        "mean_params": _mean_params(strategy, host.es_state),
+    }
+    if with_curriculum:
+        metrics.update(curriculum=task_metrics, task_state=host.task_state)
+    return metrics
+
+
+@runtime_checkable
+class Curriculum(Protocol):
+    """Generation-level task state that `evolve` carries (see the module docstring)."""
+
+    metrics: tuple[str, ...]
+
+    def init(self, key): ...
+
+    def propose(self, state, key, num: int, shard): ...
+
+    def update(self, state, tasks, info, fitness): ...
+
+
 def _check_curriculum(curriculum) -> tuple[str, ...]:
-    """The curriculum's metric names (() without one); TypeError if it lacks a method."""
+    """The curriculum's metric names (() without one); TypeError if it is not a Curriculum."""
     if curriculum is None:
         return ()
-    missing = [
-        m for m in ("init", "propose", "update") if not callable(getattr(curriculum, m, None))
-    ]
-    names = getattr(curriculum, "metrics", None)
-    if missing or not isinstance(names, tuple | list):
+    if not isinstance(curriculum, Curriculum) or not isinstance(curriculum.metrics, tuple | list):
         raise TypeError(
             f"evolve: curriculum {type(curriculum).__name__} needs init, propose, update and a "
-            f"metrics tuple (missing: {missing + ([] if isinstance(names, tuple | list) else ['metrics'])})"
+            "metrics tuple (meta.es.Curriculum)"
         )
-    return tuple(str(n) for n in names)
+    return tuple(str(n) for n in curriculum.metrics)
 
 
 def _key_data(key) -> tuple[np.ndarray, str]:
@@ -609,27 +587,27 @@ class _ProgramCache:
         shapes = tuple((np.shape(x), np.dtype(x.dtype).str) for x in jax.tree.leaves(init_params))
         self.key = (static, fitness_fn, jax.tree.structure(init_params), shapes, impl)
         self.key += (tuple(devices),)
+        self.cache = _CACHE
         try:
             hash(self.key)
         except TypeError:  # an unhashable fitness_fn: compile for this call only
-            self.key = None
-        self.local: dict[int, Any] = {}
+            self.key, self.cache = (), collections.OrderedDict()
 
-    def get(self, n: int):
-        if self.key is None:
-            return self.local.get(n)
-        program = _CACHE.get((*self.key, n))
-        if program is not None:
-            _CACHE.move_to_end((*self.key, n))
-        return program
-
-    def put(self, n: int, program) -> None:
-        if self.key is None:
-            self.local[n] = program
-            return
-        _CACHE[(*self.key, n)] = program
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+    def compiled(self, n: int, run_chunk, state: Carry, sharding) -> tuple[Any, float]:
+        """(the program running `run_chunk(carry, n)` on replicated `state`, seconds spent
+        compiling it now: 0 when cached)."""
+        key = (*self.key, n)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key], 0.0
+        t0 = time.perf_counter()
+        jitted = jax.jit(
+            lambda c: run_chunk(c, n), in_shardings=(sharding,), out_shardings=sharding
+        )
+        self.cache[key] = program = jitted.lower(state).compile()
+        while len(self.cache) > _CACHE_SIZE:
+            self.cache.popitem(last=False)
+        return program, time.perf_counter() - t0
 
 
 _CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -665,25 +643,43 @@ class _Bar:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _complete_steps(directory: Path) -> list[int]:
-    return [s for s, d in ckpt._step_dirs(directory).items() if ckpt._has_manifest(d)]
+@dataclasses.dataclass
+class _History:
+    """Host records per generation: fitness `[G, P]` (raw), nonfinite `[G]`, and the
+    curriculum's metrics `{name: [G]}` ({} without a curriculum)."""
+
+    fitness: np.ndarray
+    nonfinite: np.ndarray
+    curriculum: dict
+
+    @classmethod
+    def zeros(cls, generations: int, population_size: int, names=()) -> _History:
+        return cls(
+            np.zeros((generations, population_size), np.float32),
+            np.zeros((generations,), np.int32),
+            {name: np.zeros((generations,), np.float32) for name in names},
+        )
+
+    def extend(self, fitness, nonfinite, curriculum) -> None:
+        self.fitness = np.concatenate([self.fitness, fitness])
+        self.nonfinite = np.concatenate([self.nonfinite, nonfinite])
+        self.curriculum = {
+            k: np.concatenate([v, curriculum[k]]) for k, v in self.curriculum.items()
+        }
 
 
-def _tree(carry: Carry, history: np.ndarray, nonfinite: np.ndarray, tasks=None) -> dict:
-    tree = {"carry": carry, "fitness": history, "nonfinite": nonfinite}
-    if tasks:  # the curriculum's metric history {name: [G]} (absent without a curriculum)
-        tree["curriculum"] = tasks
+def _tree(carry: Carry, history: _History) -> dict:
+    """What a checkpoint stores (its layout is the on-disk format: keep it)."""
+    tree = {"carry": carry, "fitness": history.fitness, "nonfinite": history.nonfinite}
+    if history.curriculum:  # absent without a curriculum
+        tree["curriculum"] = history.curriculum
     return tree
 
 
-def _save(
-    directory: Path, carry: Carry, history, nonfinite, cfg: ESConfig, impl: str, tasks=None
-) -> Path:
-    """Writes generation `carry.generation` atomically (see purejaxrl.checkpoint): the leaves
-    are stored flat (orbax needs no knowledge of evosax / optax state classes); their paths,
-    shapes and digest go into the JSON info."""
+def _save(directory: Path, carry: Carry, history: _History, cfg: ESConfig, impl: str) -> Path:
+    """Writes generation `carry.generation` atomically with `purejaxrl.checkpoint.save_tree`: the
+    leaves are stored flat (orbax needs no knowledge of evosax / optax state classes)."""
     generation = int(carry.generation)
-    tree = _tree(carry, history, nonfinite, tasks)
     info = {
         "format": FORMAT,
         "config": dataclasses.asdict(cfg),
@@ -695,63 +691,45 @@ def _save(
             "evosax": importlib.metadata.version("evosax"),
             "orbax": ocp.__version__,
         },
-        "shapes": ckpt.shapes(tree),
-        "digest": ckpt.digest(tree),
     }
-    existing = ckpt._step_dirs(directory)
-    complete = [s for s, d in existing.items() if ckpt._has_manifest(d)]
-    if complete and max(complete) >= generation:
+    tree = _tree(carry, history)
+    return ckpt.save_tree(directory, generation, tree, info, unit="generation", flat=True)
+
+
+def _resume(directory, resume: bool, cfg: ESConfig, fresh: Carry, impl: str, names):
+    """(carry, _History) to start from: `fresh` and no history, or the newest checkpoint in
+    `directory` when `resume` (CheckpointError when there is one and not `resume`; ValueError
+    when it is past `cfg.num_generations`)."""
+    saved = [] if directory is None else ckpt.complete_steps(directory)
+    if saved and not resume:
         raise ckpt.CheckpointError(
-            f"{directory} already holds a checkpoint at generation {max(complete)}"
+            f"{directory} already holds an ES checkpoint (generation {saved[-1]}): pass "
+            "resume=True to continue it, or use another checkpoint_dir"
         )
-    for step, d in existing.items():
-        if step >= generation and step not in complete:
-            ckpt._remove_step(d)  # an unfinished save
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=None, create=True, enable_async_checkpointing=False
-    )
-    with ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, INFO_ITEM)) as m:
-        m.save(
-            generation,
-            args=ocp.args.Composite(
-                **{
-                    STATE_ITEM: ocp.args.StandardSave(_flat(tree)),
-                    INFO_ITEM: ocp.args.JsonSave(ckpt._jsonable(info)),
-                }
-            ),
+    if not saved:
+        return fresh, _History.zeros(0, cfg.population_size, names)
+    carry, history = _load(directory, cfg, fresh, impl, names)
+    if int(carry.generation) > cfg.num_generations:
+        raise ValueError(
+            f"evolve: the checkpoint is at generation {int(carry.generation)}, past "
+            f"ESConfig.num_generations={cfg.num_generations}"
         )
-        m.wait_until_finished()
-    step_dir = directory / str(generation)
-    if not step_dir.is_dir():
-        raise ckpt.CheckpointError(f"orbax did not save generation {generation} in {directory}")
-    ckpt._write_manifest(step_dir)
-    for step, d in ckpt._step_dirs(directory).items():
-        if step != generation:
-            ckpt._remove_step(d)
-    return step_dir
-
-
-def _flat(tree) -> dict:
-    """{"00000": leaf, ...} in tree-flatten order."""
-    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+    return carry, history
 
 
 def _load(directory: Path, cfg: ESConfig, fresh: Carry, impl: str, names=()):
-    """(carry, fitness history, nonfinite counts, curriculum metrics {name: [G]}) of the newest
-    checkpoint, checked against `cfg`, the key and the shapes of `fresh` (the carry a new run
-    would start with: its parameters and curriculum state) and the curriculum's metric names."""
-    path = directory / str(ckpt.latest_step(directory))
-    ckpt._verify_files(path)
-    info = ckpt._restore(path, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
+    """(carry, _History) of the newest checkpoint, checked against `cfg`, the key and the shapes
+    of `fresh` (the carry a new run would start with: its parameters and curriculum state) and
+    the curriculum's metric names."""
+    path, info = ckpt.read_latest(directory)
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ckpt.CheckpointError(
             f"checkpoint at {path} is not an ES checkpoint of format {FORMAT} "
             f"(format {info.get('format') if isinstance(info, dict) else None!r})"
         )
-    current = ckpt._jsonable(dataclasses.asdict(cfg))
     problems = [
         f"{name}: checkpoint {info['config'].get(name, '<absent>')!r} vs config {value!r}"
-        for name, value in current.items()
+        for name, value in dataclasses.asdict(cfg).items()
         if name not in RESUMABLE_FIELDS and info["config"].get(name, "<absent>") != value
     ]
     if info["key_impl"] != impl or info["key_data"] != np.asarray(fresh.key_data).tolist():
@@ -761,32 +739,7 @@ def _load(directory: Path, cfg: ESConfig, fresh: Carry, impl: str, names=()):
             f"checkpoint at {path} does not fit this run ({'; '.join(problems)}): use the "
             "checkpoint's settings or another checkpoint_dir"
         )
-    generation = int(info["generation"])
-    abstract = _tree(
-        fresh,
-        np.zeros((generation, cfg.population_size), np.float32),
-        np.zeros((generation,), np.int32),
-        {name: np.zeros((generation,), np.float32) for name in names},
-    )
-    expected = ckpt.shapes(abstract)
-    if expected != info["shapes"]:
-        differ = sorted(
-            k for k in {*expected, *info["shapes"]} if expected.get(k) != info["shapes"].get(k)
-        )
-        listed = "; ".join(
-            f"{k}: checkpoint {info['shapes'].get(k, 'absent')} vs now {expected.get(k, 'absent')}"
-            for k in differ
-        )
-        raise ckpt.CheckpointError(
-            f"checkpoint at {path} holds arrays of other shapes (other init_params or "
-            f"curriculum?): {listed[:600]}"
-        )
-    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _flat(abstract).items()}
-    flat = ckpt._restore(path, **{STATE_ITEM: ocp.args.StandardRestore(target)})[STATE_ITEM]
-    leaves = [np.asarray(flat[k]) for k in sorted(flat)]
-    tree = jax.tree.unflatten(jax.tree.structure(abstract), leaves)
-    if ckpt.digest(tree) != info["digest"]:
-        raise ckpt.CheckpointError(
-            f"corrupt checkpoint at {path}: array contents fail their checksum"
-        )
-    return tree["carry"], tree["fitness"], tree["nonfinite"], tree.get("curriculum", {})
+    history = _History.zeros(int(info["generation"]), cfg.population_size, names)
+    hint = " (other init_params or curriculum?)"
+    tree = ckpt.restore_tree(path, _tree(fresh, history), info, flat=True, hint=hint)
+    return tree["carry"], _History(tree["fitness"], tree["nonfinite"], tree.get("curriculum", {}))

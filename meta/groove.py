@@ -55,6 +55,7 @@ the rule's agents and the antagonist are scored by their final return at update 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -66,7 +67,7 @@ import numpy as np
 
 from envs import gridworld
 from meta import es, level_buffer, lpg, saved
-from purejaxrl import a2c, actor_critic, checkpoint, losses, objectives
+from purejaxrl import a2c, checkpoint, losses, objectives
 from purejaxrl import config as C
 from purejaxrl.scores import final_return
 
@@ -129,26 +130,16 @@ class GrooveConfig:
     antagonist: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.lpg, lpg.LPGConfig):
-            raise ValueError(f"GrooveConfig.lpg must be an lpg.LPGConfig, got {type(self.lpg)}")
+        C.check_types(self)
         C.check_choice(self, "score", SCORES)
         C.check_choice(self, "meta_optimizer", META_OPTIMIZERS)
-        if not isinstance(self.meta_gradient, lpg.MetaGradientConfig):
-            raise ValueError(
-                "GrooveConfig.meta_gradient must be an lpg.MetaGradientConfig, got "
-                f"{type(self.meta_gradient).__name__}"
-            )
-        if not isinstance(self.buffer, level_buffer.BufferConfig):
-            raise ValueError(
-                f"GrooveConfig.buffer must be a level_buffer.BufferConfig, got {type(self.buffer)}"
-            )
         if self.meta_optimizer == "es" and not self.lpg.es.antithetic:
             raise ValueError(
                 "GrooveConfig.lpg.es: ES-GROOVE evaluates both members of an antithetic pair on "
                 "the same level; set antithetic=True (open_es or pgpe)"
             )
         if self.meta_optimizer == "meta_gradient":
-            num, k = self.lpg.inner_config().num_updates, self.meta_gradient.num_agent_updates
+            num, k = self.lpg.inner.num_updates, self.meta_gradient.num_agent_updates
             if num < k:
                 raise ValueError(
                     f"GrooveConfig: an agent's lifetime of {num} updates (lpg.inner) is shorter "
@@ -159,12 +150,9 @@ class GrooveConfig:
     def antagonist_config(self) -> a2c.A2CConfig:
         """The antagonist's A2CConfig: the agents' inner config, no prediction head, then
         `antagonist` overrides (validated)."""
-        fields = {**C.to_dict(self.lpg.inner_config()), "prediction_size": 0}
-        fields.update(dict(self.antagonist))
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        fields = {**C.to_dict(self.lpg.inner), "prediction_size": 0, **self.antagonist}
         try:
             cfg = C.from_dict(a2c.A2CConfig, fields)
-            actor_critic.validate(cfg)
         except (TypeError, ValueError) as e:
             raise ValueError(f"GrooveConfig.antagonist: {e}") from None
         return cfg
@@ -252,7 +240,7 @@ class DomainRandomisation(lpg.SampledLevels):
 
     def update(self, state, tasks, info, fitness):
         del tasks, info
-        return state, {"mean_agent_return": _finite_mean(fitness)}
+        return state, {"mean_agent_return": lpg.masked_mean(fitness)}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -326,10 +314,10 @@ class LevelReplay:
             "antagonist_runs": jnp.where(replay, 0, scores.shape[0]),
             "admitted": admitted,
             "buffer_size": state.size,
-            "mean_score": _finite_mean(scores),
-            "mean_buffer_score": _finite_mean(jnp.where(in_buffer, state.scores, jnp.nan)),
-            "mean_antagonist_return": _finite_mean(cached["antagonist_return"]),
-            "mean_agent_return": _finite_mean(fitness),
+            "mean_score": lpg.masked_mean(scores),
+            "mean_buffer_score": lpg.masked_mean(jnp.where(in_buffer, state.scores, jnp.nan)),
+            "mean_antagonist_return": lpg.masked_mean(cached["antagonist_return"]),
+            "mean_agent_return": lpg.masked_mean(fitness),
         }
         return state, metrics
 
@@ -392,8 +380,8 @@ class LevelReplay:
             k_slots, self.buffer, state, num, played=replay
         )
         fresh = self.sample_levels(k_new, num)
-        chosen = jax.tree.map(lambda r, f: lpg._pick(replay, r, f), replay_levels, fresh)
-        levels = jax.tree.map(lambda n, o: lpg._pick(done, n, o), chosen, levels)
+        chosen = jax.tree.map(lambda r, f: lpg.pick(replay, r, f), replay_levels, fresh)
+        levels = jax.tree.map(lambda n, o: lpg.pick(done, n, o), chosen, levels)
         new_tags = self._new_tags(num, step)
         cached = jax.tree.map(lambda x: x[drawn], state.extra)
         replay_tags = {
@@ -409,22 +397,15 @@ class LevelReplay:
             "antagonist_runs": jnp.sum(offer & ~replayed),
             "admitted": jnp.sum(slots >= 0),
             "buffer_size": state.size,
-            "mean_score": lpg._masked_mean(scores, done),
-            "mean_buffer_score": _finite_mean(jnp.where(in_buffer, state.scores, jnp.nan)),
-            "mean_antagonist_return": lpg._masked_mean(used["antagonist_return"], done),
-            "mean_agent_return": lpg._masked_mean(results["agent_return"], done),
+            "mean_score": lpg.masked_mean(scores, done),
+            "mean_buffer_score": lpg.masked_mean(jnp.where(in_buffer, state.scores, jnp.nan)),
+            "mean_antagonist_return": lpg.masked_mean(used["antagonist_return"], done),
+            "mean_agent_return": lpg.masked_mean(results["agent_return"], done),
         }
         return state, levels, tags, metrics
 
 
 _NO_UID = np.int32(0)  # the uid of buffer slots written by ES (which keeps no level across steps)
-
-
-def _finite_mean(x):
-    """Mean of the finite entries of `x`; NaN when there are none (never a placeholder 0)."""
-    finite = jnp.isfinite(x)
-    total = jnp.sum(jnp.where(finite, x, 0.0))
-    return jnp.where(jnp.any(finite), total / jnp.maximum(jnp.sum(finite), 1), jnp.nan)
 
 
 def make_curriculum(cfg: GrooveConfig, sample_levels=None):
@@ -510,18 +491,8 @@ def _make_meta_gradient_train(cfg: GrooveConfig, sample_levels=None):
     the saved config or key differ). `meta_train.trainer` is the `lpg.MetaGradient`."""
     curriculum = make_curriculum(cfg, sample_levels)
     trainer = lpg.make_meta_gradient_train(cfg.lpg, cfg.meta_gradient, curriculum=curriculum)
-    programs = {}
+    program = functools.lru_cache(maxsize=None)(functools.partial(_chunk_program, trainer.step))
     record = _config_record(cfg)
-
-    def program(n):
-        if n not in programs:
-
-            def run(state, k_steps, first):
-                keys = jax.vmap(lambda i: jax.random.fold_in(k_steps, i))(first + jnp.arange(n))
-                return jax.lax.scan(trainer.step, state, keys)
-
-            programs[n] = jax.jit(run, donate_argnums=0)
-        return programs[n]
 
     def meta_train(
         key,
@@ -543,16 +514,15 @@ def _make_meta_gradient_train(cfg: GrooveConfig, sample_levels=None):
         k_init, k_steps = jax.random.split(key)
         key_data = np.asarray(jax.random.key_data(key)).tolist()
         path = None if checkpoint_dir is None else Path(checkpoint_dir).absolute() / "meta_gradient"
-        chunks, done = [], 0
         if resume and path is not None and path.exists():
             state, metrics, done = _restore_run(path, trainer, k_init, record, key_data)
-            chunks.append(metrics)
+            chunks = [metrics]
             if done > total:
                 raise ValueError(
                     f"meta_train: the saved run has {done} meta-steps > num_steps={total}"
                 )
         else:
-            state = jax.jit(trainer.init)(k_init)
+            state, chunks, done = jax.jit(trainer.init)(k_init), [], 0
             if init is not None:
                 opt_init = jax.jit(lpg.rule_optimizer(cfg.meta_gradient).init)
                 state = state.replace(rule=init, rule_opt=opt_init(init))
@@ -574,35 +544,51 @@ def _make_meta_gradient_train(cfg: GrooveConfig, sample_levels=None):
         if bar is not None:
             bar.close()
         metrics = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        result = GrooveOutput(
-            params=state.rule,
-            best_params=None,
-            es=None,
-            curriculum={k: metrics[k] for k in curriculum.metrics},
-            buffer=None if cfg.score == "dr" else jax.device_get(state.curriculum),
-            info={},
-            metrics=metrics,
-            state=state,
-        )
-        result.info = {
-            "trained_on": {
-                "method": "meta_gradient",
-                "curriculum": cfg.score,
-                "env": cfg.lpg.env,
-                "inner": C.to_dict(cfg.lpg.inner_config()),
-                "meta_gradient": dataclasses.asdict(cfg.meta_gradient),
-                "buffer": dataclasses.asdict(cfg.buffer) if cfg.score != "dr" else None,
-                "meta_steps": total,
-                "num_agents": cfg.meta_gradient.num_agents,
-                "final_finished_return": _nanmean(metrics["finished_return"][-50:]),
-            }
-        }
-        result.info["trained_on"]["antagonist_runs"] = result.antagonist_runs
-        return result
+        return _meta_gradient_output(cfg, curriculum, state, metrics, total)
 
     meta_train.curriculum = curriculum
     meta_train.trainer = trainer
     return meta_train
+
+
+def _chunk_program(step, n):
+    """jitted `run(state, k_steps, first) -> (state, metrics [n])`: meta-steps first .. first +
+    n - 1, step i with the key fold_in(k_steps, i); `state` is donated."""
+
+    def run(state, k_steps, first):
+        keys = jax.vmap(lambda i: jax.random.fold_in(k_steps, i))(first + jnp.arange(n))
+        return jax.lax.scan(step, state, keys)
+
+    return jax.jit(run, donate_argnums=0)
+
+
+def _meta_gradient_output(cfg: GrooveConfig, curriculum, state, metrics, total) -> GrooveOutput:
+    """The GrooveOutput of a meta-gradient run: final `state`, per-step `metrics` {name: [S]}."""
+    result = GrooveOutput(
+        params=state.rule,
+        best_params=None,
+        es=None,
+        curriculum={k: metrics[k] for k in curriculum.metrics},
+        buffer=None if cfg.score == "dr" else jax.device_get(state.curriculum),
+        info={},
+        metrics=metrics,
+        state=state,
+    )
+    result.info = {
+        "trained_on": {
+            "method": "meta_gradient",
+            "curriculum": cfg.score,
+            "env": cfg.lpg.env,
+            "inner": C.to_dict(cfg.lpg.inner),
+            "meta_gradient": dataclasses.asdict(cfg.meta_gradient),
+            "buffer": dataclasses.asdict(cfg.buffer) if cfg.score != "dr" else None,
+            "meta_steps": total,
+            "num_agents": cfg.meta_gradient.num_agents,
+            "final_finished_return": _nanmean(metrics["finished_return"][-50:]),
+        }
+    }
+    result.info["trained_on"]["antagonist_runs"] = result.antagonist_runs
+    return result
 
 
 _RUN_KIND = saved.Kind("GROOVE meta-gradient checkpoint", "groove.make_meta_train")
@@ -690,7 +676,7 @@ def _make_es_meta_train(cfg: GrooveConfig, sample_levels=None):
                 "method": "es",
                 "curriculum": cfg.score,
                 "env": cfg.lpg.env,
-                "inner": C.to_dict(cfg.lpg.inner_config()),
+                "inner": C.to_dict(cfg.lpg.inner),
                 "es": dataclasses.asdict(cfg.lpg.es),
                 "buffer": dataclasses.asdict(cfg.buffer) if cfg.score != "dr" else None,
                 "generations": int(out.fitness.shape[0]),

@@ -61,7 +61,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from purejaxrl import config as C
@@ -93,30 +92,21 @@ class BufferConfig:
     min_fill: float = 1.0  # jaxued minimum_fill_ratio, PLR code level_replay_rho
 
     def __post_init__(self):
-        cap = self.capacity
-        if isinstance(cap, bool) or not isinstance(cap, int | np.integer) or cap < 1:
-            raise ValueError(f"BufferConfig.capacity={cap!r}: must be a positive integer")
-        object.__setattr__(self, "capacity", int(cap))
+        C.check_types(self)
+        C.check_positive_int(self, "capacity")
+        object.__setattr__(self, "capacity", int(self.capacity))
         C.check_choice(self, "prioritization", PRIORITIZATIONS)
-        _check_number("replay_prob", self.replay_prob, 0.0, 1.0, "[0, 1]")
-        _check_number("temperature", self.temperature, 0.0, math.inf, "(0, inf)", low_open=True)
-        _check_number("staleness_coef", self.staleness_coef, 0.0, 1.0, "[0, 1]")
-        _check_number("min_fill", self.min_fill, 0.0, 1.0, "(0, 1]", low_open=True)
         for name in ("replay_prob", "temperature", "staleness_coef", "min_fill"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        C.check_range(self, "replay_prob", 0.0, 1.0)
+        C.check_range(self, "temperature", 0.0, math.inf, low_open=True)
+        C.check_range(self, "staleness_coef", 0.0, 1.0)
+        C.check_range(self, "min_fill", 0.0, 1.0, low_open=True)
 
     @property
     def min_levels(self) -> int:
         """Levels the buffer must hold before `decide_replay` may say "replay" (>= 1)."""
         return max(1, math.ceil(self.min_fill * self.capacity - 1e-9))
-
-
-def _check_number(name, value, low, high, shown, low_open=False):
-    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-    if ok:
-        ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        raise ValueError(f"BufferConfig.{name}={value!r}: must be a finite number in {shown}")
 
 
 @struct.dataclass

@@ -43,12 +43,11 @@ import envs
 from meta import drift, es
 from purejaxrl import config as C
 from purejaxrl import objectives, ppo, scores
-from purejaxrl.scores import FINAL_FRACTION, final_return  # noqa: F401  (old names, re-exported)
 
 # Baselines: R_ppo - R_low must exceed BASELINE_MARGIN * max(1, |R_ppo|, |R_low|).
 BASELINE_MARGIN = 1e-6
 
-# CPU-sized inner PPO: 64k env steps per task (8 envs x 64 steps x 125 updates)
+# CPU-sized inner PPO: 64k env steps per task (8 envs x 64 steps x 125 updates), as PPOConfig fields
 CPU_INNER = {
     "total_timesteps": 64_000,
     "num_envs": 8,
@@ -63,8 +62,9 @@ CPU_INNER = {
 
 @dataclasses.dataclass(frozen=True)
 class LPOConfig:
-    """tasks: env ids trained on; inner: PPOConfig fields shared by every task's inner run (env
-    is set per task); task_inner: per-task overrides {env id: {field: value}}; time_aware: TA-LPO
+    """tasks: env ids trained on; inner: the PPOConfig every task's inner run starts from (its env
+    is replaced by the task's; a mapping of PPOConfig fields, as YAML gives, is converted);
+    task_inner: per-task overrides {env id: {field: value}}; time_aware: TA-LPO
     (the drift sees n/N); ppo_init: drift = PPO-clip's + the network's; hidden: drift width
     (128 as the LPO paper's code); normalize: score each task as (R - R_low) / (R_ppo - R_low)
     (else the raw mean final return over tasks); baseline_seeds: PPO-clip seeds for R_ppo and
@@ -74,7 +74,9 @@ class LPOConfig:
     32 and ~1000). The default inner run (`CPU_INNER`) is ours, sized for a CPU, not a paper's."""
 
     tasks: tuple[str, ...] = ("CartPole-v1", "Acrobot-v1")
-    inner: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(CPU_INNER))
+    inner: ppo.PPOConfig | Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: ppo.PPOConfig(**CPU_INNER)
+    )
     task_inner: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     time_aware: bool = False
     ppo_init: bool = False
@@ -88,7 +90,8 @@ class LPOConfig:
     )
 
     def __post_init__(self):
-        if not self.tasks or not all(isinstance(t, str) for t in self.tasks):
+        C.check_types(self)
+        if not self.tasks:
             raise ValueError(f"LPOConfig.tasks={self.tasks!r}: a non-empty tuple of env ids")
         for task in self.tasks:
             try:
@@ -98,20 +101,27 @@ class LPOConfig:
         unknown = sorted(set(self.task_inner) - set(self.tasks))
         if unknown:
             raise ValueError(f"LPOConfig.task_inner: {unknown} are not among tasks {self.tasks}")
-        if self.baseline_seeds < 1:
-            raise ValueError(f"LPOConfig.baseline_seeds={self.baseline_seeds}: must be >= 1")
-        if self.hidden < 1:
-            raise ValueError(f"LPOConfig.hidden={self.hidden}: must be >= 1")
+        C.check_positive_int(self, "baseline_seeds")
+        C.check_positive_int(self, "hidden")
+        if not isinstance(self.es, es.ESConfig):
+            raise ValueError(f"LPOConfig.es={self.es!r}: must be a meta.es.ESConfig")
+        if isinstance(self.inner, Mapping):
+            try:
+                object.__setattr__(self, "inner", C.from_dict(ppo.PPOConfig, self.inner))
+            except ValueError as e:
+                raise ValueError(f"LPOConfig.inner: {e}") from None
+        if not isinstance(self.inner, ppo.PPOConfig):
+            raise ValueError(
+                f"LPOConfig.inner={self.inner!r}: must be a ppo.PPOConfig or a mapping"
+            )
         for task in self.tasks:  # builds and validates every inner config now
             self.inner_config(task)
 
-    def inner_config(self, task: str) -> ppo.PPOConfig:
-        fields = {**dict(self.inner), **dict(self.task_inner.get(task, {})), "env": task}
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-        cfg = C.from_dict(ppo.PPOConfig, fields)
-        from purejaxrl import actor_critic
-
-        actor_critic.validate(cfg)
+    def inner_config(self, task: str, overrides: Mapping[str, Any] | None = None) -> ppo.PPOConfig:
+        """The validated PPOConfig of `task`'s inner run: `inner` on env `task`, with `overrides`
+        ({field: value}; default `task_inner[task]`) applied; ValueError naming the field."""
+        overrides = self.task_inner.get(task, {}) if overrides is None else overrides
+        cfg = C.from_dict(ppo.PPOConfig, {**C.to_dict(self.inner), **overrides, "env": task})
         return cfg
 
 

@@ -27,9 +27,8 @@ def make_agent(cfg: A2CConfig, objective=None, **kwargs) -> actor_critic.Agent:
     if not isinstance(cfg, A2CConfig):
         raise TypeError(f"a2c.make_agent needs an A2CConfig, got {type(cfg).__name__}")
     default = objectives.actor_critic(cfg, losses.policy_gradient())
-    return actor_critic.make_agent(
-        cfg, actor_critic.resolve_objective(cfg, objective, default), **kwargs
-    )
+    objective = actor_critic.resolve_objective(cfg, objective, default)
+    return actor_critic.make_agent(cfg, objective, **kwargs)
 
 
 def make_train(cfg: A2CConfig, objective=None, **kwargs):

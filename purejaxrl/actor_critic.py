@@ -28,6 +28,7 @@ estimator routes the gradient); the loop itself has no mixture code.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.flatten_util
@@ -49,45 +50,75 @@ from purejaxrl.loop import (  # noqa: F401  (re-exported: the on-policy API's na
     raw_key,
     scan_updates,
 )
-from purejaxrl.networks import ACTIVATIONS, ActorCritic
+from purejaxrl.networks import ActorCritic
 from purejaxrl.rollout import rollout
 
 
-def validate(cfg) -> None:
-    """Raises ValueError naming the first bad field; numeric leaves only when concrete."""
-    for field in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches"):
-        if hasattr(cfg, field):
-            C.check_positive_int(cfg, field)
-    minibatches = getattr(cfg, "num_minibatches", 1)
-    batch = cfg.num_envs * cfg.num_steps
-    if batch % minibatches:
-        raise ValueError(
-            f"{type(cfg).__name__}.num_minibatches={minibatches}: num_envs * num_steps = "
-            f"{cfg.num_envs} * {cfg.num_steps} = {batch} must be divisible by num_minibatches"
-        )
-    if cfg.total_timesteps < cfg.num_envs * cfg.num_steps:
-        raise ValueError(
-            f"{type(cfg).__name__}.total_timesteps={cfg.total_timesteps}: must be at least one "
-            f"rollout, num_envs * num_steps = {cfg.num_envs * cfg.num_steps}"
-        )
-    C.check_hidden_sizes(cfg)
-    C.check_choice(cfg, "activation", ACTIVATIONS)
-    C.check_choice(cfg, "policy", ("auto", *HEADS))
-    pmoe.check_mixture_fields(cfg)
-    ps = cfg.prediction_size
-    if isinstance(ps, bool) or not isinstance(ps, int | np.integer) or ps < 0:
-        raise ValueError(f"{type(cfg).__name__}.prediction_size={ps!r}: must be an integer >= 0")
-    C.check_range(cfg, "gamma", 0.0, 1.0)
-    C.check_range(cfg, "gae_lambda", 0.0, 1.0)
-    C.check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)
-    C.check_range(cfg, "max_grad_norm", 0.0, np.inf, low_open=True)
-    C.check_range(cfg, "ent_coef", 0.0, np.inf)
-    C.check_range(cfg, "vf_coef", 0.0, np.inf)
-    if hasattr(cfg, "clip_eps"):
-        C.check_range(cfg, "clip_eps", 0.0, np.inf, low_open=True)
-    C.check_range(cfg, "obs_noise_sigma", 0.0, np.inf)
-    C.check_range(cfg, "adam_eps_root", 0.0, np.inf)
-    C.check_positive_int(cfg, "frame_stack")
+@C.dataclass(frozen=True)
+class OnPolicyConfig(loop.AgentConfig):
+    """Fields every on-policy actor-critic config shares (PPO, A2C), besides loop.AgentConfig's.
+
+    Static (shape-setting): num_steps, layer_norm, shared_torso, anneal_lr, normalize_advantages,
+    normalize_reward, prediction_size (width m of an extra prediction head y(s) whose logits reach
+    the objective; 0: none), objective (a registered objective's spec {"name": ..., **options},
+    objectives.REGISTRY, frozen; () = the algorithm's).
+    Leaves (vmappable): gae_lambda, ent_coef, vf_coef, init_log_std, adam_eps_root (Adam's
+    sqrt(v + eps_root): 0, optax's default, for training; > 0 to differentiate through updates,
+    as meta-gradients do: d sqrt(v)/dv is infinite at v = 0).
+    """
+
+    num_steps: int = C.static(128)
+    layer_norm: bool = C.static(False)
+    shared_torso: bool = C.static(False)
+    anneal_lr: bool = C.static(False)
+    normalize_advantages: bool = C.static(True)
+    normalize_reward: bool = C.static(False)
+    prediction_size: int = C.static(0)
+    objective: tuple[tuple[str, Any], ...] = C.static(())
+    gae_lambda: float = 0.95
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    init_log_std: float = 0.0
+    adam_eps_root: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        C.check_positive_int(self, "num_steps")
+        if self.total_timesteps < self.num_envs * self.num_steps:
+            raise ValueError(
+                f"{type(self).__name__}.total_timesteps={self.total_timesteps}: must be at least "
+                f"one rollout, num_envs * num_steps = {self.num_envs * self.num_steps}"
+            )
+        C.check_choice(self, "policy", ("auto", *HEADS))
+        if self.prediction_size < 0:
+            raise ValueError(
+                f"{type(self).__name__}.prediction_size={self.prediction_size}: must be >= 0"
+            )
+        C.check_range(self, "gae_lambda", 0.0, 1.0)
+        C.check_range(self, "max_grad_norm", 0.0, np.inf, low_open=True)
+        C.check_range(self, "ent_coef", 0.0, np.inf)
+        C.check_range(self, "vf_coef", 0.0, np.inf)
+        C.check_range(self, "adam_eps_root", 0.0, np.inf)
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // (self.num_envs * self.num_steps)
+
+    # PPO's clipping (PPOConfig overrides both); the objectives read them.
+    @property
+    def surrogate_clip(self) -> float:
+        """The clip range of the "ppo_clip" objective when its spec gives none (PPO: clip_eps)."""
+        return 0.2
+
+    @property
+    def value_clip(self) -> float | None:
+        """The value loss's clip range, None for the unclipped loss (PPO's clip_value_loss)."""
+        return None
+
+
+def validate(cfg: OnPolicyConfig) -> None:
+    """The config's checks again (a config already ran them at construction)."""
+    cfg.validate()
 
 
 def resolve_policy(cfg, action_space) -> str:
@@ -148,15 +179,18 @@ def policy_rollout(env, network, head, params, state, key, num_steps: int):
 
 
 def make_agent(
-    cfg,
+    cfg: OnPolicyConfig,
     objective,
     env=None,
     env_params=None,
     progress_fn=None,
     progress_every=None,
     devices=None,
+    epochs: int = 1,
+    num_minibatches: int = 1,
 ):
-    """Builds the on-policy agent for `cfg` trained on `objective` (see `resolve_objective`).
+    """Builds the on-policy agent for `cfg` trained on `objective` (see `resolve_objective`),
+    `epochs` passes of `num_minibatches` minibatches over each rollout (PPO's; A2C: 1 and 1).
 
     env / env_params: a custom single env, or params replacing the defaults of `envs.make(cfg.env)`
     (must have their structure). progress_fn(update_step, metrics) runs on the host every
@@ -164,30 +198,25 @@ def make_agent(
     devices: None (one device), an int n (the first n of `jax.devices()`) or a list of devices
     to split the envs and every minibatch over, data parallel (purejaxrl/parallel.py).
     """
-    validate(cfg)
     single_env, env_params = make_single_env(cfg, env, env_params)
-    env = make_env(cfg, single_env, cfg.num_envs)
+    vec_env = lambda n: make_env(cfg, single_env, n, normalize_reward=cfg.normalize_reward)
+    env = vec_env(cfg.num_envs)
     action_space = env.action_space(env_params)
     head = make_head(resolve_policy(cfg, action_space), action_space, cfg.num_experts)
     network = make_network(cfg, action_space, head)
     objective = pmoe.plug_into_objective(objective, cfg, head)
     objective.check(cfg)
-    num_envs, num_steps = cfg.num_envs, cfg.num_steps
-    batch_size = num_envs * num_steps
-    num_updates = cfg.total_timesteps // batch_size
-    epochs = getattr(cfg, "update_epochs", 1)
-    num_minibatches = getattr(cfg, "num_minibatches", 1)
-    if objective.time_ordered and num_envs % num_minibatches:
+    if objective.time_ordered and cfg.num_envs % num_minibatches:
         raise ValueError(
             f"{type(cfg).__name__}.num_minibatches={num_minibatches}: time-ordered minibatches "
-            f"split the {num_envs} envs into whole columns; num_envs must be divisible by it"
+            f"split the {cfg.num_envs} envs into whole columns; num_envs must be divisible by it"
         )
     # Data parallel: constraints that split the envs and each minibatch over the devices; with
     # devices=None none is traced and the program is the one-device one.
-    split = None if devices is None else parallel.EnvSplit(devices, num_envs, type(cfg).__name__)
-    spread = (lambda tree, axis: tree) if split is None else split.split
-    whole = (lambda tree: tree) if split is None else split.replicate
-    # Clipping and Adam run on the parameters raveled into one vector (see `sgd_step`); the
+    split = (
+        None if devices is None else parallel.EnvSplit(devices, cfg.num_envs, type(cfg).__name__)
+    )
+    # Clipping and Adam run on the parameters raveled into one vector (see `make_sgd`); the
     # optimiser state is the one `optax.flatten` of the same chain would hold.
     optimizer = optax.chain(
         optax.clip_by_global_norm(cfg.max_grad_norm),
@@ -202,22 +231,22 @@ def make_agent(
 
         return loop.start(env, env_params, key, learner)
 
-    def context(params, progress, key):
-        apply = lambda *args, method=None: network.apply(params, *args, method=method)
-        return objectives.Context(head, apply, progress, num_updates, key)
+    shape = (cfg.num_envs, cfg.num_steps, epochs, num_minibatches)
+    update = make_update(cfg, env, network, head, objective, optimizer, shape, split)
+    if split is not None:
+        init, update = split.wrap(init, update, parallel.env_leaves(vec_env, env_params, shape[0]))
+    parts = (cfg, env, single_env, env_params, network, head, cfg.num_updates, init, update)
+    return loop.make_agent(*parts, progress_fn=progress_fn, progress_every=progress_every)
 
-    def collect(state, key):
-        """Rollout `[T, N]` dict (see objectives) with values; the envs' new state and obs."""
-        env_state, obs, traj, data = policy_rollout(
-            env, network, head, state.params, state, key, num_steps
-        )
-        # Values of every observation and every pre-reset next observation: one batched call.
-        both = jnp.concatenate([traj.obs, traj.final_obs], axis=0)
-        values = network.apply(state.params, both, method=ActorCritic.critic)
-        data.update(value=values[:num_steps], next_value=values[num_steps:])
-        if objective.needs_next_obs:  # opt-in (LPG's y(s_t+1)): other objectives' data unchanged
-            data["next_obs"] = traj.final_obs
-        return env_state, obs, traj, data
+
+def make_sgd(network, objective, optimizer, context, shape, split):
+    """`sgd(unravel, carry, data, perm_keys, step_keys) -> (carry, (stats [E, M, k], ok [E, M]))`:
+    `epochs` passes over `data`, each reshuffled (perm_keys `[E]`) into minibatches with one
+    gradient step each (step_keys `[E, M]`); carry = (flat params, opt_state, lr, progress). Also
+    returns `stat_names`, the rows of the stats (filled at trace time)."""
+    num_envs, num_steps, _, num_minibatches = shape
+    batch_size = num_envs * num_steps
+    spread = (lambda tree, axis: tree) if split is None else split.split
 
     def epoch_batches(data, key):
         """One epoch's `num_minibatches` minibatches of `data`, freshly shuffled: flat
@@ -234,13 +263,13 @@ def make_agent(
         return objective.loss(outputs, batch, context(params, progress, key))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    stat_names: list[str] = []
 
     def sgd_step(unravel, carry, inputs):
         """One gradient step on the raveled parameters `flat` `[P]` (`unravel` rebuilds the
-        pytree; one vector: the gradient,
-        its clipping, Adam and the skip are a few fused kernels, not a set per leaf); skipped
-        when the loss or gradient is not finite. Its stats leave as one vector `[k]` (names
-        sorted), zero when skipped."""
+        pytree; one vector: the gradient, its clipping, Adam and the skip are a few fused
+        kernels, not a set per leaf); skipped when the loss or gradient is not finite. Its stats
+        leave as one vector `[k]` (names sorted), zero when skipped."""
         flat, opt_state, lr, progress = carry
         batch, key = inputs
         (loss, aux), grads = grad_fn(flat, unravel, batch, progress, key)
@@ -254,17 +283,42 @@ def make_agent(
         vector = jnp.stack([jnp.asarray(stats[k], jnp.float32) for k in stat_names])
         return (flat, opt_state, lr, progress), (jnp.where(ok, vector, 0.0), ok)
 
-    stat_names: list[str] = []
-
-    def epochs_of_sgd(unravel, carry, data, perm_keys, step_keys):
-        """`epochs` passes over `data`, each reshuffled (perm_keys `[E]`) into minibatches with
-        one gradient step each (step_keys `[E, M]`) -> (carry, (stats `[E, M, k]`, ok `[E, M]`))."""
-
+    def sgd(unravel, carry, data, perm_keys, step_keys):
         def epoch(carry, keys):
             step = functools.partial(sgd_step, unravel)
             return jax.lax.scan(step, carry, (epoch_batches(data, keys[0]), keys[1]))
 
         return jax.lax.scan(epoch, carry, (perm_keys, step_keys))
+
+    return sgd, stat_names
+
+
+def make_update(cfg, env, network, head, objective, optimizer, shape, split):
+    """`update(state) -> (state, metrics)`: collect a rollout, the objective's targets, then
+    `epochs` x `num_minibatches` gradient steps (shape = (num_envs, num_steps, epochs,
+    num_minibatches)); `split` (parallel.EnvSplit or None) places the data over devices."""
+    num_envs, num_steps, epochs, num_minibatches = shape
+    batch_size, num_updates = num_envs * num_steps, cfg.num_updates
+    whole = (lambda tree: tree) if split is None else split.replicate
+
+    def context(params, progress, key):
+        apply = lambda *args, method=None: network.apply(params, *args, method=method)
+        return objectives.Context(head, apply, progress, num_updates, key)
+
+    sgd, stat_names = make_sgd(network, objective, optimizer, context, shape, split)
+
+    def collect(state, key):
+        """Rollout `[T, N]` dict (see objectives) with values; the envs' new state and obs."""
+        env_state, obs, traj, data = policy_rollout(
+            env, network, head, state.params, state, key, num_steps
+        )
+        # Values of every observation and every pre-reset next observation: one batched call.
+        both = jnp.concatenate([traj.obs, traj.final_obs], axis=0)
+        values = network.apply(state.params, both, method=ActorCritic.critic)
+        data.update(value=values[:num_steps], next_value=values[num_steps:])
+        if objective.needs_next_obs:  # opt-in (LPG's y(s_t+1)): other objectives' data unchanged
+            data["next_obs"] = traj.final_obs
+        return env_state, obs, traj, data
 
     def update(state: TrainState):
         rng, k_roll, k_perm = jax.random.split(state.rng, 3)
@@ -285,9 +339,7 @@ def make_agent(
         step_keys = step_keys.reshape(epochs, num_minibatches, *step_keys.shape[1:])
         flat, unravel = jax.flatten_util.ravel_pytree(state.params)
         carry = (flat, state.opt_state, lr, progress)
-        (flat, opt_state, _, _), (stats, ok) = epochs_of_sgd(
-            unravel, carry, data, perm_keys, step_keys
-        )
+        (flat, opt_state, _, _), (stats, ok) = sgd(unravel, carry, data, perm_keys, step_keys)
         params = unravel(flat)
         stats = dict(zip(stat_names, stats.reshape(-1, len(stat_names)).T, strict=True))
         metrics = loop.mean_where(stats, ok.reshape(-1))
@@ -299,71 +351,4 @@ def make_agent(
         new = dict(params=params, opt_state=opt_state, env_state=env_state, obs=obs, rng=rng)
         return loop.finish(state, info, metrics, batch_size, **new)
 
-    if split is not None:
-        make = lambda n: make_env(cfg, single_env, n)
-        init, update = split.wrap(init, update, parallel.env_leaves(make, env_params, num_envs))
-    parts = (cfg, env, single_env, env_params, network, head, num_updates, init, update)
-    return loop.make_agent(*parts, progress_fn=progress_fn, progress_every=progress_every)
-
-
-@C.dataclass(frozen=True)
-class OnPolicyConfig:
-    """Fields every on-policy actor-critic config shares (PPO, A2C).
-
-    Static (shape-setting): env, env_kwargs, sizes, counts, network and head choices, switches,
-    frame_stack (the policy sees the last `frame_stack` observations, concatenated),
-    prediction_size (width of an extra prediction head y(s) whose logits reach the objective),
-    objective (a registered objective's spec {"name": ..., **options}; () = the algorithm's).
-    Leaves (vmappable): learning_rate, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm,
-    init_log_std, gumbel_temperature, mixture_coef, obs_noise_sigma (std of the Gaussian noise
-    added to every observation in training and evaluation: policy smoothing, Kumar et al. 2022),
-    adam_eps_root (Adam's sqrt(v + eps_root); 0 by default, > 0 for meta-gradients).
-    """
-
-    env: str = C.static("CartPole-v1")
-    env_kwargs: tuple = C.static(
-        ()
-    )  # frozen kwargs for envs.make, e.g. (("max_steps_in_episode", 200),)
-    total_timesteps: int = C.static(1_000_000)
-    num_envs: int = C.static(16)
-    num_steps: int = C.static(128)
-    hidden_sizes: tuple = C.static((64, 64))
-    activation: str = C.static("tanh")
-    layer_norm: bool = C.static(False)
-    shared_torso: bool = C.static(False)
-    policy: str = C.static("auto")  # auto | categorical | gaussian | tanh_gaussian | pmoe
-    num_experts: int = C.static(1)  # mixture experts K (policy="pmoe")
-    mixture_grad: str = C.static("pmoe")  # pmoe | gumbel | score (purejaxrl/pmoe.py)
-    anneal_lr: bool = C.static(False)
-    normalize_advantages: bool = C.static(True)
-    normalize_obs: bool = C.static(False)
-    normalize_reward: bool = C.static(False)
-    frame_stack: int = C.static(1)  # observations stacked (envs.wrappers.FrameStack)
-    prediction_size: int = C.static(0)  # width m of an extra prediction head y(s) (0: none)
-    # objective spec {"name": ..., **options} (objectives.REGISTRY), frozen; () = the algorithm's
-    objective: tuple = C.static(())
-    learning_rate: float = 3e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    init_log_std: float = 0.0
-    gumbel_temperature: float = 0.5  # mixture_grad="gumbel"
-    mixture_coef: float = 1.0  # weight of the mixing weights' loss
-    obs_noise_sigma: float = 0.0  # observation noise std (envs.wrappers.ObservationNoise)
-    # Adam's eps inside the square root, sqrt(v + eps_root): 0 (optax's default) for training;
-    # > 0 to differentiate through updates (meta-gradients: d sqrt(v)/dv is infinite at v = 0)
-    adam_eps_root: float = 0.0
-
-    def __post_init__(self):
-        if not isinstance(self.env_kwargs, tuple):
-            object.__setattr__(self, "env_kwargs", C.freeze_mapping(self.env_kwargs))
-        if not isinstance(self.objective, tuple):
-            object.__setattr__(self, "objective", C.freeze_mapping(self.objective))
-        if isinstance(self.hidden_sizes, list):
-            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-
-    @property
-    def num_updates(self) -> int:
-        return self.total_timesteps // (self.num_envs * self.num_steps)
+    return update

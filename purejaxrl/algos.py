@@ -42,14 +42,3 @@ def make_agent(algo: str, config, **kwargs):
 def config_from_dict(algo: str, values: Mapping[str, Any]):
     _check(algo)
     return C.from_dict(ALGOS[algo][0], values)
-
-
-def validate(config) -> None:
-    """The algorithm's config checks (ValueError naming the field); numeric leaves only when
-    concrete."""
-    from purejaxrl import actor_critic
-
-    if isinstance(config, sac.SACConfig):
-        sac.validate(config)
-    else:
-        actor_critic.validate(config)

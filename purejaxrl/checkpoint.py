@@ -26,10 +26,17 @@ SHA-256 (the message names the first file that is missing, truncated or altered)
 a step folder after the save are ignored: orbax reads only files that the verified ones name. The
 array-content digest in `info` is checked again after the restore. A failed load changes nothing
 on disk.
+
+The same primitives serve every saved pytree in the project (ES checkpoints in meta/es.py, learned
+objects in meta/saved.py): `save_tree` / `read_latest` / `restore_tree` (a step folder of any
+pytree and its JSON info), `step_dirs` / `complete_steps` / `remove_step`, `write_manifest` /
+`verify_manifest` (the one file-manifest format) and `restore_items` (orbax's restore, one-line
+errors).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -55,10 +62,11 @@ from purejaxrl.algos import (  # noqa: F401  (re-exported: the registry's names 
 )
 from purejaxrl.algos import name_of as algo_name
 from purejaxrl.algos import register as register_algo  # noqa: F401
+from purejaxrl.loop import Agent
 
 FORMAT_VERSION = 2  # 2: TrainState carries env_params (issue 11)
 STATE_ITEM, INFO_ITEM = "state", "info"
-MANIFEST = "MANIFEST.sha256.json"  # in each step folder; lists every other file in it
+MANIFEST = "MANIFEST.sha256.json"  # in each step (or meta.saved) folder: every other file in it
 MANIFEST_FORMAT = 1
 
 # Static config fields that may change between save and load: they set no array shape
@@ -119,27 +127,33 @@ def _listing_sha256(files: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def _write_manifest(step_dir: Path) -> None:
-    """Lists every file of the finalised `step_dir` in its MANIFEST, written atomically."""
-    files = {}
-    for f in sorted(step_dir.rglob("*")):
-        if not f.is_file() or (f.parent == step_dir and f.name.startswith(MANIFEST)):
-            continue  # folders, and the manifest itself (or a temp file of an earlier attempt)
-        rel = f.relative_to(step_dir).as_posix()
-        files[rel] = {"size": f.stat().st_size, "sha256": _file_sha256(f)}
-    record = {
-        "format": MANIFEST_FORMAT,
-        "step": int(step_dir.name),
-        "files": files,
-        "files_sha256": _listing_sha256(files),
+def file_listing(folder) -> dict[str, dict]:
+    """{relative path: {"size": bytes, "sha256": hex}} of every file under `folder` but its
+    manifest (and the manifest's temp files, left by an interrupted write)."""
+    folder = Path(folder)
+    return {
+        f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": _file_sha256(f)}
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not (f.parent == folder and f.name.startswith(MANIFEST))
     }
-    tmp = step_dir / f"{MANIFEST}.tmp-{os.getpid()}"
+
+
+def write_manifest(folder, step: int | None = None) -> None:
+    """Writes `folder/MANIFEST` atomically (temp file, fsync, os.replace): {"format": 1,
+    "files": file_listing(folder), "files_sha256": SHA-256 of that listing, "step": step} ("step"
+    only in the step folders of a checkpoint directory)."""
+    folder = Path(folder)
+    files = file_listing(folder)
+    record = {"format": MANIFEST_FORMAT, "files": files, "files_sha256": _listing_sha256(files)}
+    if step is not None:
+        record["step"] = int(step)
+    tmp = folder / f"{MANIFEST}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, step_dir / MANIFEST)
-    _fsync_dir(step_dir)
+    os.replace(tmp, folder / MANIFEST)
+    _fsync_dir(folder)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -159,15 +173,14 @@ def _has_manifest(step_dir: Path) -> bool:
     return (step_dir / MANIFEST).is_file()
 
 
-def _verify_files(step_dir: Path) -> None:
-    """Checks every file in `step_dir`'s MANIFEST (presence, size, SHA-256) before orbax reads
-    any of them; raises a one-line CheckpointError naming the first bad file."""
-    bad = f"corrupt checkpoint at {step_dir}: file"
+def _manifest_entries(folder: Path, what: str, step: int | None) -> list[tuple[str, int, str]]:
+    """[(relative path, size, sha256)] of `folder`'s manifest, after checking the record itself."""
+    bad = f"corrupt {what} at {folder}: file"
     try:
-        record = json.loads((step_dir / MANIFEST).read_text())
+        record = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
         raise CheckpointError(
-            f"incomplete checkpoint at {step_dir}: file {MANIFEST} is missing (its save was "
+            f"incomplete {what} at {folder}: file {MANIFEST} is missing (its save was "
             "interrupted, or the file was deleted), so the files cannot be verified"
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -175,21 +188,36 @@ def _verify_files(step_dir: Path) -> None:
             f"{bad} {MANIFEST} is unreadable ({type(e).__name__}: {_one_line(e)})"
         ) from None
     try:
-        files, step = record["files"], int(record["step"])
+        files, checksum = record["files"], record.get("files_sha256")
         entries = sorted((rel, int(e["size"]), str(e["sha256"])) for rel, e in files.items())
-        intact = record["format"] == MANIFEST_FORMAT
-        intact = intact and record["files_sha256"] == _listing_sha256(files)
+        intact = record["format"] == MANIFEST_FORMAT and (checksum is not None or step is None)
+        intact = intact and checksum in (None, _listing_sha256(files))
     except (TypeError, KeyError, ValueError, AttributeError):
         intact = False
     if not intact:
         raise CheckpointError(f"{bad} {MANIFEST} fails its own checksum or is incomplete")
-    if str(step) != step_dir.name:
+    if step is not None and str(record.get("step")) != str(step):
         raise CheckpointError(
-            f"{bad} {MANIFEST} belongs to update step {step}, not {step_dir.name} "
+            f"{bad} {MANIFEST} belongs to update step {record.get('step')}, not {step} "
             "(was the folder renamed?)"
         )
+    return entries
+
+
+def verify_manifest(folder, what: str = "checkpoint", step: int | None = None) -> None:
+    """Checks every file listed in `folder/MANIFEST` (presence, size, then SHA-256) before
+    anything reads them; files not listed are ignored. CheckpointError (one line, "... {what} at
+    {folder}: ...") naming the first bad file.
+
+    step: the step a checkpoint's step folder must carry (its manifest must then also carry
+    files_sha256); None for a single saved folder (meta.saved), whose listing checksum is checked
+    when present (folders saved before it existed have none).
+    """
+    folder = Path(folder)
+    bad = f"corrupt {what} at {folder}: file"
+    entries = _manifest_entries(folder, what, step)
     for rel, size, _ in entries:  # stat everything first: cheap, and names a missing file first
-        path = step_dir / rel
+        path = folder / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise CheckpointError(f"{bad} {MANIFEST} lists a path outside the folder: {rel!r}")
         if not path.is_file():
@@ -200,7 +228,7 @@ def _verify_files(step_dir: Path) -> None:
                 "at save)"
             )
     for rel, size, sha in entries:
-        if _file_sha256(step_dir / rel) != sha:
+        if _file_sha256(folder / rel) != sha:
             raise CheckpointError(
                 f"{bad} {rel} fails its checksum (same size, {size} bytes, other contents)"
             )
@@ -209,6 +237,127 @@ def _verify_files(step_dir: Path) -> None:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else ""
+
+
+# --------------------------------------------------------------------------- step folders
+
+
+def step_dirs(directory) -> dict[int, Path]:
+    """{step: folder} for every step folder orbax finalised in `directory` (with a manifest or
+    not); {} when `directory` does not exist."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {}
+    try:
+        return {step: directory / str(step) for step in ocp.utils.checkpoint_steps(directory)}
+    except Exception as e:  # unreadable folder names and the like
+        raise CheckpointError(f"cannot list checkpoints in {directory}: {e}") from None
+
+
+def complete_steps(directory) -> list[int]:
+    """The steps in `directory` whose save finished (their folder has its manifest), ascending."""
+    return sorted(step for step, d in step_dirs(directory).items() if _has_manifest(d))
+
+
+def remove_step(step_dir) -> None:
+    """Deletes a step folder, its manifest first: a half-deleted step is never 'complete'."""
+    (Path(step_dir) / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(step_dir)
+
+
+def _flat(tree) -> dict:
+    """{"00000": leaf, ...} in tree-flatten order."""
+    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def save_tree(
+    directory, step: int, tree, info: Mapping[str, Any], *, unit: str = "update", flat=False
+) -> Path:
+    """Writes the pytree `tree` and the JSON `info` (with "shapes" and "digest" of `tree` added)
+    as the step folder `directory/<step>`, then its manifest, then removes every other step; an
+    interrupted save keeps the previous step (module docstring). Returns the step folder.
+
+    unit: how messages name a step ("update", "generation"). flat: store the leaves as
+    {"00000": leaf, ...}, so orbax needs no knowledge of the tree's classes (restore_tree with
+    flat=True). CheckpointError if `step`, or a later one, is already saved in `directory`.
+    """
+    directory = Path(directory).absolute()
+    try:
+        info = _jsonable({**info, "shapes": shapes(tree), "digest": digest(tree)})
+    except TypeError as e:
+        raise ValueError(f"checkpoint metadata is not JSON-serialisable: {e}") from None
+    existing = step_dirs(directory)
+    complete = sorted(s for s, d in existing.items() if _has_manifest(d))
+    if step in complete:
+        raise CheckpointError(f"{directory} already holds a checkpoint at {unit} {step}")
+    if complete and complete[-1] > step:
+        raise CheckpointError(
+            f"{directory} already holds a later checkpoint ({unit} {complete[-1]}) than this one "
+            f"({unit} {step})"
+        )
+    for s, d in existing.items():
+        if s >= step and s not in complete:
+            remove_step(d)  # an unfinished save; orbax would refuse or skip this step otherwise
+    # Orbax keeps every step; older ones are removed below, only once this one is complete.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None,
+        create=True,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+    )
+    items = {
+        STATE_ITEM: ocp.args.StandardSave(_flat(tree) if flat else tree),
+        INFO_ITEM: ocp.args.JsonSave(info),
+    }
+    with ocp.CheckpointManager(directory, options=options, item_names=tuple(items)) as m:
+        saved = m.save(step, args=ocp.args.Composite(**items))
+        m.wait_until_finished()
+    step_dir = directory / str(step)
+    if not saved or not step_dir.is_dir():
+        raise CheckpointError(f"orbax did not save {unit} {step} in {directory}")
+    write_manifest(step_dir, step)
+    for s, d in step_dirs(directory).items():
+        if s != step:
+            remove_step(d)
+    return step_dir
+
+
+def read_latest(directory, what: str = "checkpoint") -> tuple[Path, Any]:
+    """(step folder, JSON info) of the newest complete step in `directory`, its files verified
+    against the manifest before orbax reads any (see `latest_step` for unfinished steps)."""
+    path = Path(directory).absolute() / str(latest_step(directory))
+    verify_manifest(path, what, step=int(path.name))
+    return path, restore_items(path, what, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
+
+
+def restore_tree(
+    path, abstract, info, *, item=STATE_ITEM, flat=False, what="checkpoint", hint=""
+) -> Any:
+    """The pytree saved as `item` in the folder `path`, restored into `abstract`'s structure,
+    shapes and dtypes (arrays or ShapeDtypeStructs; flat: saved with save_tree(flat=True)).
+    CheckpointError when `info["shapes"]` differ from `abstract`'s (`hint` is added to that
+    message) or the restored arrays fail `info["digest"]`."""
+    expected, saved = shapes(abstract), info["shapes"]
+    if expected != saved:
+        differ = sorted(k for k in {*expected, *saved} if expected.get(k) != saved.get(k))
+        listed = "; ".join(
+            f"{k}: saved {saved.get(k, 'absent')} vs now {expected.get(k, 'absent')}"
+            for k in differ
+        )
+        raise CheckpointError(
+            f"{what} at {path} holds arrays of other shapes{hint}: {len(differ)} differ: "
+            f"{listed[:600]}"
+        )
+    target = abstract
+    if flat:
+        target = {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype) for k, v in _flat(abstract).items()}
+    tree = restore_items(path, what, **{item: ocp.args.StandardRestore(target)})[item]
+    if flat:
+        leaves = [np.asarray(tree[k]) for k in sorted(tree)]
+        tree = jax.tree.unflatten(jax.tree.structure(abstract), leaves)
+    if digest(tree) != info["digest"]:
+        raise CheckpointError(f"corrupt {what} at {path}: array contents fail their checksum")
+    return tree
 
 
 # --------------------------------------------------------------------------- save
@@ -222,7 +371,6 @@ def save(directory, state, config, metadata: Mapping[str, Any] | None = None) ->
     saved there. Unfinished steps (no manifest) at or after update_step are removed first; all
     other steps are removed once this one and its manifest are written.
     """
-    directory = Path(directory).absolute()
     update_step = int(np.max(jax.device_get(state.update_step)))
     info = {
         "format": FORMAT_VERSION,
@@ -230,86 +378,25 @@ def save(directory, state, config, metadata: Mapping[str, Any] | None = None) ->
         "config": C.to_dict(config),
         "num_seeds": _num_seeds(state),
         "update_step": update_step,
-        "versions": {
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "orbax": ocp.__version__,
-        },
-        "shapes": shapes(state),
-        "digest": digest(state),
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "orbax": ocp.__version__},
         "extra": dict(metadata or {}),
     }
-    try:
-        info = _jsonable(info)
-    except TypeError as e:
-        raise ValueError(f"checkpoint metadata is not JSON-serialisable: {e}") from None
-    existing = _step_dirs(directory)
-    complete = [step for step, d in existing.items() if _has_manifest(d)]
-    if update_step in complete:
-        raise CheckpointError(f"{directory} already holds a checkpoint at update {update_step}")
-    if complete and max(complete) > update_step:
-        raise CheckpointError(
-            f"{directory} already holds a later checkpoint (update {max(complete)}) than this one "
-            f"(update {update_step})"
-        )
-    for step, d in existing.items():
-        if step >= update_step and step not in complete:
-            _remove_step(d)  # an unfinished save; orbax would refuse or skip this step otherwise
-    # Orbax keeps every step; older ones are removed below, only once this one is complete.
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=None,
-        create=True,
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,
-    )
-    with ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, INFO_ITEM)) as m:
-        saved = m.save(
-            update_step,
-            args=ocp.args.Composite(
-                **{STATE_ITEM: ocp.args.StandardSave(state), INFO_ITEM: ocp.args.JsonSave(info)}
-            ),
-        )
-        m.wait_until_finished()
-    step_dir = directory / str(update_step)
-    if not saved or not step_dir.is_dir():
-        raise CheckpointError(f"orbax did not save update {update_step} in {directory}")
-    _write_manifest(step_dir)
-    for step, d in _step_dirs(directory).items():
-        if step != update_step:
-            _remove_step(d)
-    return step_dir
-
-
-def _step_dirs(directory: Path) -> dict[int, Path]:
-    """{update_step: folder} for every step folder orbax finalised (with a manifest or not)."""
-    if not directory.is_dir():
-        return {}
-    try:
-        return {step: directory / str(step) for step in ocp.utils.checkpoint_steps(directory)}
-    except Exception as e:  # unreadable folder names and the like
-        raise CheckpointError(f"cannot list checkpoints in {directory}: {e}") from None
-
-
-def _remove_step(step_dir: Path) -> None:
-    """Deletes a step folder, its manifest first: a half-deleted step is never 'complete'."""
-    (step_dir / MANIFEST).unlink(missing_ok=True)
-    shutil.rmtree(step_dir)
+    return save_tree(directory, update_step, state, info)
 
 
 # --------------------------------------------------------------------------- load
 
 
-class _QuietRestore:
+@contextlib.contextmanager
+def _quiet_absl():
     """Lowers absl logging during a restore (orbax logs a warning per failed read)."""
-
-    def __enter__(self):
-        self._level = logging.getLogger("absl").level
-        logging.getLogger("absl").setLevel(logging.ERROR)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger("absl").setLevel(self._level)
-        return False
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 _noise_filter_installed = False
@@ -342,10 +429,10 @@ def latest_step(directory) -> int:
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoint at {directory}: directory does not exist")
-    steps = _step_dirs(directory)
+    steps = step_dirs(directory)
     if not steps:
         raise CheckpointError(f"no finished checkpoint in {directory}")
-    complete = [step for step, d in steps.items() if _has_manifest(d)]
+    complete = complete_steps(directory)
     unfinished = sorted(
         step for step in steps if step not in complete and step > max(complete, default=-1)
     )
@@ -364,15 +451,17 @@ def latest_step(directory) -> int:
     return max(complete)
 
 
-def _restore(path: Path, **items):
-    with _QuietRestore():
+def restore_items(path, what: str = "checkpoint", **items) -> dict:
+    """orbax's restore of the named `items` ({name: ocp.args.*Restore}) of the folder `path`;
+    CheckpointError ("corrupt or unreadable {what} at {path}: ...", one line) if it fails."""
+    with _quiet_absl():
         try:
             checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
             return checkpointer.restore(path, args=ocp.args.Composite(**items))
         except Exception as e:
             _ignore_closed_event_loop_noise()
             raise CheckpointError(
-                f"corrupt or unreadable checkpoint at {path}: {type(e).__name__}: {_one_line(e)}"
+                f"corrupt or unreadable {what} at {path}: {type(e).__name__}: {_one_line(e)}"
             ) from e
 
 
@@ -386,9 +475,7 @@ def read_info(directory) -> dict:
 
 def _verified_info(directory) -> tuple[Path, dict]:
     """(step folder, info) of the newest complete step, its files verified before orbax reads."""
-    path = Path(directory).absolute() / str(latest_step(directory))
-    _verify_files(path)
-    info = _restore(path, **{INFO_ITEM: ocp.args.JsonRestore()})[INFO_ITEM]
+    path, info = read_latest(directory)
     required = {"format", "algo", "config", "num_seeds", "update_step", "shapes", "digest"}
     if not isinstance(info, dict) or not required <= set(info):
         raise CheckpointError(f"corrupt checkpoint at {path}: its info record is incomplete")
@@ -434,13 +521,8 @@ def load(directory, agent_or_config, num_seeds: int | None | str = "saved"):
     Raises CheckpointError (a ValueError) naming the differing fields when the checkpoint was
     saved for another algorithm, config shape or number of seeds; and when it is missing or corrupt.
     """
-    directory = Path(directory).absolute()
-    if hasattr(agent_or_config, "init") and hasattr(agent_or_config, "config"):
-        agent = agent_or_config
-        config = agent.config
-    else:
-        config = agent_or_config
-        agent = None
+    agent = agent_or_config if isinstance(agent_or_config, Agent) else None
+    config = agent_or_config if agent is None else agent.config
     algo = algo_name(config)
     path, info = _verified_info(directory)
 
@@ -456,22 +538,8 @@ def load(directory, agent_or_config, num_seeds: int | None | str = "saved"):
         agent = make_agent(algo, config)
 
     abstract = _abstract_state(agent, info["num_seeds"])
-    expected = shapes(abstract)
-    if expected != info["shapes"]:
-        saved_shapes = info["shapes"]
-        differ = sorted(
-            {k for k in {*expected, *saved_shapes} if expected.get(k) != saved_shapes.get(k)}
-        )
-        listed = "; ".join(
-            f"{k}: checkpoint {saved_shapes.get(k, 'absent')} vs agent {expected.get(k, 'absent')}"
-            for k in differ
-        )
-        raise CheckpointError(
-            f"checkpoint at {path} holds arrays of other shapes than this agent builds; was it "
-            f"saved by other agent code (versions {info.get('versions')})? "
-            f"{len(differ)} differ: {listed[:600]}"
-        )
-    state = _restore(path, **{STATE_ITEM: ocp.args.StandardRestore(abstract)})[STATE_ITEM]
-    if digest(state) != info["digest"]:
-        raise CheckpointError(f"corrupt checkpoint at {path}: array contents fail their checksum")
-    return state, info
+    hint = (
+        " than this agent builds; was it saved by other agent code (versions "
+        f"{info.get('versions')})?"
+    )
+    return restore_tree(path, abstract, info, hint=hint), info

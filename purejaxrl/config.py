@@ -2,16 +2,20 @@
 
 Numeric hyper-parameters are pytree leaves, so `jax.vmap` over a batch of configs (or over
 `dataclasses.replace(cfg, learning_rate=lr)` inside a vmapped function) sweeps them in one program.
-Validation runs in `make_train`, before anything is compiled; a numeric leaf is checked only when
-its value is concrete (inside a sweep it is a tracer and cannot be inspected).
+Every config validates itself at construction (`__post_init__`: `check_types`, then the range and
+choice checks below); a numeric leaf is checked only when its value is concrete (inside a sweep it
+is a tracer, and jax rebuilds configs with placeholder leaves: neither can be inspected).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import types
+import typing
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -30,6 +34,14 @@ def static(default: Any = dataclasses.MISSING, **kwargs) -> Any:
 def is_concrete(x: Any) -> bool:
     """False for tracers (values inside jit/vmap), True for Python and numpy numbers."""
     return not isinstance(x, jax.core.Tracer)
+
+
+def is_value(x: Any) -> bool:
+    """True for a leaf a user could have given (checked); False for tracers, None and the other
+    placeholders jax puts in rebuilt pytrees (vmap axis specs, eval_shape), which are skipped."""
+    if isinstance(x, jax.Array):
+        return is_concrete(x)
+    return isinstance(x, str | bytes | int | float | np.generic | np.ndarray)
 
 
 def _name(cfg) -> str:
@@ -51,7 +63,7 @@ def check_range(
     `check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)` says "must lie in (0, inf)".
     """
     value = getattr(cfg, field)
-    if not is_concrete(value):
+    if not is_value(value):
         return
     arr = np.asarray(value, dtype=np.float64)
     lo_ok = np.all(arr > low) if low_open else np.all(arr >= low)
@@ -62,10 +74,13 @@ def check_range(
         raise ValueError(f"{_name(cfg)}.{field}={value!r}: must lie in {lb}{low:g}, {high:g}{rb}")
 
 
-def close_match(value, choices: Iterable[Any]) -> str:
-    """ "; did you mean 'x'?" for the choice closest to `value` (by spelling), or ""."""
-    hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    return f"; did you mean {hint[0]!r}?" if hint else ""
+def close_match(value, choices: Iterable[Any], n: int = 1) -> str:
+    """ "; did you mean 'x'?" for the choice closest to `value` (by spelling), or "" if none is
+    close; with n > 1 the up to n closest as a list, "; did you mean ['x', 'y']?"."""
+    hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=n)
+    if not hint:
+        return ""
+    return f"; did you mean {hint[0]!r}?" if n == 1 else f"; did you mean {hint}?"
 
 
 def check_choice(cfg, field: str, allowed: Iterable[Any], where: str | None = None) -> None:
@@ -78,6 +93,78 @@ def check_choice(cfg, field: str, allowed: Iterable[Any], where: str | None = No
             f"{where or _name(cfg)}.{field}={value!r} is unknown{close_match(value, allowed)} "
             f"(allowed values are {list(allowed)})"
         )
+
+
+_KINDS = {bool: "b", int: "iu", float: "iuf"}  # numpy dtype kinds each number type accepts
+
+
+def _matches(value, tp) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return isinstance(value, str | int | float | bool) and value in args
+    if tp in _KINDS:
+        if isinstance(value, np.generic | np.ndarray | jax.Array):
+            return np.dtype(value.dtype).kind in _KINDS[tp]
+        if isinstance(value, bool) or tp is bool:
+            return isinstance(value, bool) and tp is bool
+        return isinstance(value, int | float) if tp is float else isinstance(value, int)
+    if tp is tuple or origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(map(_matches, value, args)))
+    if tp is type(None):
+        return value is None
+    return isinstance(value, origin or tp)
+
+
+def _type_name(tp) -> str:
+    """'int', 'tuple[int, ...]', 'PPOConfig | Mapping', "one of ['a', 'b']"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return str(tp)
+    if tp is type(None):
+        return "None"
+    return getattr(origin or tp, "__name__", str(tp))
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_types(cfg) -> None:
+    """Checks every field of the dataclass `cfg` against its annotated type; ValueError
+    "PPOConfig.num_envs: expected int, got str '16'" (with a close match for a Literal).
+
+    Understands int, float, bool, str, tuple, tuple[X, ...], tuple[X, Y], Literal[...], unions
+    (X | None), Any and classes. bools are not ints; ints are floats; numpy scalars and arrays
+    (sweeps batch leaves as `[R]` arrays) pass when their dtype kind fits. Tracers and other
+    placeholders in pytree leaves (jax rebuilds configs with them) are skipped.
+    """
+    types_ = _field_types(type(cfg))
+    pytree = getattr(type(cfg), "_flax_dataclass", False)  # plain dataclasses have no leaves
+    for f in dataclasses.fields(cfg):
+        value, tp = getattr(cfg, f.name), types_[f.name]
+        if pytree and f.metadata.get("pytree_node", True) and not is_value(value):
+            continue
+        if not _matches(value, tp):
+            hint = (
+                close_match(value, typing.get_args(tp)) if typing.get_origin(tp) is Literal else ""
+            )
+            raise ValueError(
+                f"{_name(cfg)}.{f.name}: expected {_type_name(tp)}, got "
+                f"{type(value).__name__} {value!r}{hint}"
+            )
 
 
 def check_hidden_sizes(cfg, field: str = "hidden_sizes") -> None:
@@ -118,23 +205,31 @@ def is_mapping_field(name: str) -> bool:
 
 
 def from_dict(cls, values: Mapping[str, Any]):
-    """Builds config `cls` from a plain dict (e.g. parsed YAML); unknown keys get close-match hints.
-
-    Lists become tuples (hidden_sizes) and dicts become frozen kwargs (env_kwargs).
-    """
-    fields = {f.name for f in dataclasses.fields(cls)}
+    """Builds config `cls` from a plain dict (e.g. parsed YAML); an unknown key is a ValueError
+    naming it with its close matches. Lists become tuples (hidden_sizes) and dicts become frozen
+    kwargs (env_kwargs)."""
+    fields = sorted(f.name for f in dataclasses.fields(cls))
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            hint = difflib.get_close_matches(key, sorted(fields), n=3)
-            raise ValueError(
-                f"{cls.__name__} has no field {key!r}"
-                + (f"; did you mean {hint}?" if hint else f"; fields are {sorted(fields)}")
-            )
+            hint = close_match(key, fields, n=3) or f"; fields are {fields}"
+            raise ValueError(f"{cls.__name__} has no field {key!r}{hint}")
         if isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def freeze_fields(cfg) -> None:
+    """In `__post_init__`: static mapping fields (env_kwargs, objective) frozen, lists -> tuples."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("pytree_node", True) or isinstance(value, tuple):
+            continue
+        if is_mapping_field(f.name) and (value is None or isinstance(value, Mapping | list)):
+            object.__setattr__(cfg, f.name, freeze_mapping(value))
+        elif isinstance(value, list):
+            object.__setattr__(cfg, f.name, _freeze(value))
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -146,7 +241,7 @@ def to_dict(cfg) -> dict[str, Any]:
             value = {k: _thaw(v) for k, v in value}
         elif isinstance(value, tuple):
             value = list(value)
-        elif isinstance(value, np.generic | np.ndarray) or hasattr(value, "dtype"):
+        elif isinstance(value, np.generic | np.ndarray | jax.Array):
             value = np.asarray(value).tolist()
         out[f.name] = value
     return out

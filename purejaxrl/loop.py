@@ -14,6 +14,7 @@ algorithm-specific update:
 - `scan_updates(...)`: `lax.scan` over updates with a throttled host progress callback.
 - `Agent`: what `make_agent` returns (same fields for every algorithm).
 - `make_single_env` / `make_env`: the env as the agent sees it, single and vectorised.
+- `AgentConfig`: the config fields every agent shares (on-policy and SAC), checked at construction.
 """
 
 from __future__ import annotations
@@ -29,6 +30,59 @@ from flax import struct
 import envs
 from envs import spaces, wrappers
 from purejaxrl import config as C
+from purejaxrl import pmoe
+from purejaxrl.networks import ACTIVATIONS
+
+
+@C.dataclass(frozen=True)
+class AgentConfig:
+    """Fields every agent config shares (actor_critic.OnPolicyConfig: PPO, A2C; sac.SACConfig),
+    with the on-policy defaults. Validated at construction (`validate`, extended by subclasses).
+
+    Static (shape-setting): env, env_kwargs (frozen kwargs for envs.make, e.g.
+    (("max_steps_in_episode", 200),)), total_timesteps, num_envs, hidden_sizes, activation,
+    policy (the head), num_experts (mixture experts K, policy="pmoe"), mixture_grad (pmoe | gumbel |
+    score, purejaxrl/pmoe.py), normalize_obs, frame_stack (the policy sees the last `frame_stack`
+    observations, concatenated: envs.wrappers.FrameStack).
+    Leaves (vmappable): learning_rate, gamma, max_grad_norm, gumbel_temperature
+    (mixture_grad="gumbel"), mixture_coef (weight of the mixing weights' loss), obs_noise_sigma
+    (std of the Gaussian noise added to every observation in training and evaluation: policy
+    smoothing, Kumar et al. 2022; envs.wrappers.ObservationNoise).
+    """
+
+    env: str = C.static("CartPole-v1")
+    env_kwargs: tuple[tuple[str, Any], ...] = C.static(())
+    total_timesteps: int = C.static(1_000_000)
+    num_envs: int = C.static(16)
+    hidden_sizes: tuple[int, ...] = C.static((64, 64))
+    activation: str = C.static("tanh")
+    policy: str = C.static("auto")
+    num_experts: int = C.static(1)
+    mixture_grad: str = C.static("pmoe")
+    normalize_obs: bool = C.static(False)
+    frame_stack: int = C.static(1)
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    max_grad_norm: float = 0.5
+    gumbel_temperature: float = 0.5
+    mixture_coef: float = 1.0
+    obs_noise_sigma: float = 0.0
+
+    def __post_init__(self):
+        C.freeze_fields(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad field; numeric leaves only when concrete."""
+        C.check_types(self)
+        for field in ("total_timesteps", "num_envs", "frame_stack"):
+            C.check_positive_int(self, field)
+        C.check_hidden_sizes(self)
+        C.check_choice(self, "activation", ACTIVATIONS)
+        pmoe.check_mixture_fields(self)
+        C.check_range(self, "learning_rate", 0.0, np.inf, low_open=True)
+        C.check_range(self, "gamma", 0.0, 1.0)
+        C.check_range(self, "obs_noise_sigma", 0.0, np.inf)
 
 
 @struct.dataclass
@@ -285,15 +339,17 @@ def make_single_env(cfg, env=None, env_params=None):
     return wrappers.EpisodeStatistics(env), env_params
 
 
-def make_env(cfg, single_env, num_envs: int, train: bool = True, obs_stats=None):
+def make_env(
+    cfg, single_env, num_envs: int, train: bool = True, obs_stats=None, normalize_reward=False
+):
     """Vectorises `single_env` and adds the normalisers the config asks for.
 
-    Training: VecEnv -> [NormalizeObservation] -> [NormalizeReward(gamma)].
+    Training: VecEnv -> [NormalizeObservation] -> [NormalizeReward(gamma), if `normalize_reward`].
     Evaluation (`train=False`): VecEnv -> [NormalizeObservation frozen at `obs_stats`].
     """
     env = wrappers.VecEnv(single_env, num_envs)
     if cfg.normalize_obs:
         env = wrappers.NormalizeObservation(env, update=train, stats=obs_stats)
-    if getattr(cfg, "normalize_reward", False) and train:
+    if normalize_reward and train:
         env = wrappers.NormalizeReward(env, gamma=cfg.gamma)
     return env

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
 from purejaxrl import losses
+from purejaxrl.config import close_match
 from purejaxrl.gae import gae
 
 
@@ -126,8 +126,8 @@ class ActorCritic(Objective):
 
 
 def actor_critic(cfg, policy_loss) -> ActorCritic:
-    """`ActorCritic` with the config's gamma, gae_lambda, vf_coef, ent_coef, advantage
-    normalisation and (PPO's clip_value_loss) value clipping."""
+    """`ActorCritic` with the on-policy config's gamma, gae_lambda, vf_coef, ent_coef, advantage
+    normalisation and value clipping (`cfg.value_clip`: PPO's clip_value_loss)."""
     return ActorCritic(
         policy_loss=policy_loss,
         gamma=cfg.gamma,
@@ -135,14 +135,30 @@ def actor_critic(cfg, policy_loss) -> ActorCritic:
         vf_coef=cfg.vf_coef,
         ent_coef=cfg.ent_coef,
         normalize_advantages=cfg.normalize_advantages,
-        value_clip=cfg.clip_eps if getattr(cfg, "clip_value_loss", False) else None,
+        value_clip=cfg.value_clip,
     )
 
 
 # --------------------------------------------------------------------------- registry
 
-# name -> builder(cfg, **options) -> Objective
-REGISTRY: dict[str, Callable[..., Objective]] = {}
+
+def _ppo_clip(cfg, clip_eps=None) -> ActorCritic:
+    """GAE + PPO's clipped surrogate (clip_eps defaults to the config's `surrogate_clip`)."""
+    eps = cfg.surrogate_clip if clip_eps is None else clip_eps
+    return actor_critic(cfg, losses.ppo_clip(eps))
+
+
+def _policy_gradient(cfg) -> ActorCritic:
+    """GAE + the plain policy gradient (A2C's)."""
+    return actor_critic(cfg, losses.policy_gradient())
+
+
+# name -> builder(cfg, **options) -> Objective: this package's objectives; the learned ones
+# (meta: lpo, dpo, mdpo, lpg) are added by `register` (purejaxrl imports nothing from meta).
+REGISTRY: dict[str, Callable[..., Objective]] = {
+    "ppo_clip": _ppo_clip,
+    "policy_gradient": _policy_gradient,
+}
 
 
 def register(name: str, builder: Callable[..., Objective]) -> None:
@@ -157,28 +173,11 @@ def build(spec: Mapping[str, Any] | tuple, cfg) -> Objective:
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in REGISTRY:
-        hint = difflib.get_close_matches(str(name), sorted(REGISTRY), n=3)
         raise ValueError(
             f"{type(cfg).__name__}.objective: unknown objective {name!r}"
-            + (f"; did you mean {hint}?" if hint else "")
-            + f"; registered: {sorted(REGISTRY)}"
+            f"{close_match(name, sorted(REGISTRY), n=3)}; registered: {sorted(REGISTRY)}"
         )
     try:
         return REGISTRY[name](cfg, **spec)
     except TypeError as e:
         raise ValueError(f"{type(cfg).__name__}.objective {name!r}: {e}") from None
-
-
-def _ppo_clip(cfg, clip_eps=None) -> ActorCritic:
-    """GAE + PPO's clipped surrogate (clip_eps defaults to the config's)."""
-    eps = getattr(cfg, "clip_eps", 0.2) if clip_eps is None else clip_eps
-    return actor_critic(cfg, losses.ppo_clip(eps))
-
-
-def _policy_gradient(cfg) -> ActorCritic:
-    """GAE + the plain policy gradient (A2C's)."""
-    return actor_critic(cfg, losses.policy_gradient())
-
-
-register("ppo_clip", _ppo_clip)
-register("policy_gradient", _policy_gradient)

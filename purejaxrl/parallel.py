@@ -43,13 +43,16 @@ AXIS = "envs"
 KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # a raw key's shape, for shape-only traces
 
 
-def resolve_devices(devices) -> list:
-    """`devices`: an int n (the first n of `jax.devices()`) or a sequence of distinct devices."""
+def resolve_devices(devices=None) -> list:
+    """`devices`: None (all of `jax.devices()`), an int n (the first n) or a sequence of distinct
+    devices among them (data parallel runs, sweeps, ES populations)."""
     available = jax.devices()
     hint = (
         f"{len(available)} device(s) exist ({available[0].platform}); on CPU, "
         "XLA_FLAGS=--xla_force_host_platform_device_count=N (set before jax starts) makes N"
     )
+    if devices is None:
+        return list(available)
     if isinstance(devices, int | np.integer) and not isinstance(devices, bool):
         if not 1 <= devices <= len(available):
             raise ValueError(f"devices={devices}: must be between 1 and {len(available)}; {hint}")

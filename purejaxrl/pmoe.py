@@ -18,7 +18,8 @@ critic, and the agents (SAC, PPO) build their losses from these pieces:
 - "score": k ~ w, and the score-function (REINFORCE) term stop_grad(f_k - b) log w_k with the
   baseline b = sum_j w_j f_j over all experts' proposals (`score_function_term`); unbiased.
 
-Shapes: B states, K experts, d action dims. Everything is a pure function of arrays.
+Shapes: B states, K experts, d action dims. Everything is a pure function of arrays. The last
+section reads a trained mixture's experts (weights, means, action density) back out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purejaxrl import objectives
 
@@ -210,3 +212,79 @@ def plug_into_objective(objective, cfg, head):
         mixture_coef=cfg.mixture_coef,
         gumbel_temperature=cfg.gumbel_temperature,
     )
+
+
+# --------------------------------------------------------------------------- the trained experts
+
+# The multimodal bandit's contexts (envs/multimodal.py): observation [blocked_left,
+# blocked_right, t / horizon] at the episode's start.
+CONTEXTS = {"unblocked": (0.0, 0.0), "left_blocked": (1.0, 0.0), "right_blocked": (0.0, 1.0)}
+MIN_WEIGHT = 0.2  # an expert "holds" a mode if its weight is at least this ...
+MODE_TOL = 0.15  # ... and its (squashed) mean is within this of the mode
+
+
+def mixture_outputs(agent, params, obs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Actor outputs at `obs` [C, obs_dim] for seed-batched params, in mixture form:
+    (weights [S, C, K], pre-squash mean [S, C, K, d], std [S, C, K, d]); a Gaussian is K = 1."""
+    network = agent.network
+    out = jax.vmap(lambda p: network.apply(p, obs, method=network.actor))(params)
+    if len(out) == 3:
+        logits, mean, log_std = out
+    else:
+        mean, log_std = out
+        mean, log_std = mean[..., None, :], jnp.broadcast_to(log_std, mean.shape)[..., None, :]
+        logits = jnp.zeros(mean.shape[:-1])
+    weights = jax.nn.softmax(logits, axis=-1)
+    return np.asarray(weights), np.asarray(mean), np.asarray(jnp.exp(log_std))
+
+
+def squashed(agent) -> bool:
+    """Whether the policy's action is tanh(u) (SAC, tanh heads) rather than clip(u) (PPO)."""
+    return bool(np.allclose(agent.head.to_env(jnp.asarray(2.0)), np.tanh(2.0)))
+
+
+def action_density(weights, mean, std, squash: bool, a: np.ndarray):
+    """Mixture density over actions a [N] in (-1, 1) for one state's weights [K], mean/std [K]
+    (pre-squash, action dim 0) -> (total [N], weighted components [K, N])."""
+    u = np.arctanh(a) if squash else a
+    jac = 1.0 / (1.0 - a**2) if squash else 1.0
+    z = (u[None] - mean[:, None]) / std[:, None]
+    comps = weights[:, None] * np.exp(-0.5 * z**2) / (std[:, None] * np.sqrt(2 * np.pi)) * jac
+    return comps.sum(0), comps
+
+
+def expert_stats(agent, state) -> dict:
+    """Per bandit context: weights, means and stds per seed and expert, where the experts' means
+    sit in action space, the weight near each mode, and the fraction of seeds whose two modes are
+    held by different experts of weight >= MIN_WEIGHT (unblocked context)."""
+    mode = float(agent.env_params.mode)
+    obs = jnp.asarray([[bl, br, 0.0] for bl, br in CONTEXTS.values()], jnp.float32)
+    weights, mean, std = mixture_outputs(agent, state.params, obs)
+    u = mean[..., 0]  # [S, C, K], action dim 0
+    action = np.tanh(u) if squashed(agent) else np.clip(u, -1.0, 1.0)
+    near_left, near_right = np.abs(action + mode) < MODE_TOL, np.abs(action - mode) < MODE_TOL
+    contexts = {
+        name: {
+            "weights": weights[:, c].tolist(),
+            "mean": mean[:, c, :, 0].tolist(),
+            "std": std[:, c, :, 0].tolist(),
+            "action_mean": action[:, c].tolist(),
+            "weight_near_left_mode": (weights[:, c] * near_left[:, c]).sum(-1).tolist(),
+            "weight_near_right_mode": (weights[:, c] * near_right[:, c]).sum(-1).tolist(),
+        }
+        for c, name in enumerate(CONTEXTS)
+    }
+    held = weights[:, 0] >= MIN_WEIGHT  # [S, K], unblocked context
+    left, right = held & near_left[:, 0], held & near_right[:, 0]
+    # Different experts: some expert on the left and another on the right.
+    split = left.any(-1) & right.any(-1) & ((left.sum(-1) + right.sum(-1)) >= 2)
+    top = np.take_along_axis(action[:, 0], weights[:, 0].argmax(-1)[:, None], axis=-1)[:, 0]
+    where = lambda a: (
+        "mode" if abs(abs(a) - mode) < MODE_TOL else "valley" if abs(a) < mode / 2 else "between"
+    )
+    return {
+        "contexts": contexts,
+        "both_modes_split_per_seed": split.tolist(),
+        "both_modes_split_fraction": float(split.mean()),
+        "top_expert_location_unblocked": [where(a) for a in top],
+    }

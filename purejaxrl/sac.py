@@ -45,7 +45,8 @@ parameters together, so `network.apply(state.params, obs, method=network.actor)`
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -59,64 +60,85 @@ from purejaxrl import config as C
 from purejaxrl import loop, pmoe, replay
 from purejaxrl.distributions import GaussianMixture, TanhGaussian
 from purejaxrl.initializers import orthogonal, spread_expert_means, stacked_orthogonal
-from purejaxrl.networks import ACTIVATIONS, MLP, TwinMLP
+from purejaxrl.networks import MLP, TwinMLP
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the SAC actor's log-std range (squashed by tanh)
 
 
 @C.dataclass(frozen=True)
-class SACConfig:
+class SACConfig(loop.AgentConfig):
     """SAC settings. Defaults follow rejax's reference SAC (256x256 relu, lr 3e-4, tau 0.005).
 
-    Static (shape-setting): env, env_kwargs, total_timesteps, num_envs, buffer_size, batch_size,
+    Besides loop.AgentConfig's fields (with SAC's defaults here): static buffer_size, batch_size,
     learning_starts (warm-up env steps with uniform random actions, no gradient steps), utd_ratio
     (gradient steps per env step: each update of `num_envs` transitions takes
-    `round(utd_ratio * num_envs)` gradient steps, which must be >= 1), hidden_sizes, activation,
-    autotune_alpha, normalize_obs, policy ("tanh_gaussian" or "pmoe"), num_experts, mixture_grad,
-    frame_stack (observations stacked).
-    Leaves (vmappable): learning_rate (actor, critics and temperature share it), gamma, tau,
-    init_alpha, target_entropy_scale, max_grad_norm (global-norm clip per optimiser; inf = off),
-    gumbel_temperature, mixture_coef, obs_noise_sigma (observation noise std, training and
-    evaluation: policy smoothing; see actor_critic.make_single_env).
+    `round(utd_ratio * num_envs)` gradient steps, which must be >= 1), autotune_alpha,
+    pmoe_log_prob (the "pmoe" entropy term: the expert's or the mixture's density); leaves tau,
+    init_alpha, target_entropy_scale. learning_rate is shared by actor, critics and temperature;
+    max_grad_norm clips each optimiser's global norm (inf = off).
     """
 
     env: str = C.static("Pendulum-v1")
-    env_kwargs: tuple = C.static(())
     total_timesteps: int = C.static(100_000)
     num_envs: int = C.static(1)
+    hidden_sizes: tuple[int, ...] = C.static((256, 256))
+    activation: str = C.static("relu")
+    policy: Literal["tanh_gaussian", "pmoe"] = C.static("tanh_gaussian")
+    max_grad_norm: float = float("inf")
     buffer_size: int = C.static(100_000)
     batch_size: int = C.static(256)
     learning_starts: int = C.static(1000)
     utd_ratio: float = C.static(1.0)
-    hidden_sizes: tuple = C.static((256, 256))
-    activation: str = C.static("relu")
     autotune_alpha: bool = C.static(True)
-    normalize_obs: bool = C.static(False)
-    policy: str = C.static("tanh_gaussian")  # tanh_gaussian | pmoe
-    num_experts: int = C.static(1)  # mixture experts K (policy="pmoe")
-    mixture_grad: str = C.static("pmoe")  # pmoe | gumbel | score (purejaxrl/pmoe.py)
-    pmoe_log_prob: str = C.static("expert")  # "pmoe" entropy term: expert | mixture density
-    frame_stack: int = C.static(1)  # observations stacked (envs.wrappers.FrameStack)
-    learning_rate: float = 3e-4
-    gamma: float = 0.99
+    pmoe_log_prob: Literal["expert", "mixture"] = C.static("expert")
     tau: float = 0.005
     init_alpha: float = 1.0
     target_entropy_scale: float = 1.0
-    max_grad_norm: float = float("inf")
-    gumbel_temperature: float = 0.5  # mixture_grad="gumbel"
-    mixture_coef: float = 1.0  # weight of PMOE's weight-regression loss
-    obs_noise_sigma: float = 0.0  # observation noise std (envs.wrappers.ObservationNoise)
 
-    # make_env (shared with the on-policy agents and evaluation) reads this; SAC never scales rewards.
-    normalize_reward = False
-    # One update is one vector env step: env steps per update = num_envs * num_steps (experiments).
-    num_steps = 1
+    def validate(self) -> None:
+        super().validate()
+        name, ls = type(self).__name__, self.learning_starts
+        C.check_positive_int(self, "buffer_size")
+        C.check_positive_int(self, "batch_size")
+        if ls < 0:
+            raise ValueError(f"{name}.learning_starts={ls!r}: must be a non-negative integer")
+        if self.total_timesteps < self.num_envs:
+            raise ValueError(
+                f"{name}.total_timesteps={self.total_timesteps}: must be at least num_envs="
+                f"{self.num_envs} (one vector step)"
+            )
+        for need, what in (
+            (self.batch_size, f"be at least batch_size={self.batch_size}"),
+            (self.num_envs, f"hold one vector step, num_envs={self.num_envs}"),
+            (ls, f"hold the warm-up, learning_starts={ls}"),
+        ):
+            if self.buffer_size < need:
+                raise ValueError(f"{name}.buffer_size={self.buffer_size}: must {what}")
+        if ls >= self.total_timesteps:
+            raise ValueError(
+                f"{name}.learning_starts={ls}: must be below total_timesteps="
+                f"{self.total_timesteps}, or no gradient step is ever taken"
+            )
+        if not self.utd_ratio > 0 or self.grad_steps < 1:
+            raise ValueError(
+                f"{name}.utd_ratio={self.utd_ratio!r}: round(utd_ratio * num_envs) = "
+                f"round({self.utd_ratio} * {self.num_envs}) = {self.grad_steps} gradient steps "
+                "per update; must be >= 1"
+            )
+        C.check_range(self, "tau", 0.0, 1.0, low_open=True)
+        C.check_range(self, "init_alpha", 0.0, np.inf, low_open=True)
+        C.check_range(self, "target_entropy_scale", -np.inf, np.inf)
+        value = self.max_grad_norm
+        if C.is_value(value) and not (np.all(np.asarray(value, np.float64) > 0)):
+            raise ValueError(
+                f"{name}.max_grad_norm={value!r}: must be > 0 (inf turns clipping off)"
+            )
 
-    def __post_init__(self):
-        if not isinstance(self.env_kwargs, tuple):
-            object.__setattr__(self, "env_kwargs", C.freeze_mapping(self.env_kwargs))
-        if isinstance(self.hidden_sizes, list):
-            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+    @property
+    def num_steps(self) -> int:
+        """Env steps per env in one update: 1 (an update is one vector step), as
+        OnPolicyConfig.num_steps counts them (env steps per update = num_envs * num_steps)."""
+        return 1
 
     @property
     def num_updates(self) -> int:
@@ -134,61 +156,8 @@ class SACConfig:
 
 
 def validate(cfg: SACConfig) -> None:
-    """Raises ValueError naming the first bad field; numeric leaves only when concrete."""
-    name = type(cfg).__name__
-    for field in ("total_timesteps", "num_envs", "buffer_size", "batch_size"):
-        C.check_positive_int(cfg, field)
-    ls = cfg.learning_starts
-    if isinstance(ls, bool) or not isinstance(ls, int | np.integer) or ls < 0:
-        raise ValueError(f"{name}.learning_starts={ls!r}: must be a non-negative integer")
-    if cfg.total_timesteps < cfg.num_envs:
-        raise ValueError(
-            f"{name}.total_timesteps={cfg.total_timesteps}: must be at least num_envs="
-            f"{cfg.num_envs} (one vector step)"
-        )
-    if cfg.buffer_size < cfg.batch_size:
-        raise ValueError(
-            f"{name}.buffer_size={cfg.buffer_size}: must be at least batch_size={cfg.batch_size}"
-        )
-    if cfg.buffer_size < cfg.num_envs:
-        raise ValueError(
-            f"{name}.buffer_size={cfg.buffer_size}: must hold one vector step, num_envs="
-            f"{cfg.num_envs}"
-        )
-    if cfg.buffer_size < ls:
-        raise ValueError(
-            f"{name}.buffer_size={cfg.buffer_size}: the warm-up, learning_starts={ls}, must fit "
-            "in the buffer"
-        )
-    if ls >= cfg.total_timesteps:
-        raise ValueError(
-            f"{name}.learning_starts={ls}: must be below total_timesteps={cfg.total_timesteps}, "
-            "or no gradient step is ever taken"
-        )
-    utd = cfg.utd_ratio
-    if isinstance(utd, bool) or not isinstance(utd, int | float | np.number) or not utd > 0:
-        raise ValueError(f"{name}.utd_ratio={utd!r}: must be a positive number")
-    if cfg.grad_steps < 1:
-        raise ValueError(
-            f"{name}.utd_ratio={utd!r}: round(utd_ratio * num_envs) = "
-            f"round({utd} * {cfg.num_envs}) = {cfg.grad_steps} gradient steps per update; "
-            "must be >= 1"
-        )
-    C.check_hidden_sizes(cfg)
-    C.check_choice(cfg, "activation", ACTIVATIONS)
-    C.check_choice(cfg, "policy", ("tanh_gaussian", "pmoe"))
-    C.check_choice(cfg, "pmoe_log_prob", ("expert", "mixture"))
-    pmoe.check_mixture_fields(cfg)
-    C.check_range(cfg, "learning_rate", 0.0, np.inf, low_open=True)
-    C.check_range(cfg, "gamma", 0.0, 1.0)
-    C.check_range(cfg, "tau", 0.0, 1.0, low_open=True)
-    C.check_range(cfg, "init_alpha", 0.0, np.inf, low_open=True)
-    C.check_range(cfg, "target_entropy_scale", -np.inf, np.inf)
-    value = cfg.max_grad_norm
-    if C.is_concrete(value) and not (np.all(np.asarray(value, np.float64) > 0)):
-        raise ValueError(f"{name}.max_grad_norm={value!r}: must be > 0 (inf turns clipping off)")
-    C.check_range(cfg, "obs_noise_sigma", 0.0, np.inf)
-    C.check_positive_int(cfg, "frame_stack")
+    """The config's checks again (a config already ran them at construction)."""
+    cfg.validate()
 
 
 # --------------------------------------------------------------------------- network
@@ -364,7 +333,6 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
     """
     if not isinstance(cfg, SACConfig):
         raise TypeError(f"sac.make_agent needs a SACConfig, got {type(cfg).__name__}")
-    validate(cfg)
     single_env, env_params = loop.make_single_env(cfg, env, env_params)
     action_space = single_env.action_space(env_params)
     if spaces.is_discrete(action_space):
@@ -385,21 +353,13 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         cfg.activation,
         cfg.num_experts if is_mixture else None,
     )
-    loss_keys = LOSS_KEYS + (MIXTURE_KEYS if is_mixture else ())
-    num_envs, batch_size, grad_steps = cfg.num_envs, cfg.batch_size, cfg.grad_steps
-    num_updates = cfg.num_updates
-    warmup_updates = cfg.warmup_updates
-    target_entropy = -cfg.target_entropy_scale * action_dim
     # Not optax.flatten (as the on-policy loop uses): ravelling every gradient step cost SAC
     # ~1.5x its step time on CPU.
     optimizer = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam())
 
-    def variables(actor, critic):
-        return {"params": {"pi": actor, "q": critic}}
-
     def init(key, env_params) -> SACTrainState:
         def learner(k_params, obs):
-            action = jnp.zeros((num_envs, action_dim), jnp.float32)
+            action = jnp.zeros((cfg.num_envs, action_dim), jnp.float32)
             params = network.init(k_params, obs, action)
             actor, critic = params["params"]["pi"], params["params"]["q"]
             log_alpha = jnp.log(jnp.asarray(cfg.init_alpha, jnp.float32))
@@ -421,14 +381,41 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
 
         return loop.start(env, env_params, key, learner, cls=SACTrainState)
 
+    pieces = make_losses(cfg, network, head, is_mixture)
+    grad_step = make_grad_step(cfg, pieces, optimizer, -cfg.target_entropy_scale * action_dim)
+    update = make_update(cfg, env, pieces.sample_action, grad_step, action_dim, is_mixture)
+    parts = (cfg, env, single_env, env_params, network, head, cfg.num_updates, init, update)
+    return loop.make_agent(*parts, progress_fn=progress_fn, progress_every=progress_every)
+
+
+def _variables(actor, critic):
+    return {"params": {"pi": actor, "q": critic}}
+
+
+class Losses(NamedTuple):
+    """SAC's differentiable pieces on (actor, critic) parameter trees.
+
+    sample_action(actor, critic, key, obs [B, ...]) -> (a = tanh(u) [B, A], log pi(a|s) [B]);
+    critic_grad(critic, actor, target_critic, alpha, batch, key) -> ((loss, mean Q), grads);
+    actor_grad(actor, critic, alpha, obs, key) -> ((loss, (mean log pi, mixture stats)), grads).
+    """
+
+    sample_action: Callable
+    critic_grad: Callable
+    actor_grad: Callable
+
+
+def make_losses(cfg: SACConfig, network, head, is_mixture: bool) -> Losses:
+    """The critic's soft TD loss and the actor's loss (plain or mixture), with their gradients."""
+
     def sample_action(actor, critic, key, obs):
         """Reparameterised a = tanh(u) in (-1, 1) `[B, A]` and log pi(a|s) `[B]`."""
-        out = network.apply(variables(actor, critic), obs, method=SACNetwork.actor)
+        out = network.apply(_variables(actor, critic), obs, method=SACNetwork.actor)
         u, log_prob = head.sample_and_log_prob(key, out)
         return jnp.tanh(u), log_prob
 
     def q_values(actor, critic, obs, action):
-        return network.apply(variables(actor, critic), obs, action, method=SACNetwork.critic)
+        return network.apply(_variables(actor, critic), obs, action, method=SACNetwork.critic)
 
     def critic_loss(critic, actor, target_critic, alpha, batch, key):
         next_action, next_log_prob = sample_action(actor, critic, key, batch["next_obs"])
@@ -445,7 +432,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
             action, log_prob = sample_action(actor, critic, key, obs)
             q = q_values(actor, critic, obs, action).min(axis=0)
             return jnp.mean(alpha * log_prob - q), (jnp.mean(log_prob), {})
-        out = network.apply(variables(actor, critic), obs, method=SACNetwork.actor)
+        out = network.apply(_variables(actor, critic), obs, method=SACNetwork.actor)
 
         def min_q(pre_squash):  # [B, n, A] -> [B, n]
             b, n = pre_squash.shape[:2]
@@ -455,8 +442,17 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
 
         return mixture_actor_loss(cfg, head, out, min_q, alpha, key)
 
-    critic_grad = jax.value_and_grad(critic_loss, has_aux=True)
-    actor_grad = jax.value_and_grad(actor_loss, has_aux=True)
+    return Losses(
+        sample_action,
+        jax.value_and_grad(critic_loss, has_aux=True),
+        jax.value_and_grad(actor_loss, has_aux=True),
+    )
+
+
+def make_grad_step(cfg: SACConfig, losses: Losses, optimizer, target_entropy):
+    """`grad_step(carry, (batch, key)) -> (carry, (stats, ok))`: critics, then the actor on the
+    new critics, then the temperature, then the Polyak targets; carry = (params, target_critic,
+    log_alpha, (actor, critic, alpha) optimiser states), kept whole when anything is not finite."""
 
     def apply_updates(params, grads, opt_state):
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -471,9 +467,11 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         k_next, k_pi = jax.random.split(key)
         alpha = jnp.exp(log_alpha)
 
-        (q_loss, q_mean), g_critic = critic_grad(critic, actor, target_critic, alpha, batch, k_next)
+        (q_loss, q_mean), g_critic = losses.critic_grad(
+            critic, actor, target_critic, alpha, batch, k_next
+        )
         new_critic, new_opt_critic = apply_updates(critic, g_critic, opt_critic)
-        (a_loss, (log_pi, mixture_stats)), g_actor = actor_grad(
+        (a_loss, (log_pi, mixture_stats)), g_actor = losses.actor_grad(
             actor, new_critic, alpha, batch["obs"], k_pi
         )
         new_actor, new_opt_actor = apply_updates(actor, g_actor, opt_actor)
@@ -490,7 +488,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         ok = jnp.isfinite(q_loss) & jnp.isfinite(a_loss) & jnp.isfinite(alpha_loss)
         for n in norms:
             ok = ok & jnp.isfinite(n)
-        new = (variables(new_actor, new_critic), new_target, new_log_alpha)
+        new = (_variables(new_actor, new_critic), new_target, new_log_alpha)
         new = (*new, (new_opt_actor, new_opt_critic, new_opt_alpha))
         carry = loop.keep_finite(ok, new, carry)
         stats = dict(
@@ -505,6 +503,15 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         )
         stats = jax.tree.map(lambda x: jnp.where(ok, x, 0.0), stats)
         return carry, (stats, ok)
+
+    return grad_step
+
+
+def make_update(cfg: SACConfig, env, sample_action, grad_step, action_dim: int, is_mixture: bool):
+    """`update(state) -> (state, metrics)`: one vector env step into the buffer (uniform random
+    actions during the warm-up), then `grad_steps` gradient steps (none during the warm-up)."""
+    num_envs, batch_size, grad_steps = cfg.num_envs, cfg.batch_size, cfg.grad_steps
+    loss_keys = LOSS_KEYS + (MIXTURE_KEYS if is_mixture else ())
 
     def learn(learner, batches, key):
         """`grad_steps` gradient steps, one per batch (leaves `[grad_steps, batch_size, ...]`);
@@ -524,7 +531,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
 
     def update(state: SACTrainState):
         rng, k_act, k_env, k_batch, k_learn = jax.random.split(state.rng, 5)
-        warm = state.update_step < warmup_updates
+        warm = state.update_step < cfg.warmup_updates
 
         def random_action():
             return jax.random.uniform(k_act, (num_envs, action_dim), minval=-1.0, maxval=1.0)
@@ -560,8 +567,7 @@ def make_agent(cfg: SACConfig, env=None, env_params=None, progress_fn=None, prog
         envs = dict(buffer=buffer, env_state=env_state, obs=obs, rng=rng)
         return loop.finish(state, info, metrics, num_envs, opt_state=opt_state, **learner, **envs)
 
-    parts = (cfg, env, single_env, env_params, network, head, num_updates, init, update)
-    return loop.make_agent(*parts, progress_fn=progress_fn, progress_every=progress_every)
+    return update
 
 
 def make_train(cfg: SACConfig, **kwargs):

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 FINAL_FRACTION = 0.05  # final return: mean episode_return over the last 5% of updates
 
@@ -28,8 +30,17 @@ FINAL_FRACTION = 0.05  # final return: mean episode_return over the last 5% of u
 def measured_returns(episode_return, episodes_finished):
     """`episode_return [..., U]` with NaN at the updates before the first finished episode
     (`episodes_finished [..., U]`, the number finished per update)."""
-    seen = jnp.cumsum(jnp.asarray(episodes_finished) > 0, axis=-1) > 0
-    return jnp.where(seen, jnp.asarray(episode_return, jnp.float32), jnp.nan)
+    xp, dtype = _backend(episode_return, episodes_finished)
+    seen = xp.cumsum(xp.asarray(episodes_finished) > 0, axis=-1) > 0
+    return xp.where(seen, xp.asarray(episode_return, dtype), xp.nan)
+
+
+def _backend(*arrays):
+    """(jnp, float32) if any input is a jax array or tracer; else (np, float64): host numbers
+    (metrics.csv, device_get metrics) keep their precision."""
+    if any(isinstance(a, jax.Array) for a in arrays):
+        return jnp, jnp.float32
+    return np, np.float64
 
 
 def final_return(episode_return, episodes_finished, lifetime=None, fraction=FINAL_FRACTION):
@@ -38,17 +49,20 @@ def final_return(episode_return, episodes_finished, lifetime=None, fraction=FINA
 
     episode_return, episodes_finished `[..., U]` (the loop's metrics); lifetime an int or an
     int array broadcastable to `[...]` (may be traced), clipped to [1, U]."""
+    xp, _ = _backend(episode_return, episodes_finished, lifetime)
     returns = measured_returns(episode_return, episodes_finished)
+    returns = jnp.asarray(returns) if xp is jnp else returns
     num = returns.shape[-1]
-    n = jnp.arange(num)
+    n = xp.arange(num)
     if lifetime is None:
         window = max(1, math.ceil(fraction * num))
         inside = n >= num - window
     else:
-        lifetime = jnp.clip(jnp.asarray(lifetime, jnp.int32), 1, num)[..., None]
-        window = jnp.maximum(jnp.ceil(fraction * lifetime), 1)
+        lifetime = xp.clip(xp.asarray(lifetime, xp.int32), 1, num)[..., None]
+        window = xp.maximum(xp.ceil(fraction * lifetime), 1)
         inside = (n < lifetime) & (n >= lifetime - window)
-    use = inside & jnp.isfinite(returns)
-    count = jnp.sum(use, axis=-1)
-    total = jnp.sum(jnp.where(use, returns, 0.0), axis=-1)
-    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+    use = inside & xp.isfinite(returns)
+    count = xp.sum(use, axis=-1)
+    total = xp.sum(xp.where(use, returns, 0.0), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan)

@@ -30,7 +30,6 @@ shards of its own devices, and the results are gathered on every process.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import itertools
 import math
@@ -45,8 +44,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from purejaxrl import algos, loop
 from purejaxrl import config as C
+from purejaxrl import loop
+from purejaxrl.parallel import resolve_devices
 
 ENV_PREFIX = "env_params."
 AXIS = "runs"
@@ -145,10 +145,8 @@ def grid(cfg, space: Mapping[str, Sequence], seeds: int, seed: int = 0) -> Batch
     fields, env_defaults = _check_space(cfg, space, allow_distributions=False)
     lists = [_column(cfg, f, space[f], env_defaults) for f in fields]
     combos = list(itertools.product(*[range(len(v)) for v in lists]))
-    values = {
-        f: np.repeat(np.asarray([lists[i][c[i]] for c in combos], dtype=lists[i].dtype), seeds)
-        for i, f in enumerate(fields)
-    }
+    # Index, not np.asarray: a list of equal-length tuples would become a 2-D array.
+    values = {f: np.repeat(lists[i][[c[i] for c in combos]], seeds) for i, f in enumerate(fields)}
     return _batch(cfg, fields, values, len(combos), seeds, seed, env_defaults)
 
 
@@ -222,18 +220,15 @@ def _check_space(cfg, space: Mapping, allow_distributions: bool):
             name = field[len(ENV_PREFIX) :]
             known = [f.name for f in dataclasses.fields(env_defaults)]
             if name not in known:
-                hint = difflib.get_close_matches(name, known, n=3)
+                hint = C.close_match(field, [ENV_PREFIX + k for k in known], n=3)
                 raise ValueError(
-                    f"sweep: {cfg.env} has no env param {name!r}"
-                    + (f"; did you mean {[ENV_PREFIX + h for h in hint]}?" if hint else "")
-                    + f" (its params: {known})"
+                    f"sweep: {cfg.env} has no env param {name!r}{hint} (its params: {known})"
                 )
         elif field not in names:
-            hint = difflib.get_close_matches(field, sorted(names), n=3)
             raise ValueError(
                 f"sweep: {type(cfg).__name__} has no field {field!r}"
-                + (f"; did you mean {hint}?" if hint else "")
-                + f" (env params are swept as '{ENV_PREFIX}<name>')"
+                f"{C.close_match(field, sorted(names), n=3)} (env params are swept as "
+                f"'{ENV_PREFIX}<name>')"
             )
         elif C.is_mapping_field(field) or field == "env":
             raise ValueError(f"sweep: {field!r} cannot be swept (sweep numeric or static fields)")
@@ -260,10 +255,10 @@ def _column(cfg, field: str, values: Sequence, env_defaults) -> np.ndarray:
         default = np.asarray(getattr(env_defaults, field[len(ENV_PREFIX) :]))
     else:
         default = getattr(cfg, field)
-        if _is_static(cfg, field):
+        if _is_static(cfg, field):  # checked by the config itself (`_validate`)
             out = np.empty(len(values), dtype=object)
             for i, v in enumerate(values):
-                out[i] = _static_value(cfg, field, default, v)
+                out[i] = tuple(v) if isinstance(v, list) else v
             return out
         default = np.asarray(default)
     for v in values:
@@ -283,33 +278,13 @@ def _column(cfg, field: str, values: Sequence, env_defaults) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)  # as given; the program gets float32 (`_device`)
 
 
-def _static_value(cfg, field: str, default, value):
-    where = f"sweep: {type(cfg).__name__}.{field}={value!r}"
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: must be true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            if not (isinstance(value, float) and value.is_integer()):
-                raise ValueError(f"{where}: must be an integer")
-        return int(value)
-    if isinstance(default, tuple):
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: must be a list")
-        return tuple(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ValueError(f"{where}: must be a string")
-    return value
-
-
 def _validate(batch: Batch) -> None:
-    """Each value alone on the base config through the algorithm's checks (before compiling)."""
+    """Each value alone on the base config, which checks it (before compiling)."""
     for field in batch.fields:
         if _is_env(field):
             continue
         for value in dict.fromkeys(_hashable(_plain(v)) for v in batch.values[field]):
-            algos.validate(dataclasses.replace(batch.base, **{field: value}))
+            dataclasses.replace(batch.base, **{field: value})
 
 
 def _plain(x):
@@ -374,25 +349,6 @@ def plan(batch: Batch, chunk: int | None = None) -> tuple[list[dict], list[Chunk
 
 def _hashable(x):
     return tuple(x) if isinstance(x, list | tuple) else x
-
-
-def resolve_devices(devices=None) -> list:
-    """`devices`: None (all of jax.devices()), an int n (the first n) or a list of devices."""
-    available = jax.devices()
-    if devices is None:
-        return list(available)
-    if isinstance(devices, int) and not isinstance(devices, bool):
-        if not 1 <= devices <= len(available):
-            raise ValueError(
-                f"sweep: devices={devices}: {len(available)} device(s) exist "
-                f"({available[0].platform}); on CPU, XLA_FLAGS="
-                f"--xla_force_host_platform_device_count=N makes N"
-            )
-        return list(available[:devices])
-    devices = list(devices)
-    if not devices:
-        raise ValueError("sweep: devices is empty")
-    return devices
 
 
 def run(
@@ -469,10 +425,8 @@ def run(
                 on_chunk(i, c, metrics_parts[i])
     finally:
         bar.close()
-    partial = _assemble(batch, groups, chunks, metrics_parts, states, keep_state, say)
-    return partial.finish(
-        compile_s=compile_s, run_s=run_s, env_steps=env_steps, programs=len(groups)
-    )
+    rows, metrics, state = _assemble(batch, groups, chunks, metrics_parts, states, keep_state, say)
+    return SweepResult(rows, metrics, state, len(groups), compile_s, run_s, env_steps)
 
 
 def run_sharding(devices) -> NamedSharding:
@@ -563,8 +517,8 @@ def gather(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-def _assemble(batch, groups, chunks, parts, states, keep_state, say) -> _Partial:
-    """Per-chunk metrics -> `[R, U]` arrays in run order, the run table, the states."""
+def _assemble(batch, groups, chunks, parts, states, keep_state, say) -> tuple:
+    """Per-chunk metrics -> (the run table, `[R, U]` arrays in run order, the states)."""
     num_updates = max(g.num_updates for g in groups)
     names = sorted({k for p in parts.values() for k in p})
     metrics = {k: np.full((batch.num_runs, num_updates), np.nan, np.float32) for k in names}
@@ -590,7 +544,7 @@ def _assemble(batch, groups, chunks, parts, states, keep_state, say) -> _Partial
             for parts_ in states
         ]
         state = per_group[0] if len(per_group) == 1 else per_group
-    return _Partial(rows, metrics, state)
+    return rows, metrics, state
 
 
 def _last_finite_update(metrics) -> np.ndarray:
@@ -599,16 +553,6 @@ def _last_finite_update(metrics) -> np.ndarray:
     if steps is None:
         return np.full(len(next(iter(metrics.values()))), -1)
     return np.sum(np.isfinite(steps), axis=1) - 1
-
-
-@dataclasses.dataclass
-class _Partial:
-    runs: list
-    metrics: dict
-    state: Any
-
-    def finish(self, **timing) -> SweepResult:
-        return SweepResult(self.runs, self.metrics, self.state, **timing)
 
 
 class _Bar:

@@ -1,4 +1,4 @@
-"""Assertions shared by the test modules."""
+"""Assertions and helpers shared by the test modules."""
 
 import json
 import os
@@ -13,6 +13,27 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
     """Every leaf of pytrees `a` and `b` equal within rtol/atol (same structure)."""
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def rollout(env, params, key, actions):
+    """Jitted reset + scan of `env.step` over `actions` `[T, ...]`: numpy `(obs0, (obs, reward,
+    terminated, truncated, info), final_state)`, the step outputs with a leading axis T."""
+
+    @jax.jit
+    def run(key, actions):
+        key_reset, key_steps = jax.random.split(key)
+        obs0, state = env.reset(key_reset, params)
+
+        def body(state, x):
+            k, a = x
+            obs, state, reward, terminated, truncated, info = env.step(k, state, a, params)
+            return state, (obs, reward, terminated, truncated, info)
+
+        keys = jax.random.split(key_steps, actions.shape[0])
+        state, traj = jax.lax.scan(body, state, (keys, actions))
+        return obs0, traj, state
+
+    return jax.tree.map(np.asarray, run(key, actions))
 
 
 def run_with_host_devices(script: str, count: int, timeout: float) -> dict:
@@ -33,18 +54,16 @@ def cli_compile_cache(request, tmp_path_factory, name: str):
     CLIs' `main` sets them (the flags are part of the cache key, so library calls in the tests
     load the CLI's programs). The backend starts first, so the process keeps its device count.
     Yields the cache path; restores the cache setting and XLA_FLAGS afterwards."""
-    import argparse
     from pathlib import Path
 
     import pytest
 
-    from experiments import metacli
-    from experiments.sweep import set_host_devices
+    from experiments import command, metacli
 
     jax.devices()
     mp = pytest.MonkeyPatch()
     mp.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored at the end
-    set_host_devices(argparse.Namespace(devices=None))
+    command.use_host_cores(None)
     cache = getattr(request.config, "cache", None)
     path = Path(cache.mkdir(name)) if cache is not None else tmp_path_factory.mktemp("jax-cache")
     restore = metacli.use_compile_cache(path)

@@ -18,31 +18,15 @@ import jax
 import numpy as np
 
 from purejaxrl import a2c, ppo, sac
+from tests import tiny
 
 PATH = Path(__file__).parent / "data" / "pinned.npz"
 
-_PPO = ppo.PPOConfig(
-    env="CartPole-v1",
-    total_timesteps=4 * 16 * 5,
-    num_envs=4,
-    num_steps=16,
-    update_epochs=2,
-    num_minibatches=2,
-    hidden_sizes=(16, 16),
-    anneal_lr=True,
-)
+_PPO = tiny.ppo_config(5, anneal_lr=True)
 _PEND = dataclasses.replace(
     _PPO, env="Pendulum-v1", normalize_obs=True, normalize_reward=True, clip_value_loss=True
 )
-_SAC = sac.SACConfig(
-    env="Pendulum-v1",
-    total_timesteps=48,
-    num_envs=2,
-    buffer_size=64,
-    batch_size=8,
-    learning_starts=16,
-    hidden_sizes=(16, 16),
-)
+_SAC = tiny.sac_config(48)
 
 CASES = {
     "ppo_cartpole": (ppo, _PPO),

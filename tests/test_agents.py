@@ -9,40 +9,12 @@ import pytest
 
 import envs
 from purejaxrl import a2c, evaluation, ppo
+from tests import tiny
 from tests.helpers import assert_trees_close
+from tests.tiny import KEYS, LRS
 
-TINY = ppo.PPOConfig(
-    env="CartPole-v1",
-    total_timesteps=4 * 16 * 4,
-    num_envs=4,
-    num_steps=16,
-    update_epochs=2,
-    num_minibatches=2,
-    hidden_sizes=(16, 16),
-    anneal_lr=True,
-)
-KEYS = jax.random.split(jax.random.key(0), 2)
-LRS = jnp.array([3e-4, 3e-3])
-
-
-def _run(key, lr):
-    return ppo.make_train(dataclasses.replace(TINY, learning_rate=lr))(key)
-
-
-@pytest.fixture(scope="module")
-def single():
-    """One compiled unbatched run (key, lr) -> TrainOutput; lr is traced, so one compile."""
-    return jax.jit(_run)
-
-
-@pytest.fixture(scope="module")
-def over_seeds():
-    return jax.jit(jax.vmap(_run, in_axes=(0, None)))(KEYS, TINY.learning_rate)
-
-
-@pytest.fixture(scope="module")
-def over_lrs():
-    return jax.jit(jax.vmap(_run, in_axes=(None, 0)))(KEYS[0], LRS)
+TINY = tiny.ppo_config(4, anneal_lr=True)
+single, over_seeds, over_lrs = tiny.train_fixtures(ppo.make_train, TINY)
 
 
 def test_metrics_are_per_update_scalars(over_seeds):
@@ -67,10 +39,8 @@ def test_metrics_are_per_update_scalars(over_seeds):
 
 
 def test_same_key_gives_identical_results(single):
-    a = single(KEYS[0], TINY.learning_rate)
-    b = single(KEYS[0], TINY.learning_rate)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    lr = TINY.learning_rate
+    assert_trees_close(single(KEYS[0], lr), single(KEYS[0], lr), rtol=0, atol=0)
 
 
 def test_vmap_over_seeds_equals_separate_runs(single, over_seeds):

@@ -214,6 +214,18 @@ def test_summarize_excludes_nan():
     assert empty["num_runs"] == 0 and empty["excluded_nan"] == 2 and math.isnan(empty["iqm"])
 
 
+def test_summarize_finite_drops_nonfinite_seeds_and_gives_none_without_any():
+    s = agg.summarize_finite([5.0, np.nan, 1.0, np.inf, 3.0, 8.0], reps=300, seed=4)
+    clean = agg.summarize([5.0, 1.0, 3.0, 8.0], reps=300, seed=4)
+    assert {k: s[k] for k in ("iqm", "iqm_ci", "mean", "mean_ci", "median")} == {
+        k: clean[k] for k in ("iqm", "iqm_ci", "mean", "mean_ci", "median")
+    }
+    assert (s["num_runs"], s["excluded_nan"]) == (4, 2)
+    none = agg.summarize_finite([np.nan, -np.inf])
+    assert none["iqm"] is None and none["iqm_ci"] is None and none["excluded_nan"] == 2
+    assert json.loads(json.dumps(none)) == none  # JSON-ready: no NaN
+
+
 def test_curve_iqm_matches_per_update_reference_and_ignores_nan():
     rng = np.random.default_rng(10)
     returns = rng.normal(size=(9, 30)) + np.linspace(0, 5, 30)

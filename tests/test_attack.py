@@ -15,6 +15,7 @@ from envs import wrappers
 from envs.gymnax_env import with_transition_gradients
 from purejaxrl import evaluation, ppo, sac
 from purejaxrl.robust import attack, montecarlo
+from tests import tiny
 
 CARTPOLE = ppo.PPOConfig(
     env="CartPole-v1",
@@ -169,14 +170,8 @@ def test_bad_arguments_raise_naming_them(stacked_noisy, kwargs, name):
 
 def test_continuous_attacks_smoke():
     """SAC (min twin Q objective) and PPO Gaussian (lookahead through the dynamics) on Pendulum."""
-    sac_cfg = sac.SACConfig(
-        env="Pendulum-v1",
-        total_timesteps=200,
-        num_envs=1,
-        buffer_size=64,
-        batch_size=32,
-        learning_starts=60,
-        hidden_sizes=(32, 32),
+    sac_cfg = tiny.sac_config(
+        200, num_envs=1, batch_size=32, learning_starts=60, hidden_sizes=(32, 32)
     )
     sac_agent = sac.make_agent(sac_cfg)
     sac_state = jax.jit(sac_agent.init)(jax.random.key(0))

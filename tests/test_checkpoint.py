@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import runs, train
+from experiments import command, runs, train
 from purejaxrl import checkpoint, ppo
 from purejaxrl.checkpoint import CheckpointError
 
@@ -182,7 +182,7 @@ def test_contents_that_fail_the_checksum_raise(tiny, saved):
         checkpoint.load(saved, tiny.agent)
     # With a manifest that agrees (files consistent, arrays not), the array digest still catches it.
     (step / checkpoint.MANIFEST).unlink()
-    checkpoint._write_manifest(step)
+    checkpoint.write_manifest(step, int(step.name))
     with pytest.raises(CheckpointError, match="array contents fail their checksum"):
         checkpoint.load(saved, tiny.agent)
 
@@ -293,10 +293,10 @@ def test_files_added_after_the_save_are_ignored(tiny, copied):
 def test_a_step_without_manifest_is_an_unfinished_save(tiny, saved, monkeypatch):
     later = tiny.half.state.replace(update_step=tiny.half.state.update_step + 5)
 
-    def interrupted(step_dir):
+    def interrupted(step_dir, step):
         raise OSError("killed after orbax finalised the step (simulated)")
 
-    monkeypatch.setattr(checkpoint, "_write_manifest", interrupted)
+    monkeypatch.setattr(checkpoint, "write_manifest", interrupted)
     with pytest.raises(OSError, match="simulated"):
         checkpoint.save(saved, later, tiny.cfg)
     monkeypatch.undo()
@@ -355,7 +355,7 @@ def run_dir(tiny, tmp_path):
     spec = runs.RunSpec(algo="ppo", seed=0, num_seeds=SEEDS, config=tiny.cfg)
     runs.write_config(d, spec)
     runs.append_metrics(d, jax.device_get(tiny.half.metrics), first_update=0)
-    runs.write_summary(d, {"final_return_mean": 1.0})
+    command.write_json(d / "summary.json", {"final_return_mean": 1.0})
     checkpoint.save(d / "checkpoint", tiny.half.state, tiny.cfg)
     return d
 

@@ -18,17 +18,9 @@ import numpy as np
 import pytest
 
 from purejaxrl import a2c, losses, objectives, ppo
+from tests import tiny
 
-PPO = ppo.PPOConfig(
-    env="CartPole-v1",
-    total_timesteps=4 * 16 * 6,
-    num_envs=4,
-    num_steps=16,
-    update_epochs=2,
-    num_minibatches=2,
-    hidden_sizes=(16, 16),
-    anneal_lr=True,
-)
+PPO = tiny.ppo_config(6, anneal_lr=True)
 # Pendulum with the running normalisers: env-state leaves that are not per env (kept whole).
 PENDULUM = dataclasses.replace(PPO, env="Pendulum-v1", normalize_obs=True, normalize_reward=True)
 

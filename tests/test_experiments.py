@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments import evaluate, runs, train
+from experiments import command, evaluate, runs, train
 from purejaxrl import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,9 +111,9 @@ def test_train_writes_the_run_folder(trained):
 
 
 def test_overrides_are_parsed_as_yaml_and_coerced():
-    values = runs.merge(
+    values = command.merge(
         TINY,
-        runs.parse_overrides(
+        command.parse_overrides(
             [
                 "learning_rate=1e-3",
                 "hidden_sizes=[32,32]",
@@ -134,14 +134,14 @@ def test_overrides_are_parsed_as_yaml_and_coerced():
 
 
 def test_objective_is_selected_from_yaml_and_overrides(tmp_path):
-    values = runs.merge(
+    values = command.merge(
         {**TINY, "objective": {"name": "ppo_clip", "clip_eps": 0.1}},
-        runs.parse_overrides(["objective.clip_eps=0.3"]),
+        command.parse_overrides(["objective.clip_eps=0.3"]),
     )
     spec = runs.build_spec(values)
     assert dict(spec.config.objective) == {"name": "ppo_clip", "clip_eps": 0.3}
     runs.write_config(tmp_path, spec)  # config.yaml round-trips
-    again = runs.build_spec(runs.load_yaml(tmp_path / "config.yaml"))
+    again = runs.build_spec(command.load_yaml(tmp_path / "config.yaml"))
     assert again.config == spec.config
     agent = checkpoint.make_agent(again.algo, again.config)
     assert agent.num_updates == again.config.num_updates  # the registered objective builds
@@ -327,14 +327,14 @@ def test_train_starts_without_importing_jax():
 
 def test_progress_bar_shows_no_return_before_an_episode_finished():
     bar = train.Progress()
-    bar.start(total=10, initial=0, desc="t", steps_per_update=8)
+    bar.start(total=10, initial=0, desc="t")
     try:
         zeros = {"episode_return": np.zeros(2), "episodes_finished": np.zeros(2)}
-        bar(np.array([1, 1]), zeros)
-        assert bar.bar.postfix.endswith("return -")
+        bar(np.array([1, 1]), {**zeros, "env_steps": np.array([8, 8])})
+        assert bar.bar.tqdm.postfix == "env steps 8 | return -"
         # A report between finished episodes: the carried return is nonzero, so one finished.
         bar(np.array([2, 2]), {**zeros, "episode_return": np.array([-5.0, -7.0])})
-        assert bar.bar.postfix.endswith("return -6.00")
+        assert bar.bar.tqdm.n == 2 and bar.bar.tqdm.postfix.endswith("return -6.00")
     finally:
         bar.close()
 
@@ -381,7 +381,7 @@ def test_shipped_configs_build(tmp_path):
     from experiments import lpo
 
     for path in sorted((ROOT / "experiments" / "configs").glob("*.yaml")):
-        values = runs.load_yaml(path)
+        values = command.load_yaml(path)
         if path.name.startswith("lpo_"):  # python -m experiments.lpo settings, not a single run
             settings = lpo.resolve(values)
             assert settings.cfg.es.num_generations >= 1, path.name
@@ -396,9 +396,9 @@ def test_shipped_configs_build(tmp_path):
 
 @pytest.mark.slow  # ~25 s
 def test_bench_times_the_mixture_against_its_gaussian_in_pairs():
-    from experiments import bench
+    from experiments.bench import cli
 
-    rows = bench.main(
+    rows = cli.main(
         ["--algos", "ppo", "pmoe-ppo", "--envs", "Pendulum-v1"]
         + ["--total-timesteps", "2048", "--num-envs", "16", "--repeats", "1"]
     )
@@ -415,7 +415,7 @@ def test_paired_time_ratio_orders_programs_by_work():
     import jax
     import jax.numpy as jnp
 
-    from experiments import bench
+    from experiments.bench import timing
 
     x = jnp.ones((256, 256))
 
@@ -423,32 +423,30 @@ def test_paired_time_ratio_orders_programs_by_work():
         return jax.jit(lambda x: jax.lax.fori_loop(0, n, lambda _, y: jnp.tanh(y @ x), x))
 
     light, heavy = chain(2).lower(x).compile(), chain(40).lower(x).compile()
-    ratio = bench.paired_time_ratio((heavy, (x,)), (light, (x,)), repeats=3)
+    ratio = timing.paired_time_ratio((heavy, (x,)), (light, (x,)), repeats=3)
     assert ratio > 3, ratio
 
 
 def test_bench_compare_alternates_old_and_new():
-    from experiments import bench
+    from experiments.bench import cli, compare
 
-    assert bench.alternation(3) == ["old", "new"] * 3
+    assert compare.alternation(3) == ["old", "new"] * 3
     with pytest.raises(SystemExit) as excinfo:
-        bench.main(["--compare", "HEAD", "--peer", "rejax"])
+        cli.main(["--compare", "HEAD", "--peer", "rejax"])
     assert excinfo.value.code == 2
     with pytest.raises(RuntimeError, match="rev-parse"):
-        with bench.old_worktree("no-such-rev-for-bench"):
+        with compare.old_worktree("no-such-rev-for-bench"):
             pass
 
 
 def test_bench_compare_worker_imports_the_old_tree_and_the_worktree_goes():
-    from experiments import bench
+    from experiments.bench import compare
 
     with pytest.raises(KeyboardInterrupt):
-        with bench.old_worktree("HEAD") as (tree, commit):
-            assert bench.git("rev-parse", "HEAD", repo=tree) == commit
-            worker = tree.parent / "bench_worker.py"
-            worker.write_text(bench.WORKER)
-            found = bench.check_imports({"old": tree, "new": ROOT}, worker)
+        with compare.old_worktree("HEAD") as (tree, commit):
+            assert compare.git("rev-parse", "HEAD", repo=tree) == commit
+            found = compare.check_imports({"old": tree, "new": ROOT})
             assert found == {"old": tree / "purejaxrl/ppo.py", "new": ROOT / "purejaxrl/ppo.py"}
             raise KeyboardInterrupt
     assert not tree.parent.exists()
-    assert str(tree) not in bench.git("worktree", "list", "--porcelain")
+    assert str(tree) not in compare.git("worktree", "list", "--porcelain")

@@ -1,4 +1,4 @@
-"""Tests for envs/gridworld.py: the LPG grid worlds, their levels as env params, the level
+"""Tests for envs/gridworld/: the LPG grid worlds, their levels as env params, the level
 samplers and mutations, validation, and the value-iteration optimum an A2C agent reaches."""
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import command, runs
 from experiments import pmoe as pmoe_experiment
-from experiments import runs
 from purejaxrl import checkpoint
 from tests.isolated import run_isolated
 
@@ -33,7 +33,7 @@ def train_config(name: str, num_seeds: int = 4, timeout_s: float = 1800.0, attem
 
 
 def _train(name: str, num_seeds: int):
-    spec = runs.build_spec(runs.load_yaml(CONFIGS / name))
+    spec = runs.build_spec(command.load_yaml(CONFIGS / name))
     agent = checkpoint.make_agent(spec.algo, spec.config)
     keys = jax.random.split(jax.random.key(0), num_seeds)
     start = time.perf_counter()

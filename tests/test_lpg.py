@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import envs
-from meta import es, lpg
+from meta import es, lpg, lpg_rule
+from meta import objectives as meta_objectives
 from purejaxrl import a2c, checkpoint, losses, objectives
 from purejaxrl.distributions import Categorical
 from purejaxrl.networks import ActorCritic
@@ -174,7 +175,7 @@ def test_time_aware_inputs_are_progress_and_log_lifetime(monkeypatch):
         jax.debug.callback(lambda x: seen.append(np.asarray(x)), features)
         return features
 
-    monkeypatch.setattr(lpg, "step_features", spy)
+    monkeypatch.setattr(lpg_rule, "step_features", spy)  # where lpg.forward looks it up
     rollout = {
         "obs": obs,
         "next_obs": obs,
@@ -532,6 +533,7 @@ def test_loading_for_another_y_width_is_refused(tmp_path):
         prediction_size=8,
     )
     spec = {"name": "lpg", "path": str(tmp_path / "rule")}
+    meta_objectives.register()
     with pytest.raises(ValueError, match="'lpg': the LPG rule .* width 6"):
         objectives.build(spec, cfg)
     built = objectives.build(spec, dataclasses.replace(cfg, prediction_size=6))

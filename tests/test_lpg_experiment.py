@@ -24,9 +24,12 @@ import numpy as np
 import pytest
 import yaml
 
+from experiments import command, metacli
 from experiments import groove as groove_cli
 from experiments import lpg as cli
-from experiments import metacli
+from experiments import lpg_meta_test as M
+from experiments import lpg_report as R
+from experiments import lpg_settings as S
 from meta import lpg
 from tests.helpers import cli_compile_cache
 
@@ -115,12 +118,12 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_settings_resolve_defaults_and_lifetimes():
-    settings = cli.resolve({})
+    settings = S.resolve({})
     assert settings.curriculum == "dr" and settings.algo == "lpg"
     assert settings.meta_optimizer == "meta_gradient" and settings.steps_per_call == 50
     assert settings.cfg.meta_gradient == lpg.MetaGradientConfig()  # meta.lpg's defaults
     assert settings.cfg.lpg.env == "gridworld/all_shortlife"
-    assert settings.test_tasks == cli.GRID_TASKS and settings.minatar == ("Breakout-MinAtar",)
+    assert settings.test_tasks == S.GRID_TASKS and settings.minatar == ("Breakout-MinAtar",)
     assert settings.lifetimes == (1.0, 0.5, 2.0) and settings.test_seeds == 8
     assert settings.es.fitness_shaping == "pairwise" and settings.es.sigma == 0.1
     assert settings.train_updates == 50  # meta.lpg.CPU_INNER: 8 envs x 16 steps x 50 updates
@@ -129,19 +132,19 @@ def test_settings_resolve_defaults_and_lifetimes():
     ]  # fmt: skip
     assert settings.cells[-1] == ("Breakout-MinAtar", 1.0) and len(settings.cells) == 16
     steps = [
-        cli.learner_config(settings, "gridworld/long", m, "lpg").total_timesteps
+        S.learner_config(settings, "gridworld/long", m, "lpg").total_timesteps
         for m in (0.5, 1.0, 2.0)
     ]
     assert steps == [25 * 128, 50 * 128, 100 * 128]  # updates scaled, rollout kept
-    rule = cli.learner_config(settings, "gridworld/long", 1.0, "lpg")
-    a2c = cli.learner_config(settings, "gridworld/long", 1.0, "a2c", lr=0.3)
-    ppo = cli.learner_config(settings, "gridworld/long", 1.0, "ppo")
+    rule = S.learner_config(settings, "gridworld/long", 1.0, "lpg")
+    a2c = S.learner_config(settings, "gridworld/long", 1.0, "a2c", lr=0.3)
+    ppo = S.learner_config(settings, "gridworld/long", 1.0, "ppo")
     assert rule.prediction_size == lpg.Y_SIZE and a2c.prediction_size == 0
     assert a2c.learning_rate == 0.3 and a2c.hidden_sizes == () and a2c.num_steps == 16
     assert ppo.update_epochs == 4 and ppo.num_minibatches == 4 and ppo.gae_lambda == 0.95
-    breakout = cli.learner_config(settings, "Breakout-MinAtar", 1.0, "lpg")
+    breakout = S.learner_config(settings, "Breakout-MinAtar", 1.0, "lpg")
     assert breakout.hidden_sizes == (64, 64) and breakout.total_timesteps == 51_200
-    assert cli.resolve(settings.values).values == settings.values  # config.yaml round trip
+    assert S.resolve(settings.values).values == settings.values  # config.yaml round trip
 
 
 def test_groove_cli_defaults_to_the_regret_curriculum():
@@ -149,16 +152,18 @@ def test_groove_cli_defaults_to_the_regret_curriculum():
     assert groove.resolve({}).curriculum == "regret"
     assert groove.resolve({"curriculum": "pvl"}).curriculum == "pvl"
     assert cli.experiment().resolve({}).curriculum == "dr"
-    args = cli.parse_args(["meta_gradient.num_agents=32"], "experiments.groove", "regret")
-    assert "building GROOVE meta-training" in cli.describe(args, "regret")
-    assert "curriculum regret, 32 agents x 100 meta-steps" in cli.describe(args, "regret")
-    args = cli.parse_args(["es.population_size=8", "--meta-optimizer", "es"])
-    assert "building ES-GROOVE meta-training" in cli.describe(args, "regret")
-    assert "curriculum regret, population 8 x 100" in cli.describe(args, "regret")
+    args = command.parser(groove_cli.COMMAND).parse_args(["meta_gradient.num_agents=32"])
+    assert "building GROOVE meta-training" in S.describe(args, "regret")
+    assert "curriculum regret, 32 agents x 100 meta-steps" in S.describe(args, "regret")
+    args = command.parser(cli.COMMAND).parse_args(
+        ["es.population_size=8", "--meta-optimizer", "es"]
+    )
+    assert "building ES-GROOVE meta-training" in S.describe(args, "regret")
+    assert "curriculum regret, population 8 x 100" in S.describe(args, "regret")
     assert groove_cli.CURRICULUM == "regret" and groove_cli.PROG == groove.prog
     # describe runs before jax starts: its meta-gradient defaults are meta.lpg's
     mg = lpg.MetaGradientConfig()
-    assert cli.MG_DESCRIBE == {"num_agents": mg.num_agents, "num_steps": mg.num_steps}
+    assert S.MG_DESCRIBE == {"num_agents": mg.num_agents, "num_steps": mg.num_steps}
 
 
 @pytest.mark.parametrize(
@@ -175,14 +180,14 @@ def test_groove_cli_defaults_to_the_regret_curriculum():
     ],
 )  # fmt: skip
 def test_meta_optimizer_defaults_to_each_methods_own(values, optimizer, method):
-    settings = cli.resolve(values)
+    settings = S.resolve(values)
     assert settings.meta_optimizer == optimizer and settings.method == method
     assert settings.cfg.meta_optimizer == optimizer  # what groove.make_meta_train runs
     assert settings.values["meta_optimizer"] == optimizer  # explicit in config.yaml
-    assert cli.resolve(settings.values).values == settings.values
+    assert S.resolve(settings.values).values == settings.values
     name = cli.experiment().run_name(settings)
     assert name.startswith(f"{settings.algo}-{'mg' if optimizer == 'meta_gradient' else 'es'}-")
-    schedule = cli.schedule(settings)
+    schedule = S.schedule(settings)
     if optimizer == "es":
         assert schedule.key == "es.num_generations" and schedule.shards == 16
     else:
@@ -191,17 +196,17 @@ def test_meta_optimizer_defaults_to_each_methods_own(values, optimizer, method):
 
 
 def test_meta_optimizer_flag_and_meta_gradient_block(tmp_path):
-    args = cli.parse_args(["--meta-optimizer", "es"])
+    args = command.parser(cli.COMMAND).parse_args(["--meta-optimizer", "es"])
     assert args.meta_optimizer == "es" and not args.compare_ta
     with pytest.raises(SystemExit):  # argparse: invalid choice
-        cli.parse_args(["--meta-optimizer", "ess"])
-    settings = cli.resolve(
-        {"meta_gradient": {"num_agents": 4, "agent_chunks": 2, "learning_rate": "3e-4",
+        command.parser(cli.COMMAND).parse_args(["--meta-optimizer", "ess"])
+    settings = S.resolve(
+        {"meta_gradient": {"num_agents": 4, "agent_chunks": 2, **command.parse_overrides(["learning_rate=3e-4"]),
                            "max_grad_norm": None, "steps_per_call": 7}}
     )  # fmt: skip
     mg = settings.cfg.meta_gradient
     assert (mg.num_agents, mg.agent_chunks, mg.max_grad_norm) == (4, 2, None)
-    assert mg.learning_rate == 3e-4  # PyYAML leaves "3e-4" a string; the block reads a number
+    assert mg.learning_rate == 3e-4  # YAML 1.2: "3e-4" is a number
     assert settings.steps_per_call == 7 and settings.values["meta_gradient"]["steps_per_call"] == 7
 
 
@@ -210,15 +215,15 @@ def test_shipped_configs_resolve(name):
     from experiments import runs
 
     values = runs.load_yaml(Path(cli.__file__).parent / "configs" / name)
-    settings = cli.resolve(values)
+    settings = S.resolve(values)
     assert "curriculum" not in values and settings.curriculum == "dr"  # each CLI's default
     assert cli.experiment("experiments.groove", "regret").resolve(values).curriculum == "regret"
-    assert settings.test_tasks == cli.GRID_TASKS and settings.lifetimes[:3] == (1.0, 0.5, 2.0)
+    assert settings.test_tasks == S.GRID_TASKS and settings.lifetimes[:3] == (1.0, 0.5, 2.0)
     assert settings.es.fitness_shaping == "pairwise" and settings.test_seeds >= 8
     assert "Breakout-MinAtar" in settings.minatar
     # meta_optimizer unset: each method's own
     assert "meta_optimizer" not in values and settings.meta_optimizer == "meta_gradient"
-    assert cli.resolve({**values, "time_aware": True}).meta_optimizer == "es"
+    assert S.resolve({**values, "time_aware": True}).meta_optimizer == "es"
     text = (Path(cli.__file__).parent / "configs" / name).read_text()
     assert "docs REFERENCES" not in text and "EmptyJackson/groove" in text
     mg = settings.cfg.meta_gradient
@@ -227,7 +232,7 @@ def test_shipped_configs_resolve(name):
         assert settings.cfg.lpg.env == "gridworld/small" and settings.train_updates == 64
         assert settings.es.population_size == 32
         assert mg.num_agents == 64 and mg.num_steps == 1000 and settings.steps_per_call == 50
-        dense = cli.learner_config(settings, "gridworld/dense", 1.0, "a2c")
+        dense = S.learner_config(settings, "gridworld/dense", 1.0, "a2c")
         assert dict(dense.env_kwargs) == {"max_steps": 100}
     else:
         assert settings.cfg.lpg.env == "gridworld/all_shortlife" and settings.train_updates == 250
@@ -260,8 +265,8 @@ def test_shipped_configs_resolve(name):
         (["env=CartPole-v1"], "must be a grid-world id"),
         (["test_tasks=[gridworld/dens]"], "did you mean 'gridworld/dense'"),
         (["minatar=[Breakout-MinAtr]"], "did you mean 'Breakout-MinAtar'"),
-        (["es.popsize=4"], "es: unknown field 'popsize'"),
-        (["buffer.capacty=4"], "buffer: unknown field 'capacty'"),
+        (["es.popsize=4"], "es: ESConfig has no field 'popsize'"),
+        (["buffer.capacty=4"], "buffer: BufferConfig has no field 'capacty'"),
         (["inner.total_timestep=512"], "did you mean ['total_timesteps']"),
         (["lifetimes=[-1]"], "lifetimes=[-1]"),
         (["lr_grid.a2c=[]"], "lr_grid.a2c=[]"),
@@ -271,7 +276,7 @@ def test_shipped_configs_resolve(name):
         (["test_env_kwargs={gridworld/dense: {max_steps: 5}}"], "not among test_tasks"),
         (["test_seeds=0"], "test_seeds=0"),
         (["meta_optimizer=meta_grad"], "did you mean 'meta_gradient'"),
-        (["meta_gradient.num_agent=4"], "meta_gradient: unknown field 'num_agent'"),
+        (["meta_gradient.num_agent=4"], "MetaGradientConfig has no field 'num_agent'"),
         (["meta_gradient.learning_rate=-1"], "MetaGradientConfig.learning_rate=-1"),
         (["meta_gradient.num_agents=3", "meta_gradient.agent_chunks=2"], "not divisible"),
         (["meta_gradient.steps_per_call=0"], "meta_gradient.steps_per_call=0"),
@@ -289,7 +294,10 @@ def test_bad_input_stops_before_writing(extra, message, config_file, tmp_path, c
 @pytest.mark.parametrize(
     "where, message",
     [
-        ("meta_gradient", "meta_gradient: unknown field 'num_agent'; did you mean 'num_agents'"),
+        (
+            "meta_gradient",
+            "MetaGradientConfig has no field 'num_agent'; did you mean ['num_agents'",
+        ),
         ("top", "unknown key 'meta_optimiser'; did you mean 'meta_optimizer'"),
     ],
 )
@@ -363,7 +371,7 @@ def test_comparison_table_of_three_runs(tmp_path):
         (tmp_path / name).mkdir()
         runs.write_json(tmp_path / name / "meta_test.json", _meta_test_table(100.0 * i))
         runs.write_json(tmp_path / name / "summary.json", {"method": f"m{i}"})
-    table = cli.comparison(tmp_path, names)
+    table = R.comparison(tmp_path, names)
     assert table["series"] == ["ta-lpg-es", "ta-lpg-mg", "lpg-es", "a2c", "ppo"]
     assert [table["overall"]["1x"][n]["iqm"] for n, _ in names] == [0.0, 100.0, 200.0]
     assert table["overall"]["1x"]["a2c"]["iqm"] == 1.0 and table["overall"]["2x"]["lpg-es"] is None
@@ -371,19 +379,9 @@ def test_comparison_table_of_three_runs(tmp_path):
     assert table["runs"]["lpg-es"] == {
         "label": "LPG (ES)", "folder": str(tmp_path / "lpg-es"), "method": "m2"
     }  # fmt: skip
-    text = cli.format_comparison(table)
+    text = R.format_comparison(table)
     assert "TA-LPG (ES)" in text and "lifetime 1x" in text and "gridworld/sparse@2x" in text
-    assert cli.plot_comparison(tmp_path, table).is_file()
-
-
-def test_an_occupied_out_is_refused(config_file, tmp_path, capsys):
-    out = tmp_path / "taken"
-    (out / "rule").mkdir(parents=True)
-    argv = ["--config", str(config_file), "--out", str(out), "--no-progress"]
-    assert groove_cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert "already holds a run" in err and f"--resume {out}" in err
-    assert sorted(p.name for p in out.iterdir()) == ["rule"]
+    assert R.plot_comparison(tmp_path, table).is_file()
 
 
 # --------------------------------------------------------------------------- the meta-test numbers
@@ -391,38 +389,38 @@ def test_an_occupied_out_is_refused(config_file, tmp_path, capsys):
 
 def test_normalisation_on_a_hand_case():
     """(R - R_random) / (R_A2C - R_random): R_random 1, R_A2C 3."""
-    np.testing.assert_allclose(cli.normalise([3.0, 1.0, 2.0, 5.0], 1.0, 3.0), [1, 0, 0.5, 2])
-    assert np.isnan(cli.normalise([2.0, np.nan], 1.0, 3.0)[1])
+    np.testing.assert_allclose(M.normalise([3.0, 1.0, 2.0, 5.0], 1.0, 3.0), [1, 0, 0.5, 2])
+    assert np.isnan(M.normalise([2.0, np.nan], 1.0, 3.0)[1])
     for r_random, r_a2c in ((3.0, 3.0), (3.0, 1.0), (np.nan, 3.0), (1.0, np.nan)):
-        assert np.isnan(cli.normalise([2.0], r_random, r_a2c)).all()  # no normalisation
-    assert "(R - R_random) / (R_A2C - R_random)" in cli.NORMALISATION
+        assert np.isnan(M.normalise([2.0], r_random, r_a2c)).all()  # no normalisation
+    assert "(R - R_random) / (R_A2C - R_random)" in M.NORMALISATION
     assert "(R - R_random) / (R_A2C - R_random)" in cli.__doc__
 
 
 def test_best_lr_takes_the_best_mean_over_seeds():
     finals = np.array([[1.0, 2.0], [3.0, np.nan], [2.5, 2.5], [np.nan, np.nan]])
-    assert cli.best_lr(finals) == 1  # NaN seeds left out: 3.0 > 2.5 > 1.5
-    assert cli.best_lr(np.array([[2.0, 2.0], [1.0, 3.0]])) == 0  # the first of ties
-    assert cli.best_lr(np.full((2, 3), np.nan)) is None
+    assert M.best_lr(finals) == 1  # NaN seeds left out: 3.0 > 2.5 > 1.5
+    assert M.best_lr(np.array([[2.0, 2.0], [1.0, 3.0]])) == 0  # the first of ties
+    assert M.best_lr(np.full((2, 3), np.nan)) is None
 
 
 def _cell(task, lifetime, per_seed, normalisable=True):
-    stats = {k: {"per_seed": per_seed[k]} for k in cli.LEARNERS}
+    stats = {k: {"per_seed": per_seed[k]} for k in S.LEARNERS}
     return {"task": task, "lifetime": lifetime, "normalisable": normalisable, "normalised": stats}
 
 
 def test_overall_is_the_iqm_over_tasks_and_seeds():
     from experiments import aggregate
 
-    same = {k: [0.0, 1.0, 2.0, 3.0] for k in cli.LEARNERS}
-    other = {k: [4.0, 5.0, None, 7.0] for k in cli.LEARNERS}
+    same = {k: [0.0, 1.0, 2.0, 3.0] for k in S.LEARNERS}
+    other = {k: [4.0, 5.0, None, 7.0] for k in S.LEARNERS}
     cells = [
         _cell("a", 1.0, same),
         _cell("b", 1.0, other),
         _cell("c", 1.0, same, normalisable=False),  # left out
         _cell("a", 2.0, other),
     ]
-    out = cli.overall(cells, (1.0, 2.0, 0.5), reps=200)
+    out = M.overall(cells, (1.0, 2.0, 0.5), reps=200)
     assert out["1x"]["tasks"] == ["a", "b"] and out["0.5x"] is None
     table = np.array([[0, 4], [1, 5], [2, np.nan], [3, 7]], np.float64)  # [seeds, tasks]
     expect = aggregate.summarize(table, reps=200, seed=0)
@@ -437,9 +435,9 @@ def test_task_seed_keys_are_the_sweeps_keys():
     """The rule's agents use split(key(task_seed), S): the keys sweep.grid gives seed s."""
     from purejaxrl import sweep
 
-    seed = cli.task_seed(0, "gridworld/dense")
-    assert seed != cli.task_seed(1, "gridworld/dense") != cli.task_seed(0, "gridworld/long")
-    cfg = cli.learner_config(cli.resolve(TINY), "gridworld/sparse", 1.0, "a2c")
+    seed = M.task_seed(0, "gridworld/dense")
+    assert seed != M.task_seed(1, "gridworld/dense") != M.task_seed(0, "gridworld/long")
+    cfg = S.learner_config(S.resolve(TINY), "gridworld/sparse", 1.0, "a2c")
     batch = sweep.grid(cfg, {"learning_rate": [0.1, 0.3]}, seeds=3, seed=seed)
     mine = jax.random.key_data(jax.random.split(jax.random.key(seed), 3))
     for lr in range(2):
@@ -457,10 +455,10 @@ def test_random_return_on_a_hand_level():
     level = gridworld.make_level(
         1, 2, start=(0, 0), objects=[(0, 1, 1.0, 1.0, 0.0)], max_steps=1000
     )
-    r, episodes = cli.random_return(env, level, jax.random.key(0), num_envs=64, num_steps=200)
+    r, episodes = M.random_return(env, level, jax.random.key(0), num_envs=64, num_steps=200)
     assert r == pytest.approx(1.0)
     assert 0.7 * 64 * 200 / 5 < episodes < 1.3 * 64 * 200 / 5
-    r_none, none = cli.random_return(env, level, jax.random.key(0), num_envs=2, num_steps=0)
+    r_none, none = M.random_return(env, level, jax.random.key(0), num_envs=2, num_steps=0)
     assert none == 0 and math.isnan(r_none)
 
 
@@ -476,15 +474,6 @@ def test_curriculum_csv_appends_after_the_kept_generations(tmp_path):
         {"generation": "1", "mean_score": "2.0", "replay": "0.0"},
         {"generation": "2", "mean_score": "9.0", "replay": "0.0"},
     ]
-
-
-def test_lpo_keeps_its_public_names():
-    """experiments.lpo imports the shared pieces back (its tests and users call them there)."""
-    from experiments import lpo
-
-    for name in ("parse_overrides", "deep_merge", "final_per_seed", "seed_keys", "write_fitness",
-                 "read_fitness", "use_compile_cache", "fitness_rows", "Plan", "say"):  # fmt: skip
-        assert getattr(lpo, name) is getattr(metacli, name), name
 
 
 # --------------------------------------------------------------------------- end to end
@@ -530,7 +519,7 @@ def test_run_folder_holds_every_output(run_a):
             assert tuned["learning_rate"] in TINY_GRID[learner] and len(tuned["grid"]) == 3
         a2c = np.array(c["results"]["a2c"]["per_seed"], np.float64)
         assert c["r_a2c"] == pytest.approx(a2c.mean())
-        for learner in cli.LEARNERS:
+        for learner in S.LEARNERS:
             s = c["results"][learner]
             assert len(s["per_seed"]) == 2 and s["iqm_ci"][0] <= s["iqm"] <= s["iqm_ci"][1]
             raw = np.array(s["per_seed"], np.float64)
@@ -610,14 +599,14 @@ def test_resume_continues_exactly(run_a, config_file, compile_cache, tmp_path):
 def test_interrupt_leaves_a_resumable_run(
     config_file, compile_cache, tmp_path, monkeypatch, capsys
 ):
-    original = cli.write_fitness
+    original = metacli.write_fitness
 
     def interrupt(run_dir, rows, keep_upto=None):
         original(run_dir, rows, keep_upto)
         if keep_upto is not None:  # called by on_generations, after the checkpoint
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "write_fitness", interrupt)
+    monkeypatch.setattr(metacli, "write_fitness", interrupt)
     out = tmp_path / "c"
     argv = ["--config", str(config_file), "curriculum=regret", "--out", str(out)]
     assert run_cli(argv, compile_cache) == 130
@@ -648,8 +637,7 @@ def test_meta_test_only_reruns_the_meta_test(run_a, compile_cache, tmp_path):
         (["--resume", "{a}", "--time-aware"], "time_aware: the run has False"),
         (["--resume", "{a}", "curriculum=dr"], "curriculum: the run has 'regret'"),
         (["--resume", "{a}", "es.num_generations=1"], "past es.num_generations=1"),
-        (["--meta-test-only", "{a}", "es.num_generations=3"], "only the meta-test settings"),
-        (["--config", "{cfg}", "--out", "{a}"], "already holds a run"),
+        (["--meta-test-only", "{a}", "es.num_generations=3"], "es.num_generations: the run has 2"),
     ],
 )
 def test_bad_resume_changes_nothing(argv, message, run_a, config_file, compile_cache, capsys):
@@ -672,7 +660,7 @@ def test_meta_gradient_run_folder(run_mg):
                  "meta_test.json", "meta_test.png", "summary.json"):  # fmt: skip
         assert (run_mg / name).is_file(), name
     assert not (run_mg / "fitness.csv").exists() and not (run_mg / "es").exists()
-    assert cli.done_meta_steps(run_mg) == 4  # the checkpoint after the last call
+    assert S.done_meta_steps(run_mg) == 4  # the checkpoint after the last call
     config = yaml.safe_load((run_mg / "config.yaml").read_text())
     assert config["meta_optimizer"] == "meta_gradient" and config["curriculum"] == "regret"
     assert config["meta_gradient"]["num_agents"] == 4 and config["meta_gradient"]["num_steps"] == 4
@@ -727,7 +715,7 @@ def test_meta_gradient_resume_raises_num_steps_exactly(
     out = tmp_path / "b"
     one = ["--config", str(mg_config_file), "meta_gradient.num_steps=2", "lifetimes=[]"]
     assert run_cli([*one, "--out", str(out)], compile_cache, groove_cli.main) == 0
-    assert len(read_csv(out / "meta_steps.csv")) == 2 and cli.done_meta_steps(out) == 2
+    assert len(read_csv(out / "meta_steps.csv")) == 2 and S.done_meta_steps(out) == 2
     argv = ["--resume", str(out), "meta_gradient.num_steps=4", "lifetimes=[2.0]"]
     assert run_cli(argv, compile_cache, groove_cli.main) == 0
     for name in ("meta_steps.csv", "curriculum.csv"):
@@ -760,7 +748,7 @@ def test_meta_gradient_interrupt_then_resume(
     argv = ["--config", str(mg_config_file), "--out", str(out)]
     assert run_cli(argv, compile_cache, groove_cli.main) == 130
     assert f"python -m experiments.groove --resume {out}" in capsys.readouterr().err
-    assert cli.done_meta_steps(out) == 2 and not (out / "rule").exists()
+    assert S.done_meta_steps(out) == 2 and not (out / "rule").exists()
     assert len(read_csv(out / "meta_steps.csv")) == 2
     monkeypatch.setattr(cli, "write_meta_steps", original)
     assert run_cli(["--resume", str(out)], compile_cache, groove_cli.main) == 0
@@ -777,7 +765,7 @@ def test_meta_gradient_interrupt_then_resume(
         (["--resume", "{a}", "es.num_generations=3"], "es.num_generations: the run has"),
         (["--resume", "{a}", "meta_optimizer=es"], "meta_optimizer: the run has"),
         (["--resume", "{a}", "meta_gradient.num_steps=3"], "meta_gradient/ holds meta-step 4"),
-        (["--meta-test-only", "{a}", "meta_gradient.num_steps=5"], "only the meta-test"),
+        (["--meta-test-only", "{a}", "meta_gradient.num_steps=5"], "num_steps: the run has 4"),
     ],
 )
 def test_bad_meta_gradient_resume_changes_nothing(argv, message, run_mg, compile_cache, capsys):

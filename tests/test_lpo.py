@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from meta import lpo
+from meta import objectives as meta_objectives
 from purejaxrl import losses, objectives, ppo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +261,25 @@ def test_missing_and_corrupt_drifts_are_clear_errors(tmp_path):
 # --------------------------------------------------------------------------- registry and CLI
 
 
+def test_learned_objectives_are_registered_by_one_explicit_call_not_by_imports():
+    """Importing meta's modules leaves purejaxrl's registry alone; meta.objectives.register()
+    adds exactly its LEARNED table (a fresh process: this one may have registered them)."""
+    script = (
+        "import meta.lpo, meta.lpg, purejaxrl.objectives as o\n"
+        "assert sorted(o.REGISTRY) == ['policy_gradient', 'ppo_clip'], sorted(o.REGISTRY)\n"
+        "from meta import objectives\n"
+        "objectives.register(); objectives.register()\n"
+        "print(sorted(o.REGISTRY))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == str(
+        ["dpo", "lpg", "lpo", "mdpo", "policy_gradient", "ppo_clip"]
+    )
+
+
 def test_registered_objectives_build_from_specs(tmp_path):
+    meta_objectives.register()
     log_ratio, adv = samples(64)
     dpo = objectives.build({"name": "dpo"}, CFG)
     assert isinstance(dpo, objectives.ActorCritic) and dpo.gamma == CFG.gamma
@@ -310,6 +329,33 @@ def test_lpo_config_refuses_unknown_tasks_with_a_hint():
         ValueError, match="LPOConfig.tasks: unknown env id 'CartPol-v1'. Did you mean: CartPole-v1"
     ):
         lpo.LPOConfig(tasks=("CartPol-v1",))
+
+
+def test_lpo_config_holds_a_typed_inner_ppo_config():
+    """A mapping of PPOConfig fields (as YAML gives) becomes the same PPOConfig as one given typed;
+    bad fields and types are refused naming the field."""
+    task_inner = {"CartPole-v1": {"num_steps": 16}}
+    cfg = lpo.LPOConfig(tasks=("CartPole-v1",), inner={"num_envs": 4, "hidden_sizes": [8]},
+                        task_inner=task_inner)  # fmt: skip
+    typed = ppo.PPOConfig(num_envs=4, hidden_sizes=(8,))
+    assert cfg.inner == typed and cfg == lpo.LPOConfig(
+        tasks=("CartPole-v1",), inner=typed, task_inner=task_inner
+    )
+    inner = cfg.inner_config("CartPole-v1")
+    assert (inner.env, inner.num_envs, inner.num_steps, inner.hidden_sizes) == (
+        "CartPole-v1", 4, 16, (8,)
+    )  # fmt: skip
+    assert cfg.inner_config("Acrobot-v1", {"num_envs": 2}).num_envs == 2
+    for kwargs, match in [
+        (dict(inner={"num_env": 4}), r"LPOConfig.inner: PPOConfig has no field 'num_env'"),
+        (dict(inner=3), r"LPOConfig.inner: expected PPOConfig \| Mapping, got int 3"),
+        (dict(inner={"num_envs": 0}), r"PPOConfig.num_envs=0: must be a positive integer"),
+        (dict(hidden=0), r"LPOConfig.hidden=0: must be a positive integer"),
+        (dict(baseline_seeds=1.5), r"LPOConfig.baseline_seeds: expected int, got float"),
+        (dict(es={"population_size": 4}), r"LPOConfig.es: expected ESConfig, got dict"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            lpo.LPOConfig(tasks=("CartPole-v1",), **kwargs)
 
 
 # --------------------------------------------------------------------------- meta-training scores
@@ -516,17 +562,6 @@ def test_baselines_from_finished_episodes_only_and_refused_without_one(monkeypat
         lpo_train.compute_baselines(cfg, key)
 
 
-def test_lpo_train_final_return_is_the_finished_episodes_one():
-    """meta.lpo_train's old names FINAL_FRACTION and final_return are purejaxrl.scores'."""
-    from meta import lpo_train
-    from purejaxrl import scores
-
-    assert lpo_train.FINAL_FRACTION == scores.FINAL_FRACTION == 0.05
-    assert lpo_train.final_return is scores.final_return
-    run = hand_run(first_finish=None)
-    assert np.isnan(float(lpo_train.final_return(run["episode_return"], run["episodes_finished"])))
-
-
 def test_registry_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match=r"did you mean \['dpo'"):
         objectives.build({"name": "dpp"}, CFG)
@@ -536,7 +571,7 @@ def test_registry_errors_are_clear(tmp_path):
         objectives.build({"name": "lpo"}, CFG)
     with pytest.raises(ValueError, match="needs either"):
         objectives.build({"name": "lpo", "path": str(tmp_path), "shipped": "lpo-cpu"}, CFG)
-    with pytest.raises(ValueError, match="no shipped drift 'lpo-cp' \\(did you mean 'lpo-cpu'"):
+    with pytest.raises(ValueError, match="no shipped drift 'lpo-cp'; did you mean 'lpo-cpu'"):
         objectives.build({"name": "lpo", "shipped": "lpo-cp"}, CFG)
     with pytest.raises(ValueError, match="'lpo': no saved drift"):
         objectives.build({"name": "lpo", "path": str(tmp_path / "missing")}, CFG)

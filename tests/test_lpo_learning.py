@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import runs
+from experiments import command, runs
 from purejaxrl import checkpoint, scores
 from tests.isolated import run_isolated
 
@@ -41,8 +41,8 @@ def train_objective(config: str, objective: dict, num_seeds: int = 4):
 
 
 def _train(config: str, objective: dict, num_seeds: int):
-    values = runs.merge(runs.load_yaml(CONFIGS / config), {"objective": objective})
-    spec = runs.build_spec(values)  # imports meta.lpo, which registers the objectives
+    values = command.merge(command.load_yaml(CONFIGS / config), {"objective": objective})
+    spec = runs.build_spec(values)  # registers meta's objectives (lpo, dpo, mdpo, lpg)
     agent = checkpoint.make_agent(spec.algo, spec.config)
     keys = jax.random.split(jax.random.key(0), num_seeds)
     start = time.perf_counter()

@@ -10,17 +10,10 @@ import pytest
 
 import envs
 from purejaxrl import a2c, losses, objectives, ppo, sac
+from tests import tiny
 from tests.helpers import assert_trees_close
 
-TINY = ppo.PPOConfig(
-    env="CartPole-v1",
-    total_timesteps=4 * 8 * 3,
-    num_envs=4,
-    num_steps=8,
-    update_epochs=1,
-    num_minibatches=1,
-    hidden_sizes=(8, 8),
-)
+TINY = tiny.ppo_config(3, num_steps=8, update_epochs=1, num_minibatches=1, hidden_sizes=(8, 8))
 
 
 # --------------------------------------------------------------------------- what a loss sees

@@ -10,25 +10,19 @@ import numpy as np
 import pytest
 
 from purejaxrl import checkpoint, evaluation, ppo, sac
+from tests import tiny
 
-PPO_TINY = ppo.PPOConfig(
+PPO_TINY = tiny.ppo_config(
+    4,
     env="Pendulum-v1",
-    total_timesteps=16 * 32 * 4,
     num_envs=16,
     num_steps=32,
-    update_epochs=2,
     num_minibatches=4,
     hidden_sizes=(32, 32),
     policy="gaussian",
 )
-SAC_TINY = sac.SACConfig(
-    env="Pendulum-v1",
-    total_timesteps=300,
-    num_envs=1,
-    buffer_size=512,
-    batch_size=32,
-    learning_starts=100,
-    hidden_sizes=(32, 32),
+SAC_TINY = tiny.sac_config(
+    300, num_envs=1, buffer_size=512, batch_size=32, learning_starts=100, hidden_sizes=(32, 32)
 )
 KEY = jax.random.key(0)
 

@@ -9,41 +9,15 @@ import numpy as np
 import pytest
 
 from purejaxrl import checkpoint, evaluation, replay, sac
+from tests import tiny
 from tests.helpers import assert_trees_close
 from tests.isolated import run_isolated
+from tests.tiny import KEYS, LRS
 
-TINY = sac.SACConfig(
-    env="Pendulum-v1",
-    total_timesteps=400,
-    num_envs=2,
-    buffer_size=512,
-    batch_size=32,
-    learning_starts=60,
-    utd_ratio=0.5,
-    hidden_sizes=(32, 32),
+TINY = tiny.sac_config(
+    400, buffer_size=512, batch_size=32, learning_starts=60, utd_ratio=0.5, hidden_sizes=(32, 32)
 )
-KEYS = jax.random.split(jax.random.key(0), 2)
-LRS = jnp.array([3e-4, 3e-3])
-
-
-def _run(key, lr):
-    return sac.make_train(dataclasses.replace(TINY, learning_rate=lr))(key)
-
-
-@pytest.fixture(scope="module")
-def single():
-    """One compiled unbatched run (key, lr) -> TrainOutput; lr is traced, so one compile."""
-    return jax.jit(_run)
-
-
-@pytest.fixture(scope="module")
-def over_seeds():
-    return jax.jit(jax.vmap(_run, in_axes=(0, None)))(KEYS, TINY.learning_rate)
-
-
-@pytest.fixture(scope="module")
-def over_lrs():
-    return jax.jit(jax.vmap(_run, in_axes=(None, 0)))(KEYS[0], LRS)
+single, over_seeds, over_lrs = tiny.train_fixtures(sac.make_train, TINY)
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +122,8 @@ def test_metrics_are_per_update_scalars(over_seeds):
 
 
 def test_same_key_gives_identical_results(single):
-    a = single(KEYS[0], TINY.learning_rate)
-    b = single(KEYS[0], TINY.learning_rate)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    lr = TINY.learning_rate
+    assert_trees_close(single(KEYS[0], lr), single(KEYS[0], lr), rtol=0, atol=0)
 
 
 def test_vmap_over_seeds_equals_separate_runs(single, over_seeds):
@@ -252,9 +224,8 @@ def test_utd_ratio_sets_gradient_steps_per_update():
     ],
 )
 def test_bad_config_raises_naming_the_field(changes, field):
-    cfg = dataclasses.replace(TINY, **changes)
-    with pytest.raises(ValueError, match=rf"\b{field}\b"):
-        sac.make_train(cfg)
+    with pytest.raises(ValueError, match=rf"\b{field}\b"):  # at construction or make_train
+        sac.make_train(dataclasses.replace(TINY, **changes))
 
 
 # --------------------------------------------------------------------------- learning

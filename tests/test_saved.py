@@ -1,6 +1,9 @@
-"""meta/saved.py: folders of learned objects with a SHA-256 manifest (round trip, refusals)."""
+"""meta/saved.py: folders of learned objects with a SHA-256 manifest (round trip, refusals, the
+manifest shared with purejaxrl/checkpoint.py, folders saved before it)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +27,7 @@ def test_round_trip_and_replace(tmp_path):
     for k in PARAMS:
         np.testing.assert_array_equal(out[k], PARAMS[k])
     files = json.loads((path / saved.MANIFEST).read_text())["files"]
-    assert files == saved.listing(path) and files
+    assert files == checkpoint.file_listing(path) and files
     other = {"w": PARAMS["w"] + 1, "b": PARAMS["b"]}
     saved.write(path, other, record(other), KIND)  # a saved folder is replaced
     info = saved.read_info(path, KIND, (), 7)
@@ -52,10 +55,54 @@ def test_refusals_name_the_object_and_the_fault(tmp_path):
         saved.read_params(path, KIND, {"w": jnp.zeros((3, 2)), "b": jnp.ones(3)}, info)
     with pytest.raises(checkpoint.CheckpointError, match="array contents fail their checksum"):
         saved.read_params(path, KIND, PARAMS, dict(info, digest="0" * 64))
-    victim = max((p for p in path.rglob("*") if p.is_file() and p.name != saved.MANIFEST),
-                 key=lambda p: p.stat().st_size)  # fmt: skip
-    victim.write_bytes(victim.read_bytes() + b"x")
+    _tamper(path)
     with pytest.raises(
         checkpoint.CheckpointError, match="corrupt saved widget .* fails its checksum"
     ):
         saved.read_info(path, KIND, (), 7)
+
+
+def _tamper(folder: Path) -> None:
+    """Appends a byte to the largest file the manifest lists."""
+    victim = max((p for p in folder.rglob("*") if p.is_file() and p.name != saved.MANIFEST),
+                 key=lambda p: p.stat().st_size)  # fmt: skip
+    victim.write_bytes(victim.read_bytes() + b"x")
+
+
+def test_saved_folders_and_checkpoints_share_one_manifest(tmp_path):
+    # A folder written by meta.saved verifies with purejaxrl.checkpoint's verify_manifest...
+    path = saved.write(tmp_path / "a", PARAMS, record(PARAMS), KIND)
+    checkpoint.verify_manifest(path, "saved widget")
+    # ...and a checkpoint step folder's manifest verifies with meta.saved's read_info.
+    step_dir = checkpoint.save_tree(tmp_path / "ck", 3, PARAMS, {"format": 7}, unit="step")
+    assert step_dir == (tmp_path / "ck" / "3").absolute()
+    assert json.loads((step_dir / checkpoint.MANIFEST).read_text())["step"] == 3
+    checkpoint.verify_manifest(step_dir, step=3)
+    assert saved.read_info(step_dir, KIND, {"shapes", "digest"}, 7)["format"] == 7
+    _, info = checkpoint.read_latest(tmp_path / "ck")
+    restored = checkpoint.restore_tree(step_dir, PARAMS, info)
+    np.testing.assert_array_equal(restored["w"], PARAMS["w"])
+    # A tampered file is refused by both readers, naming the file.
+    for folder in (path, step_dir):
+        _tamper(folder)
+        with pytest.raises(checkpoint.CheckpointError, match="fails its checksum"):
+            checkpoint.verify_manifest(folder)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt saved widget .* fails its"):
+        saved.read_info(path, KIND, (), 7)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt checkpoint .* fails its"):
+        checkpoint.read_latest(tmp_path / "ck")
+
+
+def test_folders_saved_before_the_shared_manifest_still_load(tmp_path):
+    """meta/learned's drifts were saved with a manifest of only {format, files}; they load, and
+    a tampered one is still refused."""
+    from meta import lpo
+
+    old = json.loads((lpo.shipped_path("lpo-cpu") / saved.MANIFEST).read_text())
+    assert set(old) == {"format", "files"}
+    params, info = lpo.load(lpo.shipped_path("lpo-cpu"))
+    assert info["features"] == "lpo-8"
+    copy = Path(shutil.copytree(lpo.shipped_path("lpo-cpu"), tmp_path / "lpo-cpu"))
+    _tamper(copy)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt saved drift .* fails its"):
+        lpo.load(copy)

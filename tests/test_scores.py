@@ -1,5 +1,6 @@
 """purejaxrl.scores: the final return from finished episodes only, against hand cases."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,3 +41,18 @@ def test_a_lifetime_scores_each_run_at_its_own_update():
     r = np.tile(np.arange(100.0), (3, 1))
     got = scores.final_return(r, np.ones_like(r), lifetime=jnp.array([40, 10, 500]))
     np.testing.assert_allclose(np.asarray(got), [38.5, 9.0, 97.0])
+
+
+def test_host_numbers_keep_float64_and_jax_arrays_agree_to_float32():
+    """numpy in, numpy float64 out (summaries read 213.6, not 213.60000610351562); the same
+    numbers as jax arrays (inside a jitted program) agree to float32 rounding."""
+    r = np.array([0.0, 213.6, 213.6, 1.1])
+    f = np.array([0, 1, 0, 1])
+    host = scores.final_return(r, f, fraction=1.0)
+    assert isinstance(host, np.ndarray) and host.dtype == np.float64
+    assert float(host) == np.mean([213.6, 213.6, 1.1])
+    device = jax.jit(scores.final_return, static_argnames="fraction")(
+        jnp.asarray(r), jnp.asarray(f), fraction=1.0
+    )
+    assert device.dtype == jnp.float32
+    np.testing.assert_allclose(float(device), float(host), rtol=1e-6)

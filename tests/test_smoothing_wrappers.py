@@ -26,30 +26,10 @@ from envs.wrappers import (
     VecEnv,
 )
 from purejaxrl import a2c, actor_critic, evaluation, ppo, sac
-from tests.helpers import assert_trees_close
+from tests import tiny
+from tests.helpers import assert_trees_close, rollout
 
 KEY = jax.random.key(0)
-
-
-def rollout(env, params, key, actions):
-    """Jitted reset + scan of `env.step` over `actions` ([T, ...]) -> numpy (obs0, traj)."""
-
-    @jax.jit
-    def run(key, actions):
-        key_reset, key_steps = jax.random.split(key)
-        obs0, state = env.reset(key_reset, params)
-
-        def body(state, x):
-            k, a = x
-            obs, state, reward, terminated, truncated, info = env.step(k, state, a, params)
-            return state, (obs, terminated, truncated, info)
-
-        _, traj = jax.lax.scan(
-            body, state, (jax.random.split(key_steps, actions.shape[0]), actions)
-        )
-        return obs0, traj
-
-    return jax.tree.map(np.asarray, run(key, actions))
 
 
 class _Counter(Environment):
@@ -95,8 +75,8 @@ def test_observation_noise_is_zero_mean_sigma_std_and_independent():
     env = VecEnv(ObservationNoise(AutoReset(_Counter()), sigma), num_envs=512)
     clean = VecEnv(AutoReset(_Counter()), num_envs=512)
     actions = jnp.zeros((16, 512), jnp.int32)
-    obs0, (obs, *_) = rollout(env, None, KEY, actions)
-    obs0_c, (obs_c, *_) = rollout(clean, None, KEY, actions)
+    obs0, (obs, *_), _ = rollout(env, None, KEY, actions)
+    obs0_c, (obs_c, *_), _ = rollout(clean, None, KEY, actions)
     noise = np.concatenate([(obs0 - obs0_c)[None], obs - obs_c])  # [17, 512, 2]
     assert abs(noise.mean()) < 0.01
     np.testing.assert_allclose(noise.std(), sigma, rtol=0.02)
@@ -111,8 +91,8 @@ def test_observation_noise_final_observation_contract():
     env = ObservationNoise(AutoReset(_Counter()), 0.5)
     clean = AutoReset(_Counter())
     actions = jnp.zeros((8,), jnp.int32)
-    _, (obs, term, trunc, info) = rollout(env, None, KEY, actions)
-    _, (obs_c, _, _, info_c) = rollout(clean, None, KEY, actions)
+    _, (obs, _, term, trunc, info), _ = rollout(env, None, KEY, actions)
+    _, (obs_c, *_, info_c), _ = rollout(clean, None, KEY, actions)
     done = term | trunc
     np.testing.assert_array_equal(np.flatnonzero(done), [2, 5])
     final = info["final_observation"]
@@ -129,8 +109,8 @@ def test_observation_noise_final_observation_contract():
 def test_zero_sigma_is_the_identity_bit_for_bit():
     base, params = envs.make("CartPole-v1", max_steps_in_episode=5)
     actions = jnp.tile(jnp.array([0, 1], jnp.int32), 6)
-    want = rollout(base, params, KEY, actions)
-    got = rollout(ObservationNoise(base, 0.0), params, KEY, actions)
+    want = rollout(base, params, KEY, actions)[:2]
+    got = rollout(ObservationNoise(base, 0.0), params, KEY, actions)[:2]
     for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(x, y)
     # a traced zero too (the wrapper is then in the program); against the op-by-op reset, another
@@ -179,7 +159,7 @@ def test_observation_noise_space_is_unbounded_same_shape():
 
 def test_frame_stack_contents_over_reset_steps_and_episode_end():
     env = FrameStack(AutoReset(_Counter()), 3)
-    obs0, (obs, term, _, info) = rollout(env, None, KEY, jnp.zeros((5,), jnp.int32))
+    obs0, (obs, _, term, _, info), _ = rollout(env, None, KEY, jnp.zeros((5,), jnp.int32))
     o = lambda t: [t, t + 0.5]
     np.testing.assert_array_equal(obs0, o(0) * 3)  # filled with the first observation
     np.testing.assert_array_equal(obs[0], o(0) + o(0) + o(1))  # oldest first
@@ -196,14 +176,14 @@ def test_frame_stack_contents_over_reset_steps_and_episode_end():
 def test_frame_stack_above_and_below_vecenv_agree_on_cartpole():
     base, params = envs.make("CartPole-v1", max_steps_in_episode=4)
     actions = jnp.ones((9, 3), jnp.int32)
-    below = rollout(VecEnv(FrameStack(base, 2), 3), params, KEY, actions)
-    above = rollout(FrameStack(VecEnv(base, 3), 2), params, KEY, actions)
+    below = rollout(VecEnv(FrameStack(base, 2), 3), params, KEY, actions)[:2]
+    above = rollout(FrameStack(VecEnv(base, 3), 2), params, KEY, actions)[:2]
     for x, y in zip(jax.tree.leaves(below), jax.tree.leaves(above), strict=True):
         np.testing.assert_array_equal(x, y)
-    obs0, (obs, term, trunc, info) = below
+    obs0, (obs, _, term, trunc, info) = below
     assert obs.shape == (9, 3, 8)
     raw = rollout(VecEnv(base, 3), params, KEY, actions)
-    raw_obs0, (raw_obs, *_, raw_info) = raw
+    raw_obs0, (raw_obs, *_, raw_info), _ = raw
     np.testing.assert_array_equal(obs0, np.concatenate([raw_obs0, raw_obs0], -1))
     np.testing.assert_array_equal(obs[0], np.concatenate([raw_obs0, raw_obs[0]], -1))
     t = 3  # truncation at the 4th step
@@ -229,15 +209,7 @@ def test_frame_stack_observation_space_and_bad_num_frames():
 # ---------------------------------------------------------------------------------------------
 # config wiring and agents
 
-TINY = ppo.PPOConfig(
-    env="CartPole-v1",
-    total_timesteps=4 * 16 * 4,
-    num_envs=4,
-    num_steps=16,
-    update_epochs=2,
-    num_minibatches=2,
-    hidden_sizes=(16, 16),
-)
+TINY = tiny.ppo_config(4)
 SIGMAS = jnp.array([0.0, 0.3])
 
 
@@ -314,15 +286,12 @@ def test_ppo_smoothed_with_frame_stack_trains_and_evaluates():
 
 
 def test_sac_smoothed_run_is_finite():
-    cfg = sac.SACConfig(
-        env="Pendulum-v1",
-        total_timesteps=120,
-        num_envs=2,
+    cfg = tiny.sac_config(
+        120,
         buffer_size=128,
         batch_size=16,
         learning_starts=40,
         utd_ratio=0.5,
-        hidden_sizes=(16, 16),
         obs_noise_sigma=0.1,
         frame_stack=2,
     )

@@ -13,17 +13,10 @@ import numpy as np
 import pytest
 
 from purejaxrl import losses, objectives, ppo, sweep
+from tests import tiny
 from tests.helpers import run_with_host_devices
 
-CFG = ppo.PPOConfig(
-    env="CartPole-v1",
-    total_timesteps=320,
-    num_envs=4,
-    num_steps=8,
-    update_epochs=2,
-    num_minibatches=2,
-    hidden_sizes=(16, 16),
-)
+CFG = tiny.ppo_config(10, num_steps=8)
 RTOL, ATOL = 1e-5, 1e-6  # a swept value is an input of the program, not a folded constant
 
 
@@ -88,7 +81,7 @@ def test_random_draws_within_bounds_and_from_lists():
         ({"learning_rate": ["fast"]}, {}, "must be a number"),
         ({"learning_rate": 3e-4}, {}, "must be a list"),
         ({"learning_rate": [-1.0]}, {}, r"learning_rate=-1.0: must lie in \(0, inf\)"),
-        ({"num_envs": [4.5]}, {}, "must be an integer"),
+        ({"num_envs": [4.5]}, {}, "num_envs: expected int, got float 4.5"),
         ({"hidden_sizes": [[16, 0]]}, {}, "tuple of positive integers"),
         ({"env_kwargs": [{}]}, {}, "cannot be swept"),
         ({"learning_rate": [1e-3]}, {"seeds": 0}, "seeds=0"),
@@ -119,7 +112,9 @@ def test_grid_refuses_ranges_and_run_refuses_bad_chunk_and_devices():
     b = sweep.grid(CFG, {"learning_rate": [1e-3]}, seeds=1)
     with pytest.raises(ValueError, match="chunk=0"):
         sweep.run(b, ppo.make_agent, chunk=0, progress=False)
-    with pytest.raises(ValueError, match=r"devices=9: 1 device\(s\) exist"):
+    with pytest.raises(
+        ValueError, match=r"devices=9: must be between 1 and \d+; \d+ device\(s\) exist"
+    ):
         sweep.run(b, ppo.make_agent, devices=9, progress=False)
 
 

@@ -10,8 +10,8 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 
+from experiments import command
 from experiments import sweep as cli
 
 TINY = {
@@ -61,9 +61,7 @@ def test_parse_space_refuses_malformed_items(items, match):
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
+    return command.write_yaml(tmp_path_factory.mktemp("cfg") / "tiny.yaml", TINY)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +125,9 @@ def test_resume_refuses_another_definition_and_changes_nothing(finished, config_
     before = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()}
     argv = ["--resume", str(finished), "--config", str(config_file), "learning_rate=1e-3,1e-2"]
     assert cli.main(argv) == 2
-    assert "differs from the saved one in ['space']" in capsys.readouterr().err
+    assert "space.learning_rate: the run has [0.0003, 0.003], given [0.001, 0.01]" in (
+        capsys.readouterr().err
+    )
     assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()} == before
 
 
@@ -141,11 +141,15 @@ def test_resume_refuses_another_definition_and_changes_nothing(finished, config_
         (["learning_rate=1e-3,1e-2", "--seeds", "0"], "--seeds=0"),
         (["learning_rate=1e-3,1e-2", "--chunk", "0"], "--chunk=0"),
         (["learning_rate=1e-3,1e-2", "--devices", "64"], "devices=64"),
+        (["learning_rate=1e-3,1e-2", "--coordinator", "127.0.0.1:1"], "go together"),
     ],
 )
 def test_bad_input_stops_before_compiling_and_writes_nothing(
     items, match, config_file, tmp_path, capsys, monkeypatch
 ):
+    import jax
+
+    jax.devices()  # started: --devices 64 is more than there are (a fresh process makes 64)
     monkeypatch.setenv("XLA_FLAGS", "")
     out = tmp_path / "never"
     assert cli.main(["--config", str(config_file), *items, "--out", str(out)]) == 2
@@ -155,12 +159,10 @@ def test_bad_input_stops_before_compiling_and_writes_nothing(
 
 def test_random_draws_need_and_use_the_range(config_file, tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
-    spec, _ = cli.definition(
-        cli.parse_args(
-            ["--config", str(config_file), "learning_rate=loguniform(1e-4,1e-2)", "--random", "5"]
-        )
-    )
-    batch, _ = cli.make_batch(spec)
+    argv = ["--config", str(config_file), "learning_rate=loguniform(1e-4,1e-2)", "--random", "5"]
+    out = str(tmp_path / "never")
+    batch = cli.plan(command.parser(cli.COMMAND).parse_args([*argv, "--out", out])).batch
+    assert not (tmp_path / "never").exists()
     assert batch.num_runs == 5 and np.all(batch.values["learning_rate"] >= 1e-4)
 
 

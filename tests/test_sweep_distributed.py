@@ -78,3 +78,40 @@ def test_two_processes_on_localhost_equal_one_process():
     for o in two:  # each process ends with every run's metrics
         for name in ("loss", "episode_return"):
             np.testing.assert_allclose(o[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# Two fresh processes that compile the same sweep: ~60 s on this 2-core machine.
+@pytest.mark.slow
+def test_the_cli_runs_one_sweep_over_two_processes(tmp_path):
+    """`python -m experiments.sweep --coordinator ... --num-processes 2 --process-id I`: each
+    process makes its cores devices, jax.distributed joins them before jax starts, and process 0
+    alone writes the sweep folder, with every run."""
+    config, out = tmp_path / "tiny.yaml", tmp_path / "sweep"
+    config.write_text(json.dumps({**TINY_RUN, "algo": "ppo", "env": "CartPole-v1"}))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    argv = [sys.executable, "-m", "experiments.sweep", "--config", str(config), "--out", str(out)]
+    argv += ["learning_rate=1e-3,3e-3", "--seeds", "2", "--bootstrap", "50", "--no-progress"]
+    argv += ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen([*argv, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    try:
+        results = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, stderr) in zip(procs, results, strict=True):
+        assert p.returncode == 0, stderr[-3000:]
+    assert "sweep folder:" in results[0][0] and "sweep folder:" not in results[1][0]
+    summary = json.loads((out / "summary.json").read_text())
+    cores = os.cpu_count() or 1
+    assert summary["processes"] == 2 and summary["devices"] == f"{2 * cores} x cpu"
+    assert summary["num_runs"] == 4 and all(
+        e["final_return_iqm"] for e in summary["configurations"]
+    )
+
+
+TINY_RUN = {"total_timesteps": 64, "num_envs": 4, "num_steps": 8, "update_epochs": 1,
+            "num_minibatches": 1, "hidden_sizes": [8]}  # fmt: skip

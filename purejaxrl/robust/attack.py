@@ -170,6 +170,59 @@ def make_lookahead(agent, smoothing, state):
     return value
 
 
+def flip_search(scores, zeros, radius, num_steps, step_size):
+    """The discrete ("scores") attack: from eps = 0, normalised-gradient steps that raise
+    s_target - s_a0 (a0 = argmax s(0), target the lowest other score), stopped at the first
+    iterate whose smoothed argmax is not a0; 0 when no iterate flips. scores(eps) -> `[A]`."""
+    s0 = scores(zeros)
+    a0 = jnp.argmax(s0)
+    target = jnp.argmin(jnp.where(jnp.arange(s0.shape[-1]) == a0, jnp.inf, s0))
+
+    def margin(eps):
+        sc = scores(eps)
+        return sc[target] - sc[a0], sc
+
+    grad = jax.grad(margin, has_aux=True)
+
+    def cond(c):
+        i, _, found = c
+        return (i <= num_steps) & ~found & (radius > 0)
+
+    def body(c):
+        i, eps, _ = c
+        g, sc = grad(eps)
+        flipped = jnp.argmax(sc) != a0
+        moved = project(eps + step_size * _unit(g), radius)
+        return i + 1, jnp.where(flipped, eps, moved), flipped
+
+    init = (jnp.zeros((), jnp.int32), zeros, jnp.zeros((), bool))
+    _, eps, found = jax.lax.while_loop(cond, body, init)
+    return jnp.where(found, eps, 0.0)
+
+
+def descend(loss, zeros, start, radius, num_steps, step_size, min_gain):
+    """The continuous attacks: projected normalised-gradient descent on loss(eps) `[]` from
+    `start`, keeping the lowest iterate on the path (eps = 0 the starting best); spent only for a
+    gain loss(0) - best >= min_gain (objective units; the paper's q_threshold plays this role)."""
+    value_and_grad = jax.value_and_grad(loss)
+
+    def cond(c):
+        return (c[0] <= num_steps) & (radius > 0)
+
+    def body(c):
+        i, eps, best_value, best_eps = c
+        value, g = value_and_grad(eps)
+        better = value < best_value
+        best_value = jnp.where(better, value, best_value)
+        best_eps = jnp.where(better, eps, best_eps)
+        return i + 1, project(eps - step_size * _unit(g), radius), best_value, best_eps
+
+    value0 = loss(zeros)
+    init = (jnp.ones((), jnp.int32), start(), value0, zeros)
+    _, _, best_value, best_eps = jax.lax.while_loop(cond, body, init)
+    return jnp.where(value0 - best_value >= min_gain, best_eps, zeros)
+
+
 def make_step_attack(
     agent,
     smoothing,
@@ -205,36 +258,13 @@ def make_step_attack(
             return s.features(push_draws(frames, obs + eps + z, first))
 
         clean_x = s.features(s.push(frames, obs, first))[None]  # [1, *input_shape]
-
+        zeros = jnp.zeros_like(obs)
         if objective == "scores":
 
             def scores(eps):
                 return jnp.mean(jax.nn.log_softmax(s.actor(draws_input(eps)), axis=-1), axis=0)
 
-            s0 = scores(jnp.zeros_like(obs))
-            a0 = jnp.argmax(s0)
-            target = jnp.argmin(jnp.where(jnp.arange(s0.shape[-1]) == a0, jnp.inf, s0))
-
-            def margin(eps):
-                sc = scores(eps)
-                return sc[target] - sc[a0], sc
-
-            grad = jax.grad(margin, has_aux=True)
-
-            def cond(c):
-                i, _, found = c
-                return (i <= num_steps) & ~found & (radius > 0)
-
-            def body(c):
-                i, eps, _ = c
-                g, sc = grad(eps)
-                flipped = jnp.argmax(sc) != a0
-                moved = project(eps + step_size * _unit(g), radius)
-                return i + 1, jnp.where(flipped, eps, moved), flipped
-
-            init = (jnp.zeros((), jnp.int32), jnp.zeros_like(obs), jnp.zeros((), bool))
-            _, eps, found = jax.lax.while_loop(cond, body, init)
-            return jnp.where(found, eps, 0.0)
+            return flip_search(scores, zeros, radius, num_steps, step_size)
 
         if objective == "q":
             clean_rep = jnp.broadcast_to(clean_x, (num_draws, *clean_x.shape[1:]))
@@ -255,32 +285,15 @@ def make_step_attack(
             def loss(eps):
                 return jnp.mean(head.log_prob(s.actor(draws_input(eps)), clean_action))
 
-        value_and_grad = jax.value_and_grad(loss)
-
-        def cond_c(c):
-            return (c[0] <= num_steps) & (radius > 0)
-
-        def body_c(c):
-            i, eps, best_value, best_eps = c
-            value, g = value_and_grad(eps)
-            better = value < best_value
-            best_value = jnp.where(better, value, best_value)
-            best_eps = jnp.where(better, eps, best_eps)
-            return i + 1, project(eps - step_size * _unit(g), radius), best_value, best_eps
-
-        zeros = jnp.zeros_like(obs)
-        value0 = loss(zeros)
-        start = zeros
-        if objective == "log_prob":
+        def start():
+            if objective != "log_prob":
+                return zeros
             # eps = 0 is the log-density's maximum (a stationary point: zero gradient without
             # noise), so the path starts one step away, in a random direction.
             direction = jax.random.normal(jax.random.fold_in(key, 7), obs.shape, obs.dtype)
-            start = project(step_size * _unit(direction), radius)
-        init = (jnp.ones((), jnp.int32), start, value0, zeros)
-        _, _, best_value, best_eps = jax.lax.while_loop(cond_c, body_c, init)
-        # best_value <= value(0) (eps = 0 is the starting best): spend only for a gain of at
-        # least min_gain (objective units; the paper's q_threshold plays this role).
-        return jnp.where(value0 - best_value >= min_gain, best_eps, zeros)
+            return project(step_size * _unit(direction), radius)
+
+        return descend(loss, zeros, start, radius, num_steps, step_size, min_gain)
 
     return attack
 
@@ -377,43 +390,14 @@ def attacked_returns(
     step_size are traced.
     Raises ValueError naming a bad argument (sigma < 0, budget < 0, step_size <= 0, counts <= 0).
     """
-    mc.check_nonnegative("sigma", sigma)
-    mc.check_nonnegative("budget", budget)
-    mc.check_nonnegative("step_size", step_size)
-    mc.check_nonnegative("min_gain", min_gain)
+    for name, value in (("sigma", sigma), ("budget", budget), ("step_size", step_size),
+                        ("min_gain", min_gain)):  # fmt: skip
+        mc.check_nonnegative(name, value)
     if not isinstance(step_size, jax.core.Tracer) and not step_size > 0:
         raise ValueError(f"step_size={step_size!r}: must be > 0")
-    for name, value in (
-        ("num_episodes", num_episodes),
-        ("num_noise_draws", num_noise_draws),
-        ("num_steps_per_attack", num_steps_per_attack),
-        ("lookahead", lookahead),
-    ):
-        mc.check_positive_int(name, value)
-    mc.check_max_steps(max_steps)
-    objective = resolve_objective(agent, objective)
-    settings = (
-        "attacked_returns",
-        num_episodes,
-        num_noise_draws,
-        num_steps_per_attack,
-        bool(deterministic),
-        max_steps,
-        objective,
-        lookahead,
-    )
+    sizes = (num_episodes, num_noise_draws, num_steps_per_attack, bool(deterministic), max_steps)
+    sizes += (resolve_objective(agent, objective), lookahead)
     fn = mc.cached(
-        agent,
-        settings,
-        lambda: make_attacked_returns(
-            agent,
-            num_episodes,
-            num_noise_draws,
-            num_steps_per_attack,
-            deterministic,
-            max_steps,
-            objective,
-            lookahead,
-        ),
+        agent, ("attacked_returns", *sizes), lambda: make_attacked_returns(agent, *sizes)
     )
     return fn(state, key, sigma, budget, step_size, min_gain)

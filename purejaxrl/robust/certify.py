@@ -236,39 +236,52 @@ def expected_reward_bound(
     alpha = _check_alpha(alpha)
     if method not in METHODS:
         raise ValueError(f"method={method!r}: allowed values are {list(METHODS)}")
+    low = _check_low(low, r)
+    v = _levels(r, levels, low)
+    b1 = np.atleast_1d(b)
+    if v.size == 0:
+        out = np.full(b1.shape, low)
+    else:
+        widths = np.diff(v, prepend=low)
+        out = low + _smooth(_survival_lower(r, v, alpha, method), b1, sigma) @ widths
+    return out if b.ndim else float(out[0])
+
+
+def _check_low(low, sorted_returns: np.ndarray) -> float:
     low_arr = np.asarray(low, dtype=np.float64) if low is not None else None
     if low_arr is None or low_arr.ndim != 0 or not np.isfinite(low_arr):
         raise ValueError(
             f"low={low!r}: must be a finite scalar, the smallest total reward an episode can get"
         )
     low = float(low_arr)
-    if r[0] < low:
+    if sorted_returns[0] < low:
         raise ValueError(
-            f"returns: minimum {r[0]:g} is below low={low:g}; low must bound every possible return"
+            f"returns: minimum {sorted_returns[0]:g} is below low={low:g}; low must bound every "
+            "possible return"
         )
+    return low
+
+
+def _levels(sorted_returns: np.ndarray, levels, low: float) -> np.ndarray:
+    """The sorted distinct levels above `low` `[m]`: `levels`, or the distinct returns."""
     if levels is None:
-        v = np.unique(r)
+        v = np.unique(sorted_returns)
     else:
         v = np.unique(_as_points(levels, "levels"))
         if v[0] < low:
             raise ValueError(
                 f"levels: minimum {v[0]:g} is below low={low:g}; levels must be >= low"
             )
-    v = v[v > low]
-    b1 = np.atleast_1d(b)
-    n, m = r.size, v.size
-    if m == 0:
-        out = np.full(b1.shape, low)
-        return out if b.ndim else float(out[0])
+    return v[v > low]
 
-    k = _survival_counts(r, v)
+
+def _survival_lower(sorted_returns: np.ndarray, v: np.ndarray, alpha: float, method: str):
+    """p_lb(v) `[m]`: Clopper-Pearson (Bonferroni over the m levels) or the DKW band."""
+    n, m = sorted_returns.size, v.size
+    k = _survival_counts(sorted_returns, v)
     if method == "clopper_pearson":
         _check_enough(n, alpha, m, method)
-        p_lb = _clopper_pearson_lower(k, n, alpha / m)
-    else:
-        _check_enough(n, alpha, 1, method)
-        eps = math.sqrt(math.log(2.0 / alpha) / (2.0 * n))
-        p_lb = np.maximum(k / n - eps, 0.0)
-    widths = np.diff(v, prepend=low)
-    out = low + _smooth(p_lb, b1, sigma) @ widths
-    return out if b.ndim else float(out[0])
+        return _clopper_pearson_lower(k, n, alpha / m)
+    _check_enough(n, alpha, 1, method)
+    eps = math.sqrt(math.log(2.0 / alpha) / (2.0 * n))
+    return np.maximum(k / n - eps, 0.0)

@@ -120,8 +120,7 @@ class Smoothing(NamedTuple):
 def make_smoothing(agent: Agent, state) -> Smoothing:
     """The smoothed policy's pieces for `agent` at the (one seed's) TrainState `state`."""
     cfg, network = agent.config, agent.network
-    num_frames = int(getattr(cfg, "frame_stack", 1))
-    check_positive_int("frame_stack", num_frames)
+    num_frames = cfg.frame_stack  # loop.AgentConfig: a positive int
     # Shapes from the agent's (concrete) default params; dynamics from the run's own params.
     env, env_params = clean_single_env(agent), state.env_params
     obs_shape = tuple(env.observation_space(agent.env_params).shape)
@@ -275,12 +274,6 @@ def smoothed_returns(
     for sigma < 0 (sigma = 0 is the undefended policy), num_episodes <= 0 or max_steps <= 0.
     """
     check_nonnegative("sigma", sigma)
-    check_positive_int("num_episodes", num_episodes)
-    check_max_steps(max_steps)
-    settings = ("smoothed_returns", num_episodes, bool(deterministic), max_steps)
-    fn = cached(
-        agent,
-        settings,
-        lambda: make_smoothed_returns(agent, num_episodes, deterministic, max_steps),
-    )
+    sizes = (num_episodes, bool(deterministic), max_steps)
+    fn = cached(agent, ("smoothed_returns", *sizes), lambda: make_smoothed_returns(agent, *sizes))
     return fn(state, key, sigma)

@@ -1,0 +1,1 @@
+"""Speed benchmarks, one module per benchmark: `python -m experiments.bench --help`."""
