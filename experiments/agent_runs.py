@@ -4,9 +4,7 @@ before anything compiles, and timed apart from its compile."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -59,30 +57,6 @@ def train(run: Run, key, seeds: bool, desc: str) -> tuple[Any, float, float]:
 def configs(planned: list[Run]) -> dict[str, dict]:
     """config.yaml's "runs": every run's algo and full config."""
     return {r.name: {"algo": r.algo, **C.to_dict(r.config)} for r in planned}
-
-
-def checked(kind: type, ok, need: str):
-    """An argparse type: `kind(text)` where it is finite and `ok`, else "<text>: must be <need>"."""
-
-    def parse(text: str):
-        value = kind(text)
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"{text}: must be {need}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
-    return parse
-
-
-positive_int = checked(int, lambda v: v > 0, "a positive integer")
-
-
-def check_unique(args, *flags: str) -> None:
-    """ValueError naming the first of `flags` (list options) whose values repeat."""
-    for flag in flags:
-        values = getattr(args, flag) or []
-        if len(set(values)) != len(values):
-            raise ValueError(f"--{flag} {' '.join(map(str, values))}: repeated value")
 
 
 def summarize(name: str, values) -> dict:

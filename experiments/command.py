@@ -29,6 +29,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import math
 import os
 import re
 import sys
@@ -296,6 +297,140 @@ def plain(value):
     return value
 
 
+# --------------------------------------------------------------------------- settings checks
+
+
+def check_keys(values: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """ValueError naming the first key of `values` not among `keys` (and its close match)."""
+    from purejaxrl.config import close_match  # lazy: jax
+
+    for key in values:
+        if key not in keys:
+            raise ValueError(
+                f"unknown key {key!r}{close_match(key, keys)} (known keys: {list(keys)})"
+            )
+
+
+def as_int(name: str, value, low: int) -> int:
+    """`value` if it is an integer >= `low`, else ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+    return value
+
+
+def positive(name: str, value) -> int:
+    return as_int(name, value, 1)
+
+
+def positive_flags(args: argparse.Namespace, *names: str) -> None:
+    """ValueError for the first of the integer options `names` (attribute names) given < 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value}: must be a positive integer")
+
+
+def checked(kind: type, ok, need: str):
+    """An argparse type: `kind(text)` where it is finite and `ok`, else "<text>: must be <need>"."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"{text}: must be {need}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse
+
+
+positive_int = checked(int, lambda v: v > 0, "a positive integer")
+
+
+def check_unique(args: argparse.Namespace, *flags: str) -> None:
+    """ValueError naming the first of `flags` (list options) whose values repeat."""
+    for flag in flags:
+        values = getattr(args, flag) or []
+        if len(set(values)) != len(values):
+            raise ValueError(f"--{flag} {' '.join(map(str, values))}: repeated value")
+
+
+def choices(name: str, value, known: Sequence[str], what: str = "env id") -> tuple[str, ...]:
+    """Distinct names (a single name is a list of one) among `known`."""
+    from purejaxrl.config import close_match  # lazy: jax
+
+    value = [value] if isinstance(value, str) else value or []
+    if not isinstance(value, list | tuple) or not all(isinstance(t, str) for t in value):
+        raise ValueError(f"{name}={value!r}: must be a list of {what}s")
+    listed = f" (choose from {list(known)})" if len(known) <= 8 else ""
+    for x in value:
+        if x not in known:
+            raise ValueError(f"{name}: unknown {what} {x!r}{close_match(x, known)}{listed}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name}={list(value)}: an {what} appears twice")
+    return tuple(value)
+
+
+def env_ids(part: str = "") -> list[str]:
+    """The registered env ids that contain `part`."""
+    import envs
+
+    return [i for i in envs.registered() if part in i]
+
+
+def task_list(name: str, value, part: str = "") -> tuple[str, ...]:
+    """Distinct env ids (a single id is a list of one) among those that contain `part`."""
+    return choices(name, value, env_ids(part))
+
+
+def mapping(name: str, value) -> dict:
+    """`value` as a dict (None: {}); ValueError naming `name` if it is not a mapping."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name}={value!r}: must be a mapping")
+    return dict(value)
+
+
+def within(name: str, value, among_name: str, among) -> None:
+    """ValueError if the names in setting `name` are not all among setting `among_name`'s."""
+    unknown = sorted(set(value) - set(among))
+    if unknown:
+        raise ValueError(f"{name}: {unknown} are not among {among_name} {list(among)}")
+
+
+def numbers(name: str, value) -> list[float]:
+    """A list of finite numbers > 0 (None: [])."""
+    value = value or []
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+        for x in value
+    ):
+        raise ValueError(f"{name}={value!r}: must be a list of positive numbers")
+    return [float(x) for x in value]
+
+
+def multiples(name: str, value) -> tuple[float, ...]:
+    """(1.0, *the distinct positive numbers of `value` other than 1) (horizons, lifetimes)."""
+    return (1.0, *dict.fromkeys(h for h in numbers(name, value) if h != 1.0))
+
+
+def field_default(cls, name: str):
+    """The default of the dataclass `cls`'s field `name` (its factory's value)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def typed(name: str, cls, values):
+    """Config `cls` (which checks its fields) from the mapping under key `name`; a ValueError
+    names the key."""
+    from purejaxrl.config import from_dict
+
+    try:
+        return from_dict(cls, mapping(name, values))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
 # --------------------------------------------------------------------------- run folders
 
 
@@ -402,23 +537,44 @@ def write_yaml(path, data: Mapping[str, Any]) -> Path:
     return write_text(path, yaml.safe_dump(plain(data), sort_keys=False))
 
 
-def csv_cell(x) -> str:
-    """A CSV cell: '' for None, integers as integers, floats to 6 significant digits."""
+def csv_cell(x, exact: bool = False) -> str:
+    """A CSV cell: '' for None, integers as integers, floats to 6 significant digits (`exact`:
+    as repr, which reads back exactly, and '' for NaN / inf)."""
     if x is None:
         return ""
     if isinstance(x, bool | np.bool_):
         return str(bool(x))
     if isinstance(x, int | np.integer):
         return str(int(x))
+    if isinstance(x, float | np.floating) and exact:
+        return repr(float(x)) if math.isfinite(x) else ""
     if isinstance(x, float | np.floating):
         return f"{float(x):.6g}"
     return str(x)
 
 
-def write_csv(path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """A CSV file with a header row, written atomically."""
-    lines = [",".join(columns)] + [",".join(csv_cell(x) for x in row) for row in rows]
+def write_csv(path, columns, rows, keep_upto: int | None = None, exact: bool = False) -> Path:
+    """A CSV file with a header row, written atomically: the file's rows whose first column is
+    <= `keep_upto` (None: none), then `rows` (`csv_cell`s)."""
+    path = Path(path)
+    old = path.read_text().splitlines()[1:] if keep_upto is not None and path.is_file() else []
+    lines = [",".join(columns)] + [r for r in old if r and int(r.split(",")[0]) <= keep_upto]
+    lines += [",".join(csv_cell(x, exact) for x in row) for row in rows]
     return write_text(path, "\n".join(lines) + "\n")
+
+
+def read_csv(path) -> dict[str, np.ndarray]:
+    """{column: values} of a CSV of numbers (empty cells NaN)."""
+    rows = [line.split(",") for line in Path(path).read_text().splitlines() if line]
+    names, data = rows[0], rows[1:]
+    table = np.asarray([[float(x) if x else math.nan for x in r] for r in data], np.float64)
+    return {name: table.reshape(len(data), len(names))[:, i] for i, name in enumerate(names)}
+
+
+def num(x) -> float | None:
+    """A JSON number: None for NaN / inf."""
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def read_json(path) -> dict:
@@ -439,8 +595,14 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path) -> Path:
-    """Saves a matplotlib figure atomically (PNG unless `path` says otherwise) and closes it."""
+def save_figure(fig, path, dpi: int | None = None, suptitle: str | None = None) -> Path:
+    """Lays out a matplotlib figure (tight, under `suptitle`, at `dpi`), saves it atomically (PNG
+    unless `path` says otherwise) and closes it."""
+    if suptitle is not None:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    if dpi is not None:
+        fig.set_dpi(dpi)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp)

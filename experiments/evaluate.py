@@ -47,8 +47,7 @@ def _plan(args) -> Plan:
         raise ValueError(
             "experiments.evaluate takes a run folder DIR (no settings, --config, --out)"
         )
-    if args.episodes < 1:
-        raise ValueError(f"--episodes={args.episodes}: must be a positive integer")
+    command.positive_flags(args, "episodes")
     import jax
 
     from purejaxrl import checkpoint

@@ -31,7 +31,7 @@ def write_steps(path: Path, step: str, metrics: Mapping, first: int = 1, keep_up
     names = sorted(metrics)
     count = len(np.asarray(metrics[names[0]])) if names else 0
     rows = [[first + g, *(float(np.asarray(metrics[k])[g]) for k in names)] for g in range(count)]
-    metacli.write_csv_rows(path, [step, *names], rows, keep_upto)
+    command.write_csv(path, [step, *names], rows, keep_upto, exact=True)
 
 
 def write_curriculum(run_dir: Path, metrics: Mapping, first=1, keep_upto=None, step="generation"):

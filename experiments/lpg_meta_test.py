@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 
 from experiments import command, metacli
+from experiments import meta_test as T
 from experiments.lpg_settings import BASELINES, LEARNERS, learner_config, test_env
 
 RANDOM_ENVS = 64  # envs of the uniform-random-policy rollout
@@ -85,7 +86,7 @@ def tune(learner: str, cfg, lrs, env, env_params, seed: int, seeds: int, devices
     batch = sweep.grid(cfg, {"learning_rate": list(lrs)}, seeds=seeds, seed=seed)
     make = lambda c: module.make_agent(c, env=env, env_params=env_params)  # noqa: E731
     res = sweep.run(batch, make_agent=make, devices=devices, progress=False)
-    finals = metacli.final_per_seed(res.metrics)
+    finals = T.final_per_seed(res.metrics)
     return finals.reshape(len(lrs), seeds), res.compile_s, res.run_s
 
 
@@ -125,7 +126,7 @@ def tuned_baseline(plan, learner: str, task: str, m: float, env):
     best = best_lr(per_lr)
     tuned = {
         "learning_rate": None if best is None else lrs[best],
-        "grid": {f"{lr:g}": metacli.num(_mean(row)) for lr, row in zip(lrs, per_lr, strict=True)},
+        "grid": {f"{lr:g}": command.num(_mean(row)) for lr, row in zip(lrs, per_lr, strict=True)},
     }
     finals = per_lr[best] if best is not None else np.full(seeds, np.nan)
     return finals, tuned, *([0.0, 0.0] if cached else seconds)
@@ -146,9 +147,9 @@ def rule_finals(plan, params, task: str, m: float, env):
     program = rule_program(cfg, *env, settings.cfg.lpg.kl_weight, sharding)
     key = jax.random.key(task_seed(settings.seed, task))
     keys = np.asarray(jax.random.key_data(jax.random.split(key, seeds)))
-    metrics, compile_s, run_s = metacli.timed(program, params, sweep.put(keys, sharding))
+    metrics, compile_s, run_s = T.timed(program, params, sweep.put(keys, sharding))
     skipped = int(np.sum(metrics["nan_skipped"]))
-    return metacli.final_per_seed(metrics), skipped, compile_s, run_s
+    return T.final_per_seed(metrics), skipped, compile_s, run_s
 
 
 def run_cell(plan, params, task: str, m: float, env, r_random: float, bar) -> dict:
@@ -174,13 +175,13 @@ def run_cell(plan, params, task: str, m: float, env, r_random: float, bar) -> di
         "lifetime": m,
         "num_updates": int(cfg.total_timesteps // (cfg.num_envs * cfg.num_steps)),
         "total_timesteps": int(cfg.total_timesteps),
-        "r_random": metacli.num(r_random),
-        "r_a2c": metacli.num(r_a2c),
+        "r_random": command.num(r_random),
+        "r_a2c": command.num(r_a2c),
         "normalisable": bool(np.isfinite(normalised["a2c"]).any()),
         "tuned": tuned,
         "lpg_nan_skipped": skipped,
-        "results": {k: metacli.stats(finals[k], reps) for k in LEARNERS},
-        "normalised": {k: metacli.stats(normalised[k], reps) for k in LEARNERS},
+        "results": {k: T.stats(finals[k], reps) for k in LEARNERS},
+        "normalised": {k: T.stats(normalised[k], reps) for k in LEARNERS},
         "compile_s": float(seconds[0]),
         "run_s": float(seconds[1]),
     }
@@ -215,7 +216,7 @@ def random_returns(plan, envs_of: dict) -> dict:
 
         def compute(env=env, key=key):
             r, n = random_return(*env, key, RANDOM_ENVS, settings.random_steps)
-            return {"return": metacli.num(r), "episodes": n}
+            return {"return": command.num(r), "episodes": n}
 
         kwargs = repr(settings.test_env_kwargs.get(task))
         memo_key = ("random", task, kwargs, settings.seed, settings.random_steps)
@@ -236,7 +237,7 @@ def meta_test(plan, params) -> dict:
     randoms = random_returns(plan, envs_of)
     random_s = time.perf_counter() - t0
     r_random = {t: math.nan if r["return"] is None else r["return"] for t, r in randoms.items()}
-    with metacli.progress_bar(plan, len(cells) * len(LEARNERS)) as bar:
+    with T.progress_bar(plan, len(cells) * len(LEARNERS)) as bar:
         out_cells = [run_cell(plan, params, t, m, envs_of[t], r_random[t], bar) for t, m in cells]
     what = ("a2c and ppo at their best learning rate of the cell's grid (best mean final return "
             "over the seeds); the same seed keys for every learner and lifetime of a task; "
@@ -250,7 +251,7 @@ def meta_test(plan, params) -> dict:
         "test_tasks": list(settings.test_tasks),
         "minatar": list(settings.minatar),
         "normalisation": NORMALISATION,
-        "definition": metacli.definition(what, settings.bootstrap),
+        "definition": T.definition(what, settings.bootstrap),
         "random": randoms,
         "random_rollout": {"envs": RANDOM_ENVS, "steps": settings.random_steps},
         "cells": out_cells,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import command, metacli
+from experiments import meta_test as T
 from experiments.lpg_meta_test import NORMALISATION
 from experiments.lpg_settings import BASELINES
 
@@ -42,7 +43,7 @@ def plot_meta_steps(run_dir: Path, settings) -> Path:
     """meta_steps.png: per meta-step the finished agents' mean final return (and its rolling
     mean) and the meta-loss (and its policy-gradient part)."""
     plt = command.pyplot()
-    m = metacli.read_csv_columns(run_dir / META_STEPS_CSV)
+    m = command.read_csv(run_dir / META_STEPS_CSV)
     step = m["meta_step"]
     width = max(1, len(step) // 50)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -61,7 +62,7 @@ def plot_meta_steps(run_dir: Path, settings) -> Path:
         f"K={mg.num_agent_updates}, rule Adam {mg.learning_rate:g}, {settings.train_updates} "
         "updates per lifetime"
     )
-    return metacli.figure(plt, run_dir / "meta_steps.png", fig, 120, title)
+    return command.save_figure(fig, run_dir / "meta_steps.png", 120, title)
 
 
 def plot_meta_test(run_dir: Path, table: dict) -> Path:
@@ -76,7 +77,7 @@ def plot_meta_test(run_dir: Path, table: dict) -> Path:
     panels["normalised return, IQM over tasks x seeds"] = [
         {"tick": m, "values": entry or {}} for m, entry in table["overall"].items()
     ]
-    return metacli.plot_cells(
+    return T.plot_cells(
         run_dir / "meta_test.png", panels, table["learners"],
         xlabel="lifetime (x meta-trained updates)", ylabel="IQM [95% CI]",
         suptitle=f"meta-test over {table['test_seeds']} seeds; normalised: "
@@ -95,14 +96,14 @@ def format_table(table: dict) -> str:
              "(a2c, ppo at their tuned learning rate)", head]  # fmt: skip
     for c in table["cells"]:
         r = "-" if c["r_random"] is None else f"{c['r_random']:.3g}"
-        parts = "  ".join(metacli.ci_text(c["results"][k]) for k in learners)
+        parts = "  ".join(T.ci_text(c["results"][k]) for k in learners)
         lines.append(f"{c['task']:<22} {c['lifetime']:>4g}x {c['num_updates']:>7} {r:>8}  {parts}")
     lines.append("normalised return (R - R_random) / (R_A2C - R_random), IQM over tasks x seeds:")
     for m, entry in table["overall"].items():
         if entry is None:
             lines.append(f"  {m:>5}: no normalisable task")
             continue
-        parts = " | ".join(f"{k} {metacli.ci_text(entry[k], 0)}" for k in learners)
+        parts = " | ".join(f"{k} {T.ci_text(entry[k], 0)}" for k in learners)
         lines.append(f"  {m:>5}: {parts}  ({len(entry['tasks'])} tasks)")
     if table["not_normalisable"]:
         lines.append(
@@ -118,23 +119,23 @@ def csv_summary(run_dir: Path, name: str = CURRICULUM_CSV) -> dict | None:
     if not path.is_file():
         return None
     out = {}
-    for key, x in list(metacli.read_csv_columns(path).items())[1:]:
+    for key, x in list(command.read_csv(path).items())[1:]:
         finite = x[np.isfinite(x)]
         out[key] = {
-            "first": metacli.num(x[0]) if len(x) else None,
-            "last": metacli.num(x[-1]) if len(x) else None,
-            "mean": metacli.num(finite.mean()) if finite.size else None,
-            "total": metacli.num(finite.sum()) if finite.size else None,
+            "first": command.num(x[0]) if len(x) else None,
+            "last": command.num(x[-1]) if len(x) else None,
+            "mean": command.num(finite.mean()) if finite.size else None,
+            "total": command.num(finite.sum()) if finite.size else None,
         }
     return out
 
 
 def meta_gradient_summary(run_dir: Path, settings) -> dict:
     """summary.json's "meta_training" of a meta-gradient run (meta_steps.csv)."""
-    steps = metacli.read_csv_columns(run_dir / META_STEPS_CSV)
+    steps = command.read_csv(run_dir / META_STEPS_CSV)
     finished = steps.get("finished_return", np.zeros(0))
     tenth = max(1, len(finished) // 10)
-    mean = lambda x: metacli.num(np.mean(x[np.isfinite(x)])) if np.isfinite(x).any() else None  # noqa: E731
+    mean = lambda x: command.num(np.mean(x[np.isfinite(x)])) if np.isfinite(x).any() else None  # noqa: E731
     return {
         "definition": (
             "per meta-step: finished_return = mean final return (last 5% of updates, finished "
@@ -172,7 +173,7 @@ def summary_of(plan, table, session: dict, info=None) -> dict:
     if table is not None:
         cells = {f"{c['task']}@{c['lifetime']:g}x": c for c in table["cells"]}
         normalised = lambda c, k: {"normalised_iqm": c["normalised"][k]["iqm"]}  # noqa: E731
-        out |= metacli.test_summary(cells, table["learners"], "lpg", normalised)
+        out |= T.test_summary(cells, table["learners"], "lpg", normalised)
         out["overall_normalised"] = table["overall"]
     return out | metacli.session_summary(plan, session)
 
@@ -219,7 +220,7 @@ def comparison(out: Path, arms: list[tuple[str, str]]) -> dict:
 def format_comparison(table: dict) -> str:
     series, width = table["series"], 26
     labels = {name: run["label"] for name, run in table["runs"].items()}
-    row = lambda name, r: f"{name:<24}" + "".join(metacli.ci_text(r[s], width) for s in series)  # noqa: E731
+    row = lambda name, r: f"{name:<24}" + "".join(T.ci_text(r[s], width) for s in series)  # noqa: E731
     lines = [
         "TA comparison: normalised return (R - R_random) / (R_A2C - R_random), IQM [95% CI] "
         f"over tasks x {table['test_seeds']} seeds",
@@ -234,7 +235,7 @@ def format_comparison(table: dict) -> str:
 def plot_comparison(out: Path, table: dict) -> Path:
     """comparison.png: the normalised IQM [CI] per lifetime multiple of every run and baseline."""
     ticks = [{"tick": m, "values": row} for m, row in table["overall"].items()]
-    return metacli.plot_cells(
+    return T.plot_cells(
         out / "comparison.png", {"normalised return, IQM over tasks x seeds": ticks},
         table["series"], xlabel="lifetime (x meta-trained updates)", ylabel="IQM [95% CI]",
         suptitle=", ".join(f"{k}: {v['label']}" for k, v in table["runs"].items()),

@@ -25,23 +25,15 @@ LPG_KEYS = ("env", "env_kwargs", "inner", "time_aware", "y_size", "hidden", "kl_
             "antagonist")  # fmt: skip
 
 
-def _grid_tasks(key: str, value) -> tuple[str, ...]:
-    return metacli.task_list(key, value, metacli.env_ids("gridworld/"))
-
-
-def _minatar(key: str, value) -> tuple[str, ...]:
-    return metacli.task_list(key, value, metacli.env_ids("-MinAtar"))
-
-
 def _env_kwargs(key: str, value) -> dict:
-    return {t: metacli.mapping(f"{key}.{t}", k) for t, k in metacli.mapping(key, value).items()}
+    return {t: command.mapping(f"{key}.{t}", k) for t, k in command.mapping(key, value).items()}
 
 
 def lr_grid(name: str, value) -> dict[str, tuple[float, ...]]:
     """{a2c: (lr, ...), ppo: (lr, ...)}: both baselines, each a non-empty list of rates > 0."""
-    grid = metacli.mapping(name, value)
-    metacli.choices(name, list(grid), BASELINES, "baseline")
-    out = {algo: tuple(metacli.numbers(f"{name}.{algo}", grid.get(algo))) for algo in BASELINES}
+    grid = command.mapping(name, value)
+    command.choices(name, list(grid), BASELINES, "baseline")
+    out = {algo: tuple(command.numbers(f"{name}.{algo}", grid.get(algo))) for algo in BASELINES}
     for algo, rates in out.items():
         if not rates:
             raise ValueError(f"{name}.{algo}={grid.get(algo)!r}: give at least one rate > 0")
@@ -51,17 +43,17 @@ def lr_grid(name: str, value) -> dict[str, tuple[float, ...]]:
 MINATAR_INNER = {"hidden_sizes": [64, 64], "num_envs": 16, "num_steps": 16,
                  "total_timesteps": 16 * 16 * 200, "learning_rate": 3e-3}  # fmt: skip
 TEST = {  # the meta-test's settings: key -> (default, check(key, value) -> resolved value)
-    "test_tasks": (GRID_TASKS, _grid_tasks),
+    "test_tasks": (GRID_TASKS, lambda k, v: command.task_list(k, v, "gridworld/")),
     "test_env_kwargs": ({}, _env_kwargs),  # {env id: {envs.make override: value}}
-    "lifetimes": ((0.5, 2.0), metacli.multiples),  # resolved: 1.0 first
-    "minatar": (("Breakout-MinAtar",), _minatar),
-    "minatar_inner": (MINATAR_INNER, metacli.mapping),  # A2CConfig fields over `inner`
+    "lifetimes": ((0.5, 2.0), command.multiples),  # resolved: 1.0 first
+    "minatar": (("Breakout-MinAtar",), lambda k, v: command.task_list(k, v, "-MinAtar")),
+    "minatar_inner": (MINATAR_INNER, command.mapping),  # A2CConfig fields over `inner`
     "lr_grid": ({"a2c": [0.03, 0.1, 0.3], "ppo": [0.01, 0.03, 0.1]}, lr_grid),
     "minatar_lr_grid": ({"a2c": [1e-3, 3e-3, 1e-2], "ppo": [3e-4, 1e-3, 3e-3]}, lr_grid),
-    "ppo": ({"update_epochs": 4, "num_minibatches": 4}, metacli.mapping),  # PPO baseline's fields
-    "random_steps": (2000, metacli.positive),
-    "test_seeds": (8, metacli.positive),
-    "bootstrap": (2000, metacli.positive),
+    "ppo": ({"update_epochs": 4, "num_minibatches": 4}, command.mapping),  # PPO baseline's fields
+    "random_steps": (2000, command.positive),
+    "test_seeds": (8, command.positive),
+    "bootstrap": (2000, command.positive),
 }
 TEST_KEYS = tuple(TEST)
 KEYS = ("seed", *LPG_KEYS, *TEST_KEYS)
@@ -124,9 +116,9 @@ def defaults(curriculum: str = "dr") -> dict[str, Any]:
     with steps_per_call 50), meta_optimizer None (es if time_aware, else meta_gradient)."""
     from meta import groove, lpg
 
-    fields = {k: metacli.field_default(lpg.LPGConfig, k) for k in LPG_KEYS[3:8]}
+    fields = {k: command.field_default(lpg.LPGConfig, k) for k in LPG_KEYS[3:8]}
     mg, buffer = (
-        metacli.field_default(groove.GrooveConfig, k) for k in ("meta_gradient", "buffer")
+        command.field_default(groove.GrooveConfig, k) for k in ("meta_gradient", "buffer")
     )
     return {"seed": 0, "env": "gridworld/all_shortlife", "env_kwargs": {},
             "inner": command.plain(lpg.CPU_INNER), **fields, "meta_optimizer": None,
@@ -143,12 +135,12 @@ def groove_config(v: Mapping[str, Any]):
     env = v["env"]
     if not isinstance(env, str) or not env.startswith("gridworld/"):
         raise ValueError(f"env={env!r}: must be a grid-world id (gridworld/<distribution>)")
-    metacli.task_list("env", [env])  # the close match of a misspelt id
+    command.task_list("env", [env])  # the close match of a misspelt id
     fields = {k: v[k] for k in LPG_KEYS[:8]}  # LPGConfig's: env ... level_lifetime
-    rule = C.from_dict(lpg.LPGConfig, {**fields, "es": metacli.typed("es", es.ESConfig, v["es"])})
+    rule = C.from_dict(lpg.LPGConfig, {**fields, "es": command.typed("es", es.ESConfig, v["es"])})
     C.check_range(rule, "kl_weight", 0.0, math.inf, low_open=True)
-    mg = metacli.mapping("meta_gradient", v["meta_gradient"])
-    steps = metacli.as_int("meta_gradient.steps_per_call", mg.pop("steps_per_call", 50), 1)
+    mg = command.mapping("meta_gradient", v["meta_gradient"])
+    steps = command.as_int("meta_gradient.steps_per_call", mg.pop("steps_per_call", 50), 1)
     optimizer = v["meta_optimizer"]
     if optimizer is None:  # the method's own: es for TA-LPG (the TA paper's), else meta_gradient
         optimizer = "es" if rule.time_aware else "meta_gradient"
@@ -156,9 +148,9 @@ def groove_config(v: Mapping[str, Any]):
         lpg=rule,
         score=v["curriculum"],
         meta_optimizer=optimizer,
-        meta_gradient=metacli.typed("meta_gradient", lpg.MetaGradientConfig, mg),
-        buffer=metacli.typed("buffer", level_buffer.BufferConfig, v["buffer"]),
-        antagonist=metacli.mapping("antagonist", v["antagonist"]),
+        meta_gradient=command.typed("meta_gradient", lpg.MetaGradientConfig, mg),
+        buffer=command.typed("buffer", level_buffer.BufferConfig, v["buffer"]),
+        antagonist=command.mapping("antagonist", v["antagonist"]),
     )
     return cfg, steps
 
@@ -166,17 +158,13 @@ def groove_config(v: Mapping[str, Any]):
 def resolve(values: Mapping[str, Any], curriculum: str = "dr") -> Settings:
     """Settings from a mapping (defaults filled in, `curriculum` the default curriculum);
     ValueError naming the key on bad input."""
-    metacli.check_keys(values, KEYS)
+    command.check_keys(values, KEYS)
     v = command.merge(defaults(curriculum), values)
     cfg, steps_per_call = groove_config(v)
     test = {k: check(k, v[k]) for k, (_, check) in TEST.items()}
     if not test["test_tasks"] and not test["minatar"]:
         raise ValueError("test_tasks, minatar: give at least one meta-test task")
-    unknown = sorted(set(test["test_env_kwargs"]) - set(test["test_tasks"]))
-    if unknown:
-        raise ValueError(
-            f"test_env_kwargs: {unknown} are not among test_tasks {list(test['test_tasks'])}"
-        )
+    command.within("test_env_kwargs", test["test_env_kwargs"], "test_tasks", test["test_tasks"])
     mg = {**dataclasses.asdict(cfg.meta_gradient), "steps_per_call": steps_per_call}
     resolved = {**v, "kl_weight": cfg.lpg.kl_weight, "meta_optimizer": cfg.meta_optimizer,
                 "meta_gradient": mg, "es": dataclasses.asdict(cfg.lpg.es),
@@ -185,7 +173,7 @@ def resolve(values: Mapping[str, Any], curriculum: str = "dr") -> Settings:
     settings = Settings(
         values=command.plain({k: resolved[k] for k in KEYS}),
         cfg=cfg,
-        seed=metacli.as_int("seed", v["seed"], 0),
+        seed=command.as_int("seed", v["seed"], 0),
         steps_per_call=steps_per_call,
         **test,
     )

@@ -15,18 +15,19 @@ from typing import Any
 import numpy as np
 
 from experiments import command, metacli
+from experiments import meta_test as T
 from purejaxrl import config as C
 
 COMPARE = ("ppo_clip", "dpo", "mdpo")
 LPO_KEYS = ("tasks", "inner", "task_inner", "time_aware", "ppo_init", "hidden", "normalize",
             "baseline_seeds", "es")  # fmt: skip
 TEST = {  # the meta-test's settings: key -> (default, check(key, value) -> resolved value)
-    "test_seeds": (8, metacli.positive),
-    "held_out": ((), metacli.task_list),
-    "held_out_inner": ({}, metacli.mapping),  # {env id: {PPOConfig field: value}} over inner
-    "horizons": ((0.5, 2.0), metacli.multiples),  # resolved: 1.0 first
-    "compare": (COMPARE, lambda key, value: metacli.choices(key, value, COMPARE, "objective")),
-    "bootstrap": (2000, metacli.positive),
+    "test_seeds": (8, command.positive),
+    "held_out": ((), command.task_list),
+    "held_out_inner": ({}, command.mapping),  # {env id: {PPOConfig field: value}} over inner
+    "horizons": ((0.5, 2.0), command.multiples),  # resolved: 1.0 first
+    "compare": (COMPARE, lambda key, value: command.choices(key, value, COMPARE, "objective")),
+    "bootstrap": (2000, command.positive),
 }
 TEST_KEYS = tuple(TEST)
 KEYS = ("seed", *LPO_KEYS, *TEST_KEYS)
@@ -66,7 +67,7 @@ def defaults() -> dict[str, Any]:
     ESConfig is given, the strategy filling in the rest) and the meta-test's."""
     from meta import lpo_train
 
-    lpo = {k: metacli.field_default(lpo_train.LPOConfig, k) for k in LPO_KEYS}
+    lpo = {k: command.field_default(lpo_train.LPOConfig, k) for k in LPO_KEYS}
     test = {k: default for k, (default, _) in TEST.items()}
     return command.plain(
         {"seed": 0, **lpo, "inner": lpo_train.CPU_INNER, "es": ES_DEFAULTS, **test}
@@ -78,27 +79,23 @@ def resolve(values: Mapping[str, Any]) -> Settings:
     fields; ValueError naming the key on bad input."""
     from meta import es, lpo_train
 
-    metacli.check_keys(values, KEYS)
+    command.check_keys(values, KEYS)
     v = command.merge(defaults(), values)
-    tasks = metacli.task_list("tasks", v["tasks"])
-    es_cfg = metacli.typed("es", es.ESConfig, v["es"])
+    tasks = command.task_list("tasks", v["tasks"])
+    es_cfg = command.typed("es", es.ESConfig, v["es"])
     fields = {k: v[k] for k in LPO_KEYS}
     cfg = C.from_dict(lpo_train.LPOConfig, {**fields, "tasks": tasks, "es": es_cfg})
     test = {k: check(k, v[k]) for k, (_, check) in TEST.items()}
     both = sorted(set(test["held_out"]) & set(tasks))
     if both:
         raise ValueError(f"held_out: {both} are training tasks too; a held-out task is not")
-    unknown = sorted(set(test["held_out_inner"]) - set(test["held_out"]))
-    if unknown:
-        raise ValueError(
-            f"held_out_inner: {unknown} are not among held_out {list(test['held_out'])}"
-        )
+    command.within("held_out_inner", test["held_out_inner"], "held_out", test["held_out"])
     resolved = {**v, "tasks": tasks, "es": dataclasses.asdict(es_cfg), **test,
                 "horizons": test["horizons"][1:]}  # fmt: skip
     settings = Settings(
         values=command.plain({k: resolved[k] for k in KEYS}),
         cfg=cfg,
-        seed=metacli.as_int("seed", v["seed"], 0),
+        seed=command.as_int("seed", v["seed"], 0),
         **test,
     )
     for task, h in settings.cells:  # validates every meta-test config now
@@ -227,7 +224,7 @@ def meta_test(plan: metacli.MetaPlan, params) -> dict:
         "compiled once ..."
     )
     timing = np.zeros(2)
-    with metacli.progress_bar(plan, total) as bar:
+    with T.progress_bar(plan, total) as bar:
         out_cells = [test_cell(plan, params, c, sharding, bar, timing) for c in cells]
     what = ("p_improvement_learned_over: P(learned > other) + 0.5 P(=) over seed pairs; the same "
             "seed keys for every objective and horizon")  # fmt: skip
@@ -237,7 +234,7 @@ def meta_test(plan: metacli.MetaPlan, params) -> dict:
         "horizons": list(settings.horizons),
         "tasks": list(settings.cfg.tasks),
         "held_out": list(settings.held_out),
-        "definition": metacli.definition(what, settings.bootstrap),
+        "definition": T.definition(what, settings.bootstrap),
         "cells": out_cells,
         "programs": total,
         "devices": n_dev,
@@ -252,14 +249,14 @@ def test_cell(plan, params, cell, sharding, bar, timing) -> dict:
     from purejaxrl import sweep
 
     settings, (task, h, cfg) = plan.settings, cell
-    keys = sweep.put(metacli.seed_keys(settings.seed, task, settings.test_seeds), sharding)
+    keys = sweep.put(T.seed_keys(settings.seed, task, settings.test_seeds), sharding)
     finals = {}
     for objective in settings.objectives:
         bar.set_postfix_str(f"{task} {h:g}x {objective}")
         args = (params, keys) if objective == "learned" else (keys,)
-        metrics, *seconds = metacli.timed(make_program(objective, cfg, settings, sharding), *args)
+        metrics, *seconds = T.timed(make_program(objective, cfg, settings, sharding), *args)
         timing += seconds
-        finals[objective] = metacli.final_per_seed(metrics)
+        finals[objective] = T.final_per_seed(metrics)
         bar.update()
     finite = {k: x[np.isfinite(x)] for k, x in finals.items()}
     mine = finite["learned"]
@@ -269,7 +266,7 @@ def test_cell(plan, params, cell, sharding, bar, timing) -> dict:
         "horizon": h,
         "total_timesteps": int(cfg.total_timesteps),
         "num_updates": int(cfg.total_timesteps // (cfg.num_envs * cfg.num_steps)),
-        "results": {k: metacli.stats(x, settings.bootstrap) for k, x in finals.items()},
+        "results": {k: T.stats(x, settings.bootstrap) for k, x in finals.items()},
         "p_improvement_learned_over": {
             o: aggregate.probability_of_improvement(mine, finite[o])
             if mine.size and finite[o].size
@@ -360,7 +357,7 @@ def plot_drift(run_dir: Path, settings: Settings, params) -> Path:
         ax.axhline(0.0, color=line, lw=0.6, ls=":")
         ax.set(xlabel="probability ratio r", ylabel="advantage A (normalised)")
         ax.set_title(title, fontsize=9)
-    return metacli.figure(plt, run_dir / "drift.png", fig, 110)
+    return command.save_figure(fig, run_dir / "drift.png", 110)
 
 
 def plot_meta_test(run_dir: Path, table: dict) -> Path:
@@ -371,7 +368,7 @@ def plot_meta_test(run_dir: Path, table: dict) -> Path:
         panels.setdefault(f"{c['task']} ({kind})", []).append(
             {"tick": tick, "values": c["results"]}
         )
-    return metacli.plot_cells(
+    return T.plot_cells(
         run_dir / "meta_test.png", panels, table["objectives"], xlabel="inner horizon (env steps)",
         ylabel="final return, IQM [95% CI]", suptitle=f"meta-test over {table['test_seeds']} seeds",
     )  # fmt: skip
@@ -383,7 +380,7 @@ def format_table(table: dict) -> str:
     lines = [f"meta-test: final return IQM [95% CI] over {table['test_seeds']} seeds", head]
     for c in table["cells"]:
         task = c["task"] + (" *" if c["kind"] == "held_out" else "")
-        parts = "  ".join(metacli.ci_text(c["results"][o]) for o in objectives)
+        parts = "  ".join(T.ci_text(c["results"][o]) for o in objectives)
         lines.append(f"{task:<22} {c['horizon']:>6g}x {c['total_timesteps']:>9,}  {parts}")
     if any(c["kind"] == "held_out" for c in table["cells"]):
         lines.append("* held out (not meta-trained on)")
@@ -415,7 +412,7 @@ def summary_of(plan: metacli.MetaPlan, table, session: dict, info=None) -> dict:
     }
     if table is not None:
         cells = {f"{c['task']}@{c['horizon']:g}x": c for c in table["cells"]}
-        out |= metacli.test_summary(cells, table["objectives"], "learned")
+        out |= T.test_summary(cells, table["objectives"], "learned")
     return out | metacli.session_summary(plan, session)
 
 

@@ -1,28 +1,23 @@
 """What the meta-training commands (experiments.lpo, experiments.lpg, experiments.groove) share,
 on the run skeleton (experiments/command.py): an `Experiment` names what differs; here are the
-plan (folder checks, `Schedule`, devices), `execute`, `report`, fitness.csv, the meta-test's
-per-seed statistics and the IQM bar plots. See docs/experiments.md.
-"""
+plan (folder checks, `Schedule`, devices), `execute`, `report`, sessions and fitness.csv; the
+meta-test's numbers are in meta_test.py. See docs/experiments.md."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import importlib
 import math
 import time
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments import aggregate, command
-from purejaxrl import config as C
+from experiments import command
 
-TEST_KEY_SALT = 0x7E57  # meta-test keys: fold_in(key(seed), this), then per task name
 FITNESS_COLUMNS = ["generation", "mean", "best", "nonfinite"]
 ES_RESUMABLE = ("es.num_generations", "es.generations_per_call")
 TIMINGS = ("baselines_s", "es_compile_s", "es_run_s", "meta_gradient_first_call_s",
@@ -81,92 +76,6 @@ def arguments(p, time_aware: str, artifact: str) -> None:
         "--meta-test-only", metavar="DIR", help=f"rerun the meta-test of DIR's {artifact}"
     )
     p.add_argument("--compile-cache", metavar="DIR", help="keep compiled programs in DIR (reruns)")
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def check_keys(values: Mapping[str, Any], keys: Sequence[str]) -> None:
-    for key in values:
-        if key not in keys:
-            raise ValueError(
-                f"unknown key {key!r}{C.close_match(key, keys)} (known keys: {list(keys)})"
-            )
-
-
-def as_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
-    return value
-
-
-def positive(name: str, value) -> int:
-    return as_int(name, value, 1)
-
-
-def choices(name: str, value, known: Sequence[str], what: str = "env id") -> tuple[str, ...]:
-    """Distinct names (a single name is a list of one) among `known`."""
-    value = [value] if isinstance(value, str) else value or []
-    if not isinstance(value, list | tuple) or not all(isinstance(t, str) for t in value):
-        raise ValueError(f"{name}={value!r}: must be a list of {what}s")
-    listed = f" (choose from {list(known)})" if len(known) <= 8 else ""
-    for x in value:
-        if x not in known:
-            raise ValueError(f"{name}: unknown {what} {x!r}{C.close_match(x, known)}{listed}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"{name}={list(value)}: an {what} appears twice")
-    return tuple(value)
-
-
-def env_ids(part: str = "") -> list[str]:
-    """The registered env ids that contain `part`."""
-    import envs
-
-    return [i for i in envs.registered() if part in i]
-
-
-def task_list(name: str, value, known: Sequence[str] | None = None) -> tuple[str, ...]:
-    """Distinct env ids (a single id is a list of one) in `known` (default: all)."""
-    return choices(name, value, env_ids() if known is None else known)
-
-
-def mapping(name: str, value) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{name}={value!r}: must be a mapping")
-    return dict(value)
-
-
-def numbers(name: str, value) -> list[float]:
-    """A list of finite numbers > 0 (None: [])."""
-    value = value or []
-    if not isinstance(value, list | tuple) or not all(
-        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
-        for x in value
-    ):
-        raise ValueError(f"{name}={value!r}: must be a list of positive numbers")
-    return [float(x) for x in value]
-
-
-def multiples(name: str, value) -> tuple[float, ...]:
-    """(1.0, *the distinct positive numbers of `value` other than 1) (horizons, lifetimes)."""
-    return (1.0, *dict.fromkeys(h for h in numbers(name, value) if h != 1.0))
-
-
-def field_default(cls, name: str):
-    """The default of the dataclass `cls`'s field `name` (its factory's value)."""
-    f = cls.__dataclass_fields__[name]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-def typed(name: str, cls, values):
-    """Config `cls` (which checks its fields) from the mapping under key `name`; a ValueError
-    names the key."""
-    try:
-        return C.from_dict(cls, mapping(name, values))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: {e}") from None
 
 
 def describe_es(values: Mapping, defaults: Mapping) -> str:
@@ -440,35 +349,7 @@ def end_es(plan: MetaPlan, session: dict, es_out, steps: int, t_start: float) ->
     )
 
 
-def progress_bar(plan: MetaPlan, total: int):
-    """The meta-test's tqdm bar over its programs (disabled without progress)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="meta-test", unit="prog", dynamic_ncols=True,
-                disable=not plan.progress)  # fmt: skip
-
-
-def timed(program, *args) -> tuple[dict, float, float]:
-    """(the gathered outputs of jitted `program(*args)`, compile seconds, run seconds)."""
-    import jax
-
-    from purejaxrl import sweep
-
-    t0 = time.perf_counter()
-    compiled = program.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = sweep.gather(jax.block_until_ready(compiled(*args)))
-    return out, compile_s, time.perf_counter() - t0
-
-
 # --------------------------------------------------------------------------- fitness.csv
-
-
-def num(x) -> float | None:
-    """A JSON number: None for NaN / inf."""
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def fitness_rows(fitness: np.ndarray, nonfinite: np.ndarray, first: int = 1) -> list[list]:
@@ -481,46 +362,25 @@ def fitness_rows(fitness: np.ndarray, nonfinite: np.ndarray, first: int = 1) -> 
     return rows
 
 
-def write_csv_rows(path: Path, columns, rows, keep_upto: int | None = None) -> None:
-    """`path`: a header, the existing rows whose first column is <= `keep_upto` (None: none),
-    then `rows` (floats as repr: they read back exactly; NaN empty)."""
-    old = []
-    if keep_upto is not None and path.is_file():
-        with path.open(newline="") as fh:
-            old = [r for r in list(csv.reader(fh))[1:] if r and int(r[0]) <= keep_upto]
-    cell = lambda x: ("" if not math.isfinite(x) else repr(x)) if isinstance(x, float) else str(x)  # noqa: E731
-    lines = [",".join(columns)] + [",".join(r) for r in old]
-    lines += [",".join(cell(x) for x in r) for r in rows]
-    command.write_text(path, "\n".join(lines) + "\n")
-
-
 def write_fitness(run_dir: Path, rows: list[list], keep_upto: int | None = None) -> None:
     """fitness.csv: `rows` after the existing rows up to generation `keep_upto`."""
-    write_csv_rows(run_dir / "fitness.csv", FITNESS_COLUMNS, rows, keep_upto)
-
-
-def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
-    """{column: values} of a CSV of numbers (empty cells NaN)."""
-    rows = [line.split(",") for line in path.read_text().splitlines() if line]
-    names, data = rows[0], rows[1:]
-    table = np.asarray([[float(x) if x else math.nan for x in r] for r in data], np.float64)
-    return {name: table.reshape(len(data), len(names))[:, i] for i, name in enumerate(names)}
+    command.write_csv(run_dir / "fitness.csv", FITNESS_COLUMNS, rows, keep_upto, exact=True)
 
 
 def fitness_summary(run_dir: Path, definition: str) -> dict:
     """summary.json's "fitness" (fitness.csv): first / last mean and best, best ever, curves."""
-    f = read_csv_columns(run_dir / "fitness.csv")
+    f = command.read_csv(run_dir / "fitness.csv")
     mean, best = f["mean"], f["best"]
-    ends = lambda x, i: num(x[i]) if len(x) else None  # noqa: E731
+    ends = lambda x, i: command.num(x[i]) if len(x) else None  # noqa: E731
     return {
         "definition": definition,
         "first_mean": ends(mean, 0),
         "last_mean": ends(mean, -1),
         "first_best": ends(best, 0),
         "last_best": ends(best, -1),
-        "best_ever": num(np.nanmax(best)) if len(best) else None,
-        "mean": [num(x) for x in mean],
-        "best": [num(x) for x in best],
+        "best_ever": command.num(np.nanmax(best)) if len(best) else None,
+        "mean": [command.num(x) for x in mean],
+        "best": [command.num(x) for x in best],
         "nonfinite_total": int(np.nansum(f["nonfinite"])),
     }
 
@@ -545,20 +405,11 @@ def meta_training_line(summary: dict) -> str | None:
     return None
 
 
-def figure(plt, path: Path, fig, dpi: int, suptitle: str | None = None) -> Path:
-    """Lays out `fig` (with a suptitle) and saves it atomically."""
-    if suptitle is not None:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    fig.set_dpi(dpi)
-    return command.save_figure(fig, path)
-
-
 def plot_fitness(run_dir: Path, title: str, ylabel: str, lines=()) -> Path:
     """fitness.png: the population's mean and best fitness per generation (fitness.csv), the
     best so far, and horizontal reference `lines` [(y, label)]."""
     plt = command.pyplot()
-    f = read_csv_columns(run_dir / "fitness.csv")
+    f = command.read_csv(run_dir / "fitness.csv")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(f["generation"], f["mean"], label="population mean")
     ax.plot(f["generation"], f["best"], label="population best", alpha=0.8)
@@ -568,95 +419,4 @@ def plot_fitness(run_dir: Path, title: str, ylabel: str, lines=()) -> Path:
     ax.set(ylabel=ylabel, xlabel="generation")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    return figure(plt, run_dir / "fitness.png", fig, 120)
-
-
-# --------------------------------------------------------------------------- meta-test numbers
-
-
-def final_per_seed(metrics: Mapping[str, Any]) -> np.ndarray:
-    """`[S]` final returns (purejaxrl.scores.final_return) of metrics `[S, U]`."""
-    from purejaxrl import scores
-
-    final = scores.final_return(metrics["episode_return"], metrics["episodes_finished"])
-    return np.asarray(final, np.float64)
-
-
-def stats(final: np.ndarray, reps: int) -> dict:
-    """aggregate.summarize_finite of the per-seed values `[S]`, and those values (None: NaN)."""
-    return {**aggregate.summarize_finite(final, reps=reps), "per_seed": [num(x) for x in final]}
-
-
-def seed_keys(seed: int, task: str, num: int) -> np.ndarray:
-    """Raw key data `[num, 2]` of a task's meta-test seeds (the same for every objective and
-    horizon; independent of the other tasks)."""
-    import jax
-
-    key = jax.random.fold_in(jax.random.key(seed), TEST_KEY_SALT)
-    key = jax.random.fold_in(key, zlib.crc32(task.encode()))
-    return np.asarray(jax.random.key_data(jax.random.split(key, num)))
-
-
-def definition(what: str, reps: int) -> str:
-    """The meta-test's definition text, after `what` (the learners' specifics)."""
-    from purejaxrl import scores
-
-    return (
-        f"per seed, mean episode_return over the last {scores.FINAL_FRACTION:.0%} of updates "
-        "(from its first finished episode on; NaN if none); per cell, IQM over seeds with a 95% "
-        f"stratified bootstrap CI ({reps} resamples; NaN seeds excluded); {what}"
-    )
-
-
-def test_summary(cells: Mapping[str, Mapping], series, learned: str, extra=None) -> dict:
-    """summary.json's meta_test ({cell: {series: iqm, iqm_ci, mean (+ extra(cell, name))}})
-    and `learned`'s final_return_mean and final_return_per_seed, of {"task@mx": cell}."""
-    extra = extra or (lambda c, name: {})
-    pick = lambda r: {k: r[k] for k in ("iqm", "iqm_ci", "mean")}  # noqa: E731
-    return {
-        "meta_test": {
-            key: {o: pick(c["results"][o]) | extra(c, o) for o in series}
-            for key, c in cells.items()
-        },
-        "final_return_mean": {k: c["results"][learned]["mean"] for k, c in cells.items()},
-        "final_return_per_seed": {k: c["results"][learned]["per_seed"] for k, c in cells.items()},
-    }
-
-
-def ci_text(s: Mapping[str, Any] | None, width: int = 24) -> str:
-    """ "iqm [lo, hi]" of a stats dict, right-aligned in `width`; "-" where there is none."""
-    if not s or s.get("iqm") is None:
-        return f"{'-':>{width}}"
-    lo, hi = s["iqm_ci"]
-    return f"{s['iqm']:>8.4g} [{lo:.4g}, {hi:.4g}]".rjust(width)
-
-
-def plot_cells(path: Path, panels: Mapping[str, Sequence[dict]], series: Sequence[str], **text):
-    """IQM bars with 95% CI whiskers: one panel per key of `panels` (its title), a group of bars
-    per cell {"tick": label, "values": {name: stats or None}}, a bar per name in `series`.
-    `text`: xlabel, ylabel, suptitle."""
-    plt = command.pyplot()
-    n = len(panels)
-    cols = min(max(n, 1), 3)
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
-    width = 0.8 / max(len(series), 1)
-    for i, (title, cells) in enumerate(panels.items()):
-        ax = axes[i // cols][i % cols]
-        if all((c["values"].get(s) or {}).get("iqm") is None for c in cells for s in series):
-            ax.text(0.5, 0.5, "no finished episode", ha="center", transform=ax.transAxes)
-        for j, name in enumerate(series):
-            bars = [(k, c["values"].get(name) or {}) for k, c in enumerate(cells)]
-            bars = [(k, s) for k, s in bars if s.get("iqm") is not None]
-            mid = np.array([s["iqm"] for _, s in bars])
-            ci = np.array([s.get("iqm_ci") or [s["iqm"]] * 2 for _, s in bars]).reshape(-1, 2)
-            xs = [k + (j - (len(series) - 1) / 2) * width for k, _ in bars]
-            ax.bar(xs, mid, width, yerr=[mid - ci[:, 0], ci[:, 1] - mid], capsize=2, label=name)
-        ax.set_xticks(range(len(cells)), [c["tick"] for c in cells])
-        ax.set_title(title, fontsize=10)
-        ax.set(xlabel=text.get("xlabel", ""), ylabel=text.get("ylabel", ""))
-        if i == 0:
-            ax.legend(fontsize=8)
-    for k in range(n, rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    return figure(plt, path, fig, 110, text.get("suptitle", ""))
+    return command.save_figure(fig, run_dir / "fitness.png", 120)

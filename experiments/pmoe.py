@@ -95,7 +95,7 @@ class Plan(command.Plan):
 
 
 def arguments(p) -> None:
-    count = agent_runs.positive_int
+    count = command.positive_int
     p.add_argument("--task", default="multimodal", choices=TASKS)
     p.add_argument("--algos", nargs="+", choices=ALGOS, help="default: both; brax: sac")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -151,7 +151,7 @@ def plan(args) -> Plan:
     """Checks every argument and builds every agent (validating its config) before compiling."""
     if args.merge:
         return merge_plan(args)
-    agent_runs.check_unique(args, "algos", "methods", "envs")
+    command.check_unique(args, "algos", "methods", "envs")
     brax = args.task == "brax"
     algos = args.algos or (["sac"] if brax else list(ALGOS))
     if args.num_experts < 2 and set(args.methods) - {"gaussian"}:
@@ -322,7 +322,6 @@ def plot_curves(plan: Plan, curves: dict[str, dict]) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     command.save_figure(fig, plan.run_dir / "curves.png")
 
 
@@ -337,7 +336,6 @@ def plot_auc(plan: Plan, results: dict[str, dict]) -> None:
         ax.set_xticks(range(len(planned)), [r.method for r in planned])
         ax.set(ylabel="AUC (mean episode return)", title=f"{algo} on {env}")
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
     command.save_figure(fig, plan.run_dir / "auc.png")
 
 
@@ -372,7 +370,6 @@ def plot_experts(plan: Plan, results: dict[str, dict]) -> None:
             ax.set_title(f"{run.name}: {name}", fontsize=9)
             ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("action")
-    fig.tight_layout()
     command.save_figure(fig, plan.run_dir / "experts.png")
 
 

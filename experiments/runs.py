@@ -27,17 +27,6 @@ forward when none finished; a seed's cell is empty until its first finished epis
 across-seed columns (and episode_length) use only the seeds that have one (empty when none has).
 """
 
-# Kept for tests of other commands (test_checkpoint, test_learning, test_lpo_learning,
-# test_lpo_experiment, test_lpg_experiment), which call them through `runs`.
-load_yaml = command.load_yaml
-merge = command.merge
-write_json = command.write_json
-
-
-def write_summary(run_dir, summary: Mapping[str, Any]) -> None:  # kept, as above
-    command.write_json(Path(run_dir) / "summary.json", summary)
-
-
 # --------------------------------------------------------------------------- specs
 
 
@@ -92,8 +81,7 @@ def build_spec(values: Mapping[str, Any]) -> RunSpec:
     )
     run = {k: _coerce(d, values.get(k, d)) for k, d in RUN_KEYS.items() if k != "algo"}
     for key, low in (("seed", 0), ("num_seeds", 1)):
-        if type(run[key]) is not int or run[key] < low:
-            raise ValueError(f"{key}={run[key]!r}: must be an integer >= {low}")
+        command.as_int(key, run[key], low)
     return RunSpec(algo=algo, config=config, **run)
 
 
@@ -253,5 +241,4 @@ def plot_curve(run_dir, title: str) -> Path:
         )
     ax.set(xlabel="environment steps (per seed)", ylabel="episode return", title=title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return command.save_figure(fig, Path(run_dir) / "curve.png")

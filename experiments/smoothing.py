@@ -88,7 +88,7 @@ class Plan(command.Plan):
 
 
 def arguments(p) -> None:
-    count, number = agent_runs.positive_int, agent_runs.checked
+    count, number = command.positive_int, command.checked
     sigma = number(float, lambda v: v > 0, "> 0 (the undefended sigma = 0 policy runs anyway)")
     p.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
     p.add_argument("--sigmas", nargs="+", type=sigma, default=[0.2, 0.4], help="noise stds")
@@ -160,7 +160,7 @@ def check_env(args, run: Run, objectives: list[str]) -> None:
 
 def plan(args) -> Plan:
     """Everything that can fail on bad input, checked before any training or file."""
-    agent_runs.check_unique(args, "envs", "sigmas", "objectives")
+    command.check_unique(args, "envs", "sigmas", "objectives")
     markers = ("config.yaml", "checkpoints")
     run_dir, values, _ = command.start(args, lambda v: "smoothing", markers=markers)
     for key in ("algo", "env", "obs_noise_sigma", "seed", "num_seeds"):
@@ -413,7 +413,6 @@ def plot_files(plan: Plan, results: dict) -> None:
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=90)
         plot_certificate(ax, plan.budgets, entry)
         ax.set_title(f"{env}: certified vs attacked (dotted: clean smoothed return)", fontsize=9)
-        fig.tight_layout()
         command.save_figure(fig, plan.run_dir / f"certificate_{env}.png")
         with_levels = [r for r in entry["smoothed"].values() if "threshold_bound" in r]
         if not with_levels:
@@ -429,7 +428,6 @@ def plot_files(plan: Plan, results: dict) -> None:
             ax.set_title(f"{env}, sigma={r['sigma']:g}", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
         command.save_figure(fig, plan.run_dir / f"thresholds_{env}.png")
 
 

@@ -121,10 +121,7 @@ class SweepPlan(command.Plan):
 def plan(args) -> SweepPlan:
     """Checks everything and writes nothing. The folder is checked before jax.distributed joins
     the processes (so none sees another's files), and that comes before jax's backend starts."""
-    for flag in ("seeds", "random", "chunk", "bootstrap"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag}={value}: must be a positive integer")
+    command.positive_flags(args, "seeds", "random", "chunk", "bootstrap")
     fixed, space = parse_space(args.overrides)
     if args.resume:
         if args.out:
@@ -192,11 +189,6 @@ def make_batch(spec: dict):
     else:
         batch = sweep.grid(cfg, space, spec["seeds"], seed)
     return batch, algos.ALGOS[run_spec.algo][1]
-
-
-def set_host_devices(args) -> None:
-    # Until experiments.metacli and experiments.lpg run on the skeleton (shards=True): delete then.
-    command.use_host_cores(args.devices)
 
 
 def start_distributed(args) -> None:
@@ -473,7 +465,6 @@ def _save(ax, title: str, path: Path, legend: bool = True) -> None:
     ax.set_title(title)
     if legend:
         ax.legend(fontsize=7)
-    ax.figure.tight_layout()
     command.save_figure(ax.figure, path)
 
 

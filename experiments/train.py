@@ -183,9 +183,7 @@ def _plan(args) -> Plan:
     from purejaxrl import checkpoint
 
     _split_log(args)
-    for flag, value in (("--seeds", args.seeds), ("--checkpoint-every", args.checkpoint_every)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag}={value}: must be a positive integer")
+    command.positive_flags(args, "seeds", "checkpoint_every")
     log = sinks.check_sinks(args.log)  # SinkError (a ValueError) for an unknown or missing sink
     if args.wandb_project and "wandb" not in log:
         raise ValueError("--wandb-project is for --log wandb, which is not given")

@@ -1,5 +1,5 @@
 """python -m experiments.lpg / experiments.groove (meta-train an LPG rule, meta-test it against
-tuned A2C and PPO) and the pieces they share with experiments.lpo (experiments/metacli.py).
+tuned A2C and PPO) and the pieces they share with experiments.lpo (experiments/metacli.py, meta_test.py).
 
 The default tests check settings, bad input, the normalisation and the small meta-test helpers
 without compiling a training program (except one random-policy rollout). The end-to-end CLI runs
@@ -212,9 +212,7 @@ def test_meta_optimizer_flag_and_meta_gradient_block(tmp_path):
 
 @pytest.mark.parametrize("name", ["lpg_cpu.yaml", "lpg_paper.yaml"])
 def test_shipped_configs_resolve(name):
-    from experiments import runs
-
-    values = runs.load_yaml(Path(cli.__file__).parent / "configs" / name)
+    values = command.load_yaml(Path(cli.__file__).parent / "configs" / name)
     settings = S.resolve(values)
     assert "curriculum" not in values and settings.curriculum == "dr"  # each CLI's default
     assert cli.experiment("experiments.groove", "regret").resolve(values).curriculum == "regret"
@@ -307,9 +305,7 @@ def test_paper_config_with_an_unknown_field_stops_before_compiling(
 ):
     """lpg_paper.yaml with one misspelt field: `error: ...` naming it, exit code 2, nothing
     written, and nothing traced or compiled (jax.jit / lax.scan would fail the test)."""
-    from experiments import runs
-
-    values = runs.load_yaml(Path(cli.__file__).parent / "configs" / "lpg_paper.yaml")
+    values = command.load_yaml(Path(cli.__file__).parent / "configs" / "lpg_paper.yaml")
     if where == "top":
         values["meta_optimiser"] = "es"
     else:
@@ -363,14 +359,12 @@ def _meta_test_table(shift: float) -> dict:
 
 
 def test_comparison_table_of_three_runs(tmp_path):
-    from experiments import runs
-
     names = [(name, label) for name, label, _ in cli.COMPARE_TA]
     assert [n for n, _ in names] == ["ta-lpg-es", "ta-lpg-mg", "lpg-es"]
     for i, (name, _) in enumerate(names):
         (tmp_path / name).mkdir()
-        runs.write_json(tmp_path / name / "meta_test.json", _meta_test_table(100.0 * i))
-        runs.write_json(tmp_path / name / "summary.json", {"method": f"m{i}"})
+        command.write_json(tmp_path / name / "meta_test.json", _meta_test_table(100.0 * i))
+        command.write_json(tmp_path / name / "summary.json", {"method": f"m{i}"})
     table = R.comparison(tmp_path, names)
     assert table["series"] == ["ta-lpg-es", "ta-lpg-mg", "lpg-es", "a2c", "ppo"]
     assert [table["overall"]["1x"][n]["iqm"] for n, _ in names] == [0.0, 100.0, 200.0]

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from experiments import lpo as cli
-from experiments import metacli
+from experiments import meta_test, metacli
 from meta import lpo, lpo_train
 from purejaxrl import scores
 from tests.helpers import cli_compile_cache
@@ -296,9 +296,9 @@ def test_settings_resolve_defaults_and_horizons():
 
 @pytest.mark.parametrize("name", ["lpo_cpu.yaml", "lpo_minatar.yaml"])
 def test_shipped_configs_resolve(name):
-    from experiments import runs
+    from experiments import command
 
-    settings = cli.resolve(runs.load_yaml(Path(cli.__file__).parent / "configs" / name))
+    settings = cli.resolve(command.load_yaml(Path(cli.__file__).parent / "configs" / name))
     assert settings.test_seeds >= 8 and settings.horizons == (1.0, 0.5, 2.0)
     assert settings.objectives == ("learned", "ppo_clip", "dpo", "mdpo") and settings.held_out
     if name == "lpo_cpu.yaml":
@@ -317,7 +317,7 @@ def test_every_objective_builds_its_meta_test_program():
     settings = cli.resolve({**TINY, "compare": ["ppo_clip", "dpo", "mdpo"]})
     cfg = cli.test_config(settings, "CartPole-v1", 1.0)
     sharding = sweep.run_sharding(jax.devices()[:1])
-    keys = metacli.seed_keys(0, "CartPole-v1", 2)
+    keys = meta_test.seed_keys(0, "CartPole-v1", 2)
     params = lpo.init_params(jax.random.key(0), hidden=8)
     for objective in settings.objectives:
         program = cli.make_program(objective, cfg, settings, sharding)
