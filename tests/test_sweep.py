@@ -92,6 +92,13 @@ def test_grid_refuses_bad_input(space, kwargs, match):
         sweep.grid(CFG, space, **{"seeds": 2, **kwargs})
 
 
+def test_grid_reads_an_integral_float_as_the_int_it_sets():
+    """YAML reads 1e5 as a float; for an int field it is that int (4.5 is refused, above)."""
+    batch = sweep.grid(CFG, {"num_envs": [4.0, 8]}, seeds=1)
+    assert [type(v) for v in batch.values["num_envs"]] == [int, int]
+    assert list(batch.values["num_envs"]) == [4, 8]
+
+
 @pytest.mark.parametrize(
     "space, match",
     [
