@@ -39,13 +39,6 @@ def register_objectives() -> None:
     objectives.register()
 
 
-def _coerce(default: Any, value: Any) -> Any:
-    """A whole float onto an int field (YAML reads 1e6 as 1000000.0); the config checks every
-    type (purejaxrl.config)."""
-    whole = isinstance(value, float) and value.is_integer()
-    return int(value) if whole and type(default) is int else value
-
-
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     algo: str
@@ -77,9 +70,9 @@ def build_spec(values: Mapping[str, Any]) -> RunSpec:
             hint = C.close_match(key, known, n=3) or f"; known keys are {known}"
             raise ValueError(f"unknown key {key!r} for algo {algo}{hint}")
     config = algos.config_from_dict(
-        algo, {k: _coerce(fields[k], v) for k, v in values.items() if k in fields}
+        algo, {k: C.whole(fields[k], v) for k, v in values.items() if k in fields}
     )
-    run = {k: _coerce(d, values.get(k, d)) for k, d in RUN_KEYS.items() if k != "algo"}
+    run = {k: C.whole(d, values.get(k, d)) for k, d in RUN_KEYS.items() if k != "algo"}
     for key, low in (("seed", 0), ("num_seeds", 1)):
         command.as_int(key, run[key], low)
     return RunSpec(algo=algo, config=config, **run)

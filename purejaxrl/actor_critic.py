@@ -116,11 +116,6 @@ class OnPolicyConfig(loop.AgentConfig):
         return None
 
 
-def validate(cfg: OnPolicyConfig) -> None:
-    """The config's checks again (a config already ran them at construction)."""
-    cfg.validate()
-
-
 def resolve_policy(cfg, action_space) -> str:
     if cfg.policy != "auto":
         return cfg.policy

@@ -167,6 +167,13 @@ def check_types(cfg) -> None:
             )
 
 
+def whole(default: Any, value: Any) -> Any:
+    """`value` for a field whose default is `default`: a whole float onto an int field is that int
+    (YAML reads 1e6 as 1000000.0); anything else unchanged (check_types judges it)."""
+    is_int = isinstance(default, int) and not isinstance(default, bool)
+    return int(value) if is_int and isinstance(value, float) and value.is_integer() else value
+
+
 def check_hidden_sizes(cfg, field: str = "hidden_sizes") -> None:
     sizes = getattr(cfg, field)
     if not isinstance(sizes, tuple) or not all(

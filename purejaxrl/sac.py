@@ -155,11 +155,6 @@ class SACConfig(loop.AgentConfig):
         return -(-self.learning_starts // self.num_envs)
 
 
-def validate(cfg: SACConfig) -> None:
-    """The config's checks again (a config already ran them at construction)."""
-    cfg.validate()
-
-
 # --------------------------------------------------------------------------- network
 
 

@@ -256,12 +256,9 @@ def _column(cfg, field: str, values: Sequence, env_defaults) -> np.ndarray:
     else:
         default = getattr(cfg, field)
         if _is_static(cfg, field):  # checked by the config itself (`_validate`)
-            whole = isinstance(default, int) and not isinstance(default, bool)
             out = np.empty(len(values), dtype=object)
             for i, v in enumerate(values):
-                if whole and isinstance(v, float) and v.is_integer():
-                    v = int(v)  # YAML's 1e5 for an int field
-                out[i] = tuple(v) if isinstance(v, list) else v
+                out[i] = tuple(v) if isinstance(v, list) else C.whole(default, v)
             return out
         default = np.asarray(default)
     for v in values:
