@@ -55,17 +55,14 @@ def launch(nproc: int, port: int) -> list[dict]:
         )
         for i in range(nproc)
     ]
-    outs = []
-    for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=600)
-        finally:
-            for q in procs:
-                if q.poll() is None:
-                    q.kill()
+    try:  # wait for every process: the last one may still be shutting jax.distributed down
+        results = [p.communicate(timeout=600) for p in procs]
+    finally:  # a hung or failed start leaves nothing behind
+        for p in procs:
+            p.kill()
+    for p, (_, stderr) in zip(procs, results, strict=True):
         assert p.returncode == 0, stderr[-3000:]
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
-    return outs
+    return [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in results]
 
 
 # Three fresh processes that each compile: ~80 s on this 2-core machine, so with the slow checks.
