@@ -11,9 +11,9 @@ from typing import Any
 import jax
 
 from experiments import aggregate, runs
-from experiments.train import Progress
 from purejaxrl import checkpoint
 from purejaxrl import config as C
+from purejaxrl.progress import Progress
 
 
 @dataclasses.dataclass(kw_only=True)

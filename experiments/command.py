@@ -1,33 +1,19 @@
 """The run skeleton of every experiment command, and the run-folder helpers they share.
 
-An experiment command (`python -m experiments.<name>`) is a `Command`: its own flags and four
-functions, parse -> plan -> execute -> report. `run(command, argv)` is the whole CLI:
-
-1. parses argv: the shared flags (`key=value` overrides, --config, --out, --resume, --devices
-   for a command that shards, --no-progress) and the command's own (`arguments`);
-2. prints `describe(args)` at once, before jax is imported (seconds);
-3. for a command that shards (`shards=True`), makes the host's CPU cores jax devices
-   (`use_host_cores`) before anything starts jax's backend;
-4. `plan(args)` does everything that can fail on bad input and writes nothing: a ValueError is
-   `error: ...` on stderr and exit code 2 (`EXIT_BAD_INPUT`);
-5. a plan with `done` set has nothing left to do: the message, exit 0;
-6. `execute(plan)` writes the run folder, every file atomically (`write_text`, `write_json`,
-   `write_yaml`, `write_csv`, `save_figure`), and returns the summary; Ctrl-C is exit 130
-   (`EXIT_INTERRUPTED`) with the command that continues the run;
-7. `report(plan, summary)` returns the final lines for stdout.
-
-Settings are a YAML mapping (`--config`) deep-merged with the overrides (`parse_overrides`: every
-dot nests, values are YAML). A new run refuses an --out that holds a run (`new_run_dir`); a
-resume reads the folder's config.yaml (`read_run_config`) and refuses changed settings other than
-those it may change (`check_unchanged`).
+A command (`python -m experiments.<name>`) is a `Command`: its own flags and plan -> execute ->
+report. `run(command, argv)` is the whole CLI (its docstring lists the steps); settings are a YAML
+mapping (--config) deep-merged with `key=value` overrides (`parse_overrides`); every file of a run
+folder is written atomically. How to add a command: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import dataclasses
 import datetime
+import io
 import json
 import math
 import os
@@ -141,7 +127,13 @@ def parser(command: Command) -> argparse.ArgumentParser:
 
 
 def run(command: Command, argv: Sequence[str] | None = None) -> int:
-    """One invocation of `command` (steps 1-7 of the module docstring); returns the exit code."""
+    """One invocation of `command`; returns the exit code. 1. parse argv (the shared flags and
+    the command's own); 2. print `describe(args)` before jax is imported; 3. for a command that
+    shards, make the host's CPU cores jax devices before jax's backend starts; 4. `plan(args)`
+    checks everything and writes nothing: a ValueError is `error: ...` and EXIT_BAD_INPUT;
+    5. a plan with `done` set has nothing left to do; 6. `execute(plan)` writes the run folder
+    and returns the summary (a RunError: EXIT_BAD_INPUT; Ctrl-C: EXIT_INTERRUPTED and the
+    command that continues); 7. print `report(plan, summary)`."""
     args = parser(command).parse_args(argv)
     if not args.no_progress:
         message = command.describe(args)
@@ -555,12 +547,14 @@ def csv_cell(x, exact: bool = False) -> str:
 
 def write_csv(path, columns, rows, keep_upto: int | None = None, exact: bool = False) -> Path:
     """A CSV file with a header row, written atomically: the file's rows whose first column is
-    <= `keep_upto` (None: none), then `rows` (`csv_cell`s)."""
+    <= `keep_upto` (None: none), then `rows` (`csv_cell`s; a cell with a comma is quoted)."""
     path = Path(path)
     old = path.read_text().splitlines()[1:] if keep_upto is not None and path.is_file() else []
-    lines = [",".join(columns)] + [r for r in old if r and int(r.split(",")[0]) <= keep_upto]
-    lines += [",".join(csv_cell(x, exact) for x in row) for row in rows]
-    return write_text(path, "\n".join(lines) + "\n")
+    kept = [r for r in old if r and int(r.split(",")[0]) <= keep_upto]
+    text = io.StringIO()
+    text.writelines(f"{line}\n" for line in [",".join(columns), *kept])
+    csv.writer(text, lineterminator="\n").writerows([csv_cell(x, exact) for x in r] for r in rows)
+    return write_text(path, text.getvalue())
 
 
 def read_csv(path) -> dict[str, np.ndarray]:

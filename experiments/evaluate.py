@@ -83,11 +83,11 @@ def _execute(plan: Plan) -> dict:
     from purejaxrl import evaluation
 
     record, episodes = dict(plan.record), plan.record["episodes_per_seed"]
-    keys = jax.random.split(jax.random.key(record["eval_seed"]), len(record["seeds"]))
+    key = jax.random.key(record["eval_seed"])
     for mode, deterministic in MODES.items():
-        run = lambda s, k, d=deterministic: evaluation.evaluate(plan.agent, s, k, episodes, d)  # noqa: E731
         t = time.perf_counter()
-        returns = np.asarray(jax.device_get(jax.jit(jax.vmap(run))(plan.state, keys)), np.float64)
+        returns = evaluation.evaluate_seeds(plan.agent, plan.state, key, episodes, deterministic)
+        returns = np.asarray(jax.device_get(returns), np.float64)
         record[mode] = {
             **_stats(returns),
             "per_seed": [

@@ -197,12 +197,11 @@ def test_env(settings: Settings, task: str):
 
 
 def learner_config(settings: Settings, task: str, lifetime: float, learner: str, lr=None):
-    """The config of one meta-test run on `task`: an A2CConfig for "lpg" (with the rule's
-    prediction head) and "a2c", a PPOConfig for "ppo" (`settings.ppo` over the fields), with
-    learning rate `lr` (None: the fields'). The fields: the meta-training agents' (`inner`),
-    `minatar_inner` over them on MinAtar; the number of updates scaled by `lifetime` (rounded,
-    at least 1), the rollout kept."""
+    """The config of one meta-test run on `task` (docs/experiments.md): an A2CConfig for "lpg"
+    (with the rule's prediction head) and "a2c", a PPOConfig for "ppo"; learning rate `lr` (None:
+    the fields'); `lifetime` x the meta-trained updates (`meta.meta_test.scaled`)."""
     from meta import lpg
+    from meta import meta_test as M
     from purejaxrl import a2c, ppo
 
     fields = dict(settings.values["inner"])
@@ -220,9 +219,7 @@ def learner_config(settings: Settings, task: str, lifetime: float, learner: str,
             cfg = C.from_dict(cls, {**fields, **extra, "env": task, "env_kwargs": env_kwargs})
     except (TypeError, ValueError) as e:
         raise ValueError(f"the {learner} config of the meta-test on {task}: {e}") from None
-    batch = cfg.num_envs * cfg.num_steps
-    updates = max(1, round(lifetime * (cfg.total_timesteps // batch)))
-    return dataclasses.replace(cfg, total_timesteps=updates * batch)
+    return M.scaled(cfg, lifetime)
 
 
 def describe(args, curriculum: str = "dr") -> str | None:

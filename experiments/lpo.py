@@ -32,7 +32,7 @@ TEST = {  # the meta-test's settings: key -> (default, check(key, value) -> reso
 TEST_KEYS = tuple(TEST)
 KEYS = ("seed", *LPO_KEYS, *TEST_KEYS)
 ES_DEFAULTS = {"population_size": 16, "num_generations": 64, "sigma": 0.03}  # LPOConfig's
-DRIFT_R, DRIFT_A = (0.5, 2.0), (-2.0, 2.0)  # drift.png ranges
+DRIFT_GRID = np.geomspace(0.5, 2.0, 161), np.linspace(-2.0, 2.0, 161)  # drift.png's r, A
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,16 +104,15 @@ def resolve(values: Mapping[str, Any]) -> Settings:
 
 
 def test_config(settings: Settings, task: str, horizon: float):
-    """The PPOConfig of the meta-test on `task` at `horizon` x the meta-trained number of
-    updates (rounded, at least 1; the rollout is unchanged)."""
+    """The PPOConfig of the meta-test on `task` at `horizon` x the meta-trained updates."""
+    from meta import meta_test as M
+
     overrides = None if task in settings.cfg.tasks else settings.held_out_inner.get(task, {})
     try:
         base = settings.cfg.inner_config(task, overrides)
     except (TypeError, ValueError) as e:
         raise ValueError(f"held-out task {task}: {e}") from None
-    batch = base.num_envs * base.num_steps
-    updates = max(1, round(horizon * (base.total_timesteps // batch)))
-    return dataclasses.replace(base, total_timesteps=updates * batch)
+    return M.scaled(base, horizon)
 
 
 def describe(args) -> str | None:
@@ -171,51 +170,12 @@ def meta_train(plan: metacli.MetaPlan, session: dict, t_start: float):
 # --------------------------------------------------------------------------- meta-test
 
 
-def make_program(objective: str, cfg, settings: Settings, sharding):
-    """The jitted program of one meta-test cell: (params, key_data) -> metrics for "learned",
-    (key_data) -> metrics otherwise; metrics `[S, U]` episode_return and episodes_finished."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from meta import lpo, lpo_train
-    from purejaxrl import objectives, ppo
-
-    def pick(m):
-        return {"episode_return": m["episode_return"], "episodes_finished": m["episodes_finished"]}
-
-    if objective == "learned":
-        ta, ppo_init = settings.cfg.time_aware, settings.cfg.ppo_init
-
-        def learned(params, key_data):
-            loss = lpo.learned_loss(params, time_aware=ta, ppo_init=ppo_init)
-            train = lambda k: lpo_train.inner_train(cfg, loss)(k).metrics  # noqa: E731
-            return pick(jax.vmap(train)(jax.random.wrap_key_data(key_data)))
-
-        replicated = NamedSharding(sharding.mesh, PartitionSpec())
-        return jax.jit(learned, in_shardings=(replicated, sharding), out_shardings=sharding)
-    if objective == "ppo_clip":
-        agent = ppo.make_agent(cfg)  # PPO's default objective: GAE + clipped surrogate
-    else:
-        loss = {"dpo": lpo.dpo, "mdpo": lpo.mdpo}[objective]()
-        agent = ppo.make_agent(cfg, objectives.actor_critic(cfg, loss))
-
-    def closed_form(key_data):
-        return pick(jax.vmap(lambda k: agent.train(k).metrics)(jax.random.wrap_key_data(key_data)))
-
-    return jax.jit(closed_form, in_shardings=(sharding,), out_shardings=sharding)
-
-
 def meta_test(plan: metacli.MetaPlan, params) -> dict:
     """Trains `test_seeds` fresh agents per (objective, task, horizon); returns the table."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from purejaxrl import sweep
+    from meta import meta_test as M
 
     settings = plan.settings
-    n_dev = metacli.divisor_devices(len(plan.devices), settings.test_seeds)
-    sharding = sweep.run_sharding(plan.devices[:n_dev])
-    params = jax.device_put(params, NamedSharding(sharding.mesh, PartitionSpec()))
+    n_dev = len(M.seed_devices(plan.devices, settings.test_seeds))
     cells = [(task, h, test_config(settings, task, h)) for task, h in settings.cells]
     total = len(cells) * len(settings.objectives)
     plan.say(
@@ -225,7 +185,7 @@ def meta_test(plan: metacli.MetaPlan, params) -> dict:
     )
     timing = np.zeros(2)
     with T.progress_bar(plan, total) as bar:
-        out_cells = [test_cell(plan, params, c, sharding, bar, timing) for c in cells]
+        out_cells = [test_cell(plan, params, c, bar, timing) for c in cells]
     what = ("p_improvement_learned_over: P(learned > other) + 0.5 P(=) over seed pairs; the same "
             "seed keys for every objective and horizon")  # fmt: skip
     return {
@@ -243,20 +203,19 @@ def meta_test(plan: metacli.MetaPlan, params) -> dict:
     }
 
 
-def test_cell(plan, params, cell, sharding, bar, timing) -> dict:
+def test_cell(plan, params, cell, bar, timing) -> dict:
     """meta_test.json's cell (task, horizon, cfg): every objective's statistics."""
     from experiments import aggregate
-    from purejaxrl import sweep
+    from meta import meta_test as M
 
     settings, (task, h, cfg) = plan.settings, cell
-    keys = sweep.put(T.seed_keys(settings.seed, task, settings.test_seeds), sharding)
+    keys = M.seed_keys(settings.seed, task, settings.test_seeds)
     finals = {}
     for objective in settings.objectives:
         bar.set_postfix_str(f"{task} {h:g}x {objective}")
-        args = (params, keys) if objective == "learned" else (keys,)
-        metrics, *seconds = T.timed(make_program(objective, cfg, settings, sharding), *args)
+        make_train = M.lpo_trainer(objective, cfg, settings.time_aware, settings.cfg.ppo_init)
+        finals[objective], _, *seconds = M.finals(make_train, params, keys, plan.devices)
         timing += seconds
-        finals[objective] = T.final_per_seed(metrics)
         bar.update()
     finite = {k: x[np.isfinite(x)] for k, x in finals.items()}
     mine = finite["learned"]
@@ -265,7 +224,7 @@ def test_cell(plan, params, cell, sharding, bar, timing) -> dict:
         "kind": "train" if task in settings.cfg.tasks else "held_out",
         "horizon": h,
         "total_timesteps": int(cfg.total_timesteps),
-        "num_updates": int(cfg.total_timesteps // (cfg.num_envs * cfg.num_steps)),
+        "num_updates": int(cfg.num_updates),
         "results": {k: T.stats(x, settings.bootstrap) for k, x in finals.items()},
         "p_improvement_learned_over": {
             o: aggregate.probability_of_improvement(mine, finite[o])
@@ -294,42 +253,30 @@ def plot_training(plan: metacli.MetaPlan, params) -> None:
     plot_drift(plan.run_dir, settings, params)
 
 
-def drift_grid(params, time_aware: bool, ppo_init: bool, progress: float | None = None):
-    """(r [n], A [m], drift [m, n]) of the learned drift (with progress n/N for TA-LPO)."""
+def drift_grid(fn) -> np.ndarray:
+    """`fn(log r, A)` on drift.png's grid `DRIFT_GRID`: `[A, r]`."""
     import jax.numpy as jnp
 
-    from meta import lpo
-
-    r, a = np.geomspace(*DRIFT_R, 161), np.linspace(*DRIFT_A, 161)
-    rr, aa = np.meshgrid(r, a)
-    p = (0.0 if progress is None else progress) if time_aware else None
-    d = lpo.drift(params, jnp.log(rr.ravel()), jnp.asarray(aa.ravel()), p, ppo_init)
-    return r, a, np.asarray(d, np.float64).reshape(aa.shape)
+    rr, aa = np.meshgrid(*DRIFT_GRID)
+    values = fn(jnp.log(rr.ravel()), jnp.asarray(aa.ravel()))
+    return np.asarray(values, np.float64).reshape(aa.shape)
 
 
 def drift_panels(settings: Settings, params) -> list[tuple]:
-    """(title, r, a, values, kind) of drift.png: TA-LPO at n/N = 0, 0.5, 1 and its change; LPO
-    beside PPO-clip's and DPO's drifts."""
-    import jax.numpy as jnp
-
+    """(title, values, kind) of drift.png: TA-LPO at n/N = 0, 0.5, 1 and its change; LPO beside
+    PPO-clip's and DPO's drifts."""
     from meta import lpo
 
     ppo_init = settings.cfg.ppo_init
+    learned = lambda p: drift_grid(lambda r, a: lpo.drift(params, r, a, p, ppo_init))  # noqa: E731
     if settings.cfg.time_aware:
-        grids = [drift_grid(params, True, ppo_init, p) for p in (0.0, 0.5, 1.0)]
-        panels = [(f"TA-LPO drift, n/N = {p:g}", r, a, d, "drift")
-                  for p, (r, a, d) in zip((0.0, 0.5, 1.0), grids, strict=True)]  # fmt: skip
-        r, a, _ = grids[0]
-        change = grids[2][2] - grids[0][2]
-        return [*panels, ("change n/N 0 -> 1: drift(1) - drift(0)", r, a, change, "diff")]
-    r, a, d = drift_grid(params, False, ppo_init)
-    rr, aa = np.meshgrid(r, a)
-    log_r, adv = jnp.log(rr.ravel()), jnp.asarray(aa.ravel())
-    refs = (("PPO-clip drift (eps 0.2)", lpo.ppo_drift(log_r, adv)),
-            ("DPO drift (alpha 2, beta 0.6)", lpo.dpo_drift(log_r, adv)))  # fmt: skip
-    return [("LPO drift (learned)", r, a, d, "drift")] + [
-        (title, r, a, np.asarray(ref, np.float64).reshape(aa.shape), "ref") for title, ref in refs
-    ]
+        grids = {p: learned(p) for p in (0.0, 0.5, 1.0)}
+        panels = [(f"TA-LPO drift, n/N = {p:g}", d, "drift") for p, d in grids.items()]
+        change = grids[1.0] - grids[0.0]
+        return [*panels, ("change n/N 0 -> 1: drift(1) - drift(0)", change, "diff")]
+    return [("LPO drift (learned)", learned(None), "drift"),
+            ("PPO-clip drift (eps 0.2)", drift_grid(lpo.ppo_drift), "ref"),
+            ("DPO drift (alpha 2, beta 0.6)", drift_grid(lpo.dpo_drift), "ref")]  # fmt: skip
 
 
 def plot_drift(run_dir: Path, settings: Settings, params) -> Path:
@@ -338,10 +285,11 @@ def plot_drift(run_dir: Path, settings: Settings, params) -> Path:
     from matplotlib.ticker import NullFormatter
 
     panels = drift_panels(settings, params)
-    shared = [p[3] for p in panels if p[4] == "drift"]
+    shared = [d for _, d, kind in panels if kind == "drift"]
     vmax = max(float(np.nanmax(d)) for d in shared) if shared else 1.0
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.9), squeeze=False)
-    for ax, (title, r, a, d, kind) in zip(axes[0], panels, strict=True):
+    r, a = DRIFT_GRID
+    for ax, (title, d, kind) in zip(axes[0], panels, strict=True):
         if kind == "diff":
             lim = max(float(np.nanmax(np.abs(d))), 1e-12)
             mesh = ax.pcolormesh(r, a, d, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="auto")

@@ -1,11 +1,9 @@
-"""The meta-test's numbers and plots (experiments.lpo, experiments.lpg): per-seed final returns
-(purejaxrl.scores), their IQM / CI (experiments.aggregate), test keys, summary and bar plots."""
+"""The meta-test's statistics and plots (experiments.lpo, experiments.lpg): IQM / CI
+(experiments.aggregate) of the per-seed final returns (meta.meta_test), summary and bar plots."""
 
 from __future__ import annotations
 
 import math
-import time
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,8 +11,6 @@ from typing import Any
 import numpy as np
 
 from experiments import aggregate, command
-
-TEST_KEY_SALT = 0x7E57  # meta-test keys: fold_in(key(seed), this), then per task name
 
 
 def progress_bar(plan: command.Plan, total: int):
@@ -25,44 +21,12 @@ def progress_bar(plan: command.Plan, total: int):
                 disable=not plan.progress)  # fmt: skip
 
 
-def timed(program, *args) -> tuple[dict, float, float]:
-    """(the gathered outputs of jitted `program(*args)`, compile seconds, run seconds)."""
-    import jax
-
-    from purejaxrl import sweep
-
-    t0 = time.perf_counter()
-    compiled = program.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = sweep.gather(jax.block_until_ready(compiled(*args)))
-    return out, compile_s, time.perf_counter() - t0
-
-
-def final_per_seed(metrics: Mapping[str, Any]) -> np.ndarray:
-    """`[S]` final returns (purejaxrl.scores.final_return) of metrics `[S, U]`."""
-    from purejaxrl import scores
-
-    final = scores.final_return(metrics["episode_return"], metrics["episodes_finished"])
-    return np.asarray(final, np.float64)
-
-
 def stats(final: np.ndarray, reps: int) -> dict:
     """aggregate.summarize_finite of the per-seed values `[S]`, and those values (None: NaN)."""
     return {
         **aggregate.summarize_finite(final, reps=reps),
         "per_seed": [command.num(x) for x in final],
     }
-
-
-def seed_keys(seed: int, task: str, num: int) -> np.ndarray:
-    """Raw key data `[num, 2]` of a task's meta-test seeds (the same for every objective and
-    horizon; independent of the other tasks)."""
-    import jax
-
-    key = jax.random.fold_in(jax.random.key(seed), TEST_KEY_SALT)
-    key = jax.random.fold_in(key, zlib.crc32(task.encode()))
-    return np.asarray(jax.random.key_data(jax.random.split(key, num)))
 
 
 def definition(what: str, reps: int) -> str:

@@ -182,17 +182,12 @@ def plan(args) -> Plan:
 
 def evaluate_seeds(agent, state, key, num_episodes: int) -> dict[str, np.ndarray]:
     """Mean evaluation return per seed `[S]`, deterministic (mode) and stochastic (sampled)."""
-    try:  # the episode length: gymnax/brax time limit, or the bandit's horizon
-        steps = evaluation.episode_horizon(agent.env_params)
-    except ValueError:
-        steps = int(agent.env_params.horizon)
-    out = {}
-    for name, det in (("deterministic", True), ("stochastic", False)):
-        fn = lambda s, k, det=det: evaluation.evaluate(agent, s, k, num_episodes, det, steps)
-        num_seeds = jax.tree.leaves(state)[0].shape[0]
-        returns = jax.jit(jax.vmap(fn))(state, jax.random.split(key, num_seeds))
-        out[name] = np.asarray(returns, np.float64).mean(axis=1)
-    return out
+    return {
+        name: np.asarray(
+            evaluation.evaluate_seeds(agent, state, key, num_episodes, det), "f8"
+        ).mean(1)
+        for name, det in (("deterministic", True), ("stochastic", False))
+    }
 
 
 def seed_stats(name: str, per_seed) -> dict:

@@ -1,16 +1,6 @@
-"""Policy smoothing (Kumar, Levine, Feizi, ICLR 2022): train, certify and attack smoothed PPO.
-
-    python -m experiments.smoothing [--envs CartPole-v1 Pendulum-v1] [--sigmas 0.2 0.4]
-        [--budgets 0.2 0.4 0.6 0.8 1.0] [--certify-episodes 10000] [--attack-episodes N]
-        [--scale cpu|paper] [--noise-draws M] [--attack-steps S] [--step-sizes 0.01 ...]
-        [--objectives auto|scores|lookahead|log_prob ...] [--lookahead H] [--alpha 0.05]
-        [--method auto|clopper_pearson|dkw] [--seed S] [--steps N] [--out DIR] [key=value ...]
-
-Per env, PPO is trained once per sigma (`obs_noise_sigma = sigma`) and once undefended (sigma 0),
-one seed per policy; each smoothed policy is certified (purejaxrl/robust/certify.py) and every
-policy is attacked at each budget (purejaxrl/robust/attack.py). The certificates, the attack
-settings, the bound check and the run folder's files: docs/experiments.md, "experiments.smoothing".
-"""
+"""Policy smoothing (Kumar, Levine, Feizi, ICLR 2022): train smoothed PPO per env and sigma (and
+undefended), then certify and attack each policy (purejaxrl/robust/protocol.py). Options, the
+protocol and the run folder: docs/experiments.md, "experiments.smoothing"."""
 
 from __future__ import annotations
 
@@ -27,8 +17,7 @@ import numpy as np
 from experiments import agent_runs, aggregate, command
 from purejaxrl import checkpoint, scores
 from purejaxrl.evaluation import episode_horizon
-from purejaxrl.robust import attack, certify
-from purejaxrl.robust import montecarlo as mc
+from purejaxrl.robust import certify, protocol
 
 ENVS = ("CartPole-v1", "Pendulum-v1")
 SCALES = ("cpu", "paper")
@@ -44,9 +33,6 @@ ATTACK_DEFAULTS = {
     ),
 }  # fmt: skip
 CARTPOLE_STEPS = 200  # the paper's CartPole horizon (CartPole-v0)
-# Pendulum-v1's reward is -(theta^2 + 0.1 thetadot^2 + 0.001 u^2), |theta| <= pi, |thetadot| <= 8,
-# |u| <= 2: at least -(pi^2 + 0.1 * 64 + 0.001 * 4) per step.
-PENDULUM_MIN_REWARD = -(math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2)  # -16.2736044
 # 16 x 128 steps, 500k env steps per policy: ~10 s of training on 2 CPU cores.
 _PPO = dict(total_timesteps=507_904, num_envs=16, num_steps=128, update_epochs=10,
             hidden_sizes=[64, 64], anneal_lr=True, gae_lambda=0.95)  # fmt: skip
@@ -84,9 +70,6 @@ class Plan(command.Plan):
     runs: list[Run]
 
 
-# --------------------------------------------------------------------------- settings
-
-
 def arguments(p) -> None:
     count, number = command.positive_int, command.checked
     sigma = number(float, lambda v: v > 0, "> 0 (the undefended sigma = 0 policy runs anyway)")
@@ -110,54 +93,6 @@ def arguments(p) -> None:
     p.add_argument("--steps", type=count, help="training env steps per policy (total_timesteps)")
 
 
-def horizon(config) -> int:
-    """Steps per episode of the run's env (its time limit)."""
-    from envs import make
-
-    _, params = make(config.env, **dict(config.env_kwargs))
-    return episode_horizon(params)
-
-
-def low_return(env: str, steps: int) -> float:
-    """The smallest total reward an episode of `steps` steps can possibly get."""
-    return 0.0 if env == "CartPole-v1" else PENDULUM_MIN_REWARD * steps
-
-
-def certify_setup(method: str, env: str, steps: int) -> tuple[str, np.ndarray | None]:
-    """(--method, auto resolved per env; the bound's levels: every integer return 1..steps for
-    CartPole, None elsewhere: the distinct returns, certify's default)."""
-    if env == "CartPole-v1":
-        return "clopper_pearson" if method == "auto" else method, np.arange(1.0, steps + 1)
-    return "dkw" if method == "auto" else method, None
-
-
-def attack_settings(args, env: str) -> dict:
-    """The attack settings for `env`: the command line's where given, else ATTACK_DEFAULTS."""
-    names = ("noise_draws", "attack_steps", "step_sizes", "objectives")
-    given = {k: getattr(args, k) for k in names}
-    pick = {k: ATTACK_DEFAULTS[env][k] if given[k] is None else given[k] for k in names}
-    return {**pick, "lookahead": args.lookahead}
-
-
-def check_env(args, run: Run, objectives: list[str]) -> None:
-    """ValueError if an attack objective does not fit the env's policy, or if too few certify
-    episodes could certify anything above 1/2 (certify.min_returns)."""
-    for objective in objectives:
-        try:
-            attack.resolve_objective(run.agent, objective)
-        except ValueError as err:
-            raise ValueError(f"--objectives {objective!r} on {run.env}: {err}") from None
-    method, grid = certify_setup(args.method, run.env, horizon(run.config))
-    num_levels = len(grid) if grid is not None else args.certify_episodes
-    need = certify.min_returns(args.alpha, num_levels if method != "dkw" else 1, method)
-    if args.certify_episodes < need:
-        raise ValueError(
-            f"--certify-episodes={args.certify_episodes}: too few for alpha={args.alpha:g} "
-            f"with {method} on {run.env} ({num_levels} levels); nothing above 1/2 could be "
-            f"certified; need at least {need}"
-        )
-
-
 def plan(args) -> Plan:
     """Everything that can fail on bad input, checked before any training or file."""
     command.check_unique(args, "envs", "sigmas", "objectives")
@@ -175,8 +110,10 @@ def plan(args) -> Plan:
             name = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', env)}-sigma{sigma:g}"
             config["obs_noise_sigma"] = sigma
             planned.append(agent_runs.make(Run, name, config, not args.no_progress, sigma=sigma))
-        settings[env] = attack_settings(args, env)
-        check_env(args, planned[-1], settings[env]["objectives"])
+        given = {k: v for k in ATTACK_DEFAULTS[env] if (v := getattr(args, k)) is not None}
+        settings[env] = {**ATTACK_DEFAULTS[env], **given, "lookahead": args.lookahead}
+        protocol.check(planned[-1].agent, settings[env]["objectives"], args.certify_episodes,
+                       args.alpha, args.method)  # fmt: skip
     attack_episodes = args.attack_episodes or ATTACK_EPISODES[args.scale]
     return Plan(run_dir, "new", not args.no_progress, envs=list(args.envs), sigmas=args.sigmas,
                 budgets=sorted(set(args.budgets)), certify_episodes=args.certify_episodes,
@@ -184,14 +121,10 @@ def plan(args) -> Plan:
                 method=args.method, scale=args.scale, seed=args.seed, runs=planned)  # fmt: skip
 
 
-# --------------------------------------------------------------------------- the work
-
-
 def train(run: Run, plan: Plan, key) -> tuple[Any, dict, dict]:
     """Trains one policy (one jitted program) -> (state, training stats, curves)."""
     plan.say(f"compiling ppo on {run.env}, sigma={run.sigma:g} ...")
-    desc = f"{run.env} sigma={run.sigma:g}"
-    out, compile_s, train_s = agent_runs.train(run, key, False, desc)
+    out, compile_s, train_s = agent_runs.train(run, key, False, f"{run.env} sigma={run.sigma:g}")
     metrics = jax.device_get(out.metrics)
     returns = np.asarray(metrics["episode_return"], np.float64)  # [U]
     env_steps = run.agent.num_updates * run.config.num_envs * run.config.num_steps
@@ -204,27 +137,22 @@ def train(run: Run, plan: Plan, key) -> tuple[Any, dict, dict]:
         "train_s": train_s,
         "checkpoint": f"checkpoints/{run.name}",
     }
-    curves = {
-        "env_steps": np.asarray(metrics["env_steps"], np.int64),
-        "episode_return": returns,
-        "episode_length": np.asarray(metrics["episode_length"], np.float64),
-    }
+    curves = {"env_steps": np.asarray(metrics["env_steps"], np.int64), "episode_return": returns,
+              "episode_length": np.asarray(metrics["episode_length"], np.float64)}  # fmt: skip
     return out.state, stats, curves
 
 
 def clean_returns(run: Run, plan: Plan, state, key) -> dict:
-    """Clean smoothed returns (deterministic actions) of `plan.certify_episodes` episodes in one
-    jitted call, timed apart from its compile, their statistics and the certificate."""
-    args = (state, key, np.float32(run.sigma))
-    t = time.perf_counter()
-    compiled = mc.make_smoothed_returns(run.agent, plan.certify_episodes).lower(*args).compile()
-    compile_s, t = time.perf_counter() - t, time.perf_counter()
-    returns = np.asarray(jax.block_until_ready(compiled(*args)), np.float64)
+    """The clean smoothed returns' statistics and, for sigma > 0, the certificate."""
+    returns, compile_s, seconds = protocol.clean_returns(run.agent, state, key, run.sigma,
+                                                         plan.certify_episodes)  # fmt: skip
     r = {**return_stats("clean_return", returns), "clean_return_min": float(returns.min()),
          "clean_episodes": plan.certify_episodes}  # fmt: skip
     if run.sigma > 0:
-        r.update(certify_s=time.perf_counter() - t, certify_compile_s=compile_s)
-        r.update(certify_run(run, plan, returns, horizon(run.config)))
+        r.update(certify_s=seconds, certify_compile_s=compile_s)
+        r.update(protocol.certificate(returns, run.sigma, plan.budgets, env=run.env,
+                                      steps=episode_horizon(run.agent.env_params),
+                                      alpha=plan.alpha, method=plan.method))  # fmt: skip
     return r
 
 
@@ -235,82 +163,39 @@ def return_stats(name: str, returns: np.ndarray) -> dict:
 
 
 def attacked(run: Run, plan: Plan, state, key, bar) -> dict:
-    """The attack at every budget over `plan.attack_episodes` episodes (same key per budget), once
-    per setting (objective x step size), timed apart from its compile; per budget the strongest
-    setting's (lowest) mean."""
-    settings = plan.attack[run.env]
-    draws = settings["noise_draws"] if run.sigma > 0 else 1  # no noise: one draw is exact
-    per_setting, compile_s, seconds = [], 0.0, 0.0
-    args = (state, key, np.float32(run.sigma))
-    for objective in settings["objectives"]:
-        resolved = attack.resolve_objective(run.agent, objective)
-        lookahead = settings["lookahead"] if resolved == "lookahead" else 1
-        fn = attack.make_attacked_returns(run.agent, plan.attack_episodes, draws,
-                                          settings["attack_steps"], objective=resolved,
-                                          lookahead=lookahead)  # fmt: skip
-        t = time.perf_counter()
-        compiled = fn.lower(*args, np.float32(0.0), np.float32(0.01)).compile()
-        compile_s += time.perf_counter() - t
-        for step_size in settings["step_sizes"]:
-            r: dict[str, Any] = {
-                "objective": resolved,
-                "step_size": step_size,
-                "lookahead": lookahead,
-            }
-            for budget in plan.budgets:
-                t = time.perf_counter()
-                out = compiled(*args, np.float32(budget), np.float32(step_size))
-                returns, sq = (np.asarray(x, np.float64) for x in jax.block_until_ready(out))
-                seconds += time.perf_counter() - t
-                stats = {**return_stats("attacked_return", returns),
-                         "attacked_spent_budget_mean": float(np.sqrt(sq).mean())}  # fmt: skip
-                for k, v in stats.items():
-                    r.setdefault(k, []).append(v)
-                if bar is not None:
-                    bar.update(1)
-                    label = f"{run.name} {resolved} {step_size:g} B={budget:g}"
-                    bar.set_postfix_str(f"{label}: {returns.mean():.1f}", refresh=False)
-            per_setting.append(r)
-    means = np.asarray([p["attacked_return_mean"] for p in per_setting])  # [settings, budgets]
-    strongest = means.argmin(axis=0).tolist()
+    """protocol.attacked with every setting's statistics per budget, and the strongest's."""
+    a = plan.attack[run.env]
+
+    def progress(objective, step_size, budget, returns):
+        bar.update(1)
+        label = f"{run.name} {objective} {step_size:g} B={budget:g}"
+        bar.set_postfix_str(f"{label}: {returns.mean():.1f}", refresh=False)
+
+    out = protocol.attacked(run.agent, state, key, run.sigma, plan.budgets, plan.attack_episodes,
+                            on_attack=None if bar is None else progress, **a)  # fmt: skip
+    per_setting = []
+    for setting, returns, spent in zip(out.settings, out.returns, out.spent, strict=True):
+        stats = [{**return_stats("attacked_return", r), "attacked_spent_budget_mean":
+                  float(sp.mean())} for r, sp in zip(returns, spent, strict=True)]  # fmt: skip
+        per_setting.append({**setting, **{k: [x[k] for x in stats] for k in stats[0]}})
     keys = [k for k in per_setting[0] if k.startswith("attacked_")]
-    out = {k: [per_setting[j][k][i] for i, j in enumerate(strongest)] for k in keys}
-    return {**out, "attacked_episodes": plan.attack_episodes,
+    best = {k: [per_setting[j][k][i] for i, j in enumerate(out.strongest)] for k in keys}
+    return {**best, "attacked_episodes": plan.attack_episodes,
             "attacked_strongest_setting": [{k: per_setting[j][k] for k in ("objective", "step_size")}
-                                           for j in strongest],
-            "attack_settings": per_setting, "attack_noise_draws": draws,
-            "attack_steps": settings["attack_steps"], "attack_compile_s": compile_s,
-            "attack_s": seconds,
-            "attack_s_per_episode": seconds / (plan.attack_episodes * means.size)}  # fmt: skip
-
-
-def certify_run(run: Run, plan: Plan, returns: np.ndarray, steps: int) -> dict:
-    """Certified expected reward per budget (B = 0 first) and, for CartPole, P_adv[R >= v]."""
-    method, grid = certify_setup(plan.method, run.env, steps)
-    budgets = np.asarray([0.0, *plan.budgets])
-    bound = certify.expected_reward_bound(returns, run.sigma, budgets, plan.alpha,
-                                          low=low_return(run.env, steps), method=method,
-                                          levels=grid)  # fmt: skip
-    entry = {"certify_method": method, "certified_clean_lower_bound": float(bound[0]),
-             "certified_expected_reward": bound[1:].tolist()}  # fmt: skip
-    if grid is not None:  # [1 + K budgets, m levels], B = 0 first
-        entry["threshold_levels"] = grid.tolist()
-        bounds = certify.threshold_bound(returns, grid, run.sigma, budgets, plan.alpha)
-        entry["threshold_bound"] = bounds.tolist()
-    return entry
+                                           for j in out.strongest],
+            "attack_settings": per_setting, "attack_noise_draws": out.noise_draws,
+            "attack_steps": a["attack_steps"], "attack_compile_s": out.compile_s,
+            "attack_s": out.attack_s,
+            "attack_s_per_episode": out.attack_s / out.returns.size}  # fmt: skip
 
 
 def check_bounds(plan: Plan, results: dict) -> dict:
     """Every certified bound must lie below the mean attacked return; violations are printed."""
-    violations = [
-        {"env": env, "run": name, "budget": b, "bound": bound, "attacked": att}
-        for env, entry in results.items()
-        for name, r in entry["smoothed"].items()
-        for b, bound, att in zip(
-            plan.budgets, r["certified_expected_reward"], r["attacked_return_mean"], strict=True
-        )  # fmt: skip
-        if bound > att
-    ]
+    violations = [{"env": env, "run": name, "budget": b, "bound": bound, "attacked": att}
+                  for env, entry in results.items() for name, r in entry["smoothed"].items()
+                  for b, bound, att in protocol.bound_violations(
+                      plan.budgets, r["certified_expected_reward"], r["attacked_return_mean"])
+                  ]  # fmt: skip
     for v in violations:
         print(
             f"WARNING: {v['env']} {v['run']} budget {v['budget']:g}: certified bound "
@@ -321,16 +206,13 @@ def check_bounds(plan: Plan, results: dict) -> dict:
     return {"bound_below_attacked_everywhere": not violations, "violations": violations}
 
 
-# --------------------------------------------------------------------------- files
-
-
 def write_metrics(plan: Plan, curves: dict[str, dict]) -> None:
     rows = [
         (run.env, run.sigma, u + 1, *point)
         for run in plan.runs
         if run.name in curves
         for u, point in enumerate(zip(*curves[run.name].values(), strict=True))
-    ]  # curves: env_steps, episode_return, episode_length
+    ]
     columns = ["env", "sigma", "update", "env_steps", "episode_return", "episode_length"]
     command.write_csv(plan.run_dir / "metrics.csv", columns, rows)
 
@@ -420,18 +302,14 @@ def plot_files(plan: Plan, results: dict) -> None:
         fig, axes = plt.subplots(1, len(with_levels), figsize=(4.6 * len(with_levels), 3.6), dpi=90)
         for ax, r in zip(np.atleast_1d(axes), with_levels, strict=True):
             v = np.asarray(r["threshold_levels"])
-            for k, (b, p) in enumerate(
-                zip([0.0, *plan.budgets], r["threshold_bound"], strict=True)
-            ):
+            per_budget = zip([0.0, *plan.budgets], r["threshold_bound"], strict=True)
+            for k, (b, p) in enumerate(per_budget):
                 ax.plot(v, p, color=plt.cm.viridis(k / max(1, len(plan.budgets))), label=f"B={b:g}")
             ax.set(xlabel="return threshold v", ylabel="certified P[R >= v]", ylim=(0, 1.02))
             ax.set_title(f"{env}, sigma={r['sigma']:g}", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         command.save_figure(fig, plan.run_dir / f"thresholds_{env}.png")
-
-
-# --------------------------------------------------------------------------- command
 
 
 def attack_bar(plan: Plan):
@@ -454,7 +332,7 @@ def execute(plan: Plan) -> dict:
     train_key, certify_key, attack_key = (jax.random.fold_in(jax.random.key(plan.seed), i)
                                           for i in range(3))  # fmt: skip
     results: dict[str, dict] = {}
-    curves: dict[str, dict] = {}
+    curves: dict[str, dict] = {}  # per run: env_steps, episode_return, episode_length [U]
     bar = attack_bar(plan)
     try:
         for run in plan.runs:
@@ -462,9 +340,10 @@ def execute(plan: Plan) -> dict:
             checkpoint.save(plan.run_dir / stats["checkpoint"], state, run.config,
                             {"seed": plan.seed})  # fmt: skip
             write_metrics(plan, curves)
-            steps = horizon(run.config)
-            entry = results.setdefault(run.env, {"horizon": steps, "low": low_return(run.env, steps),
-                                                 "smoothed": {}, "undefended": None})  # fmt: skip
+            steps = episode_horizon(run.agent.env_params)
+            low = protocol.low_return(run.env, steps)
+            entry = results.setdefault(run.env, {"horizon": steps, "low": low, "smoothed": {},
+                                                 "undefended": None})  # fmt: skip
             r = {"sigma": run.sigma, "train": stats, **clean_returns(run, plan, state, certify_key)}
             r.update(attacked(run, plan, state, attack_key, bar))
             if run.sigma > 0:

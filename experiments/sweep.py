@@ -15,7 +15,6 @@ sensitivity_<field>.png, profile.png, chunks/): docs/experiments.md, "experiment
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import json
@@ -136,7 +135,7 @@ def plan(args) -> SweepPlan:
     start_distributed(args)
     spec = definition(args, fixed, space, saved)
     if args.log:
-        from experiments import sinks
+        from purejaxrl import sinks
 
         sinks.check_sinks(args.log)
     from purejaxrl import sweep
@@ -215,7 +214,7 @@ def execute(plan: SweepPlan) -> dict:
     and returns the summary, the other processes {}."""
     import jax
 
-    from experiments import sinks as sinks_lib
+    from purejaxrl import sinks as sinks_lib
     from purejaxrl import sweep
 
     writer, args, batch, spec = jax.process_index() == 0, plan.args, plan.batch, plan.spec
@@ -232,7 +231,11 @@ def execute(plan: SweepPlan) -> dict:
         )
     sinks = []
     if writer and args.log:
-        sinks = sinks_lib.make_sinks(args.log, plan.run_dir, spec, wandb_project=args.wandb_project)
+        try:
+            sinks = sinks_lib.make_sinks(args.log, plan.run_dir, spec,
+                                         wandb_project=args.wandb_project)  # fmt: skip
+        except sinks_lib.SinkError as e:
+            raise command.RunError(str(e)) from e
     # every process compiles the same program: with the host callback when process 0 shows
     # progress or logs, which the others then feed to a no-op
     progress = show if writer else bool(plan.progress or args.log) and (lambda done, total: None)
@@ -264,7 +267,7 @@ def execute(plan: SweepPlan) -> dict:
 def _report_to(sinks, batch):
     """on_report for sweep.run: one sinks.Reporter per configuration (its prefix names the
     configuration), fed that configuration's rows of each report (means over its seeds)."""
-    from experiments.sinks import Reporter
+    from purejaxrl.sinks import Reporter
 
     reporters: dict[int, Reporter] = {}
     runs, on_error = batch.runs, lambda m: print(m, file=sys.stderr)
@@ -345,10 +348,8 @@ def _cell(x) -> str:
 
 
 def _write_csv(path: Path, header: list, rows) -> None:
-    """command.write_csv, but quoted where a cell needs it (list values such as [32, 32])."""
-    text = io.StringIO()
-    csv.writer(text).writerows([header, *([_cell(c) for c in row] for row in rows)])
-    command.write_text(path, text.getvalue())
+    """command.write_csv of `_cell`s (lists as JSON, NaN / inf empty)."""
+    command.write_csv(path, header, [[_cell(c) for c in row] for row in rows])
 
 
 def write_results(run_dir: Path, batch, result) -> None:

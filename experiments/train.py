@@ -20,81 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments import command, runs, sinks
+from experiments import command, runs
 
 # jax and purejaxrl are imported inside the functions that use them: importing them takes a few
 # seconds, and the first status line comes before that.
-
-
-class Bar:
-    """A sink (sinks.Sink) that shows the reports on a tqdm bar: the update, env steps per seed
-    and the mean return of the seeds that finished an episode ("return -" before any has)."""
-
-    name = "progress bar"
-
-    def __init__(self, total: int, initial: int, desc: str):
-        from tqdm.auto import tqdm
-
-        self.tqdm = tqdm(
-            total=total, initial=initial, desc=desc, unit="upd", mininterval=0.5, dynamic_ncols=True
-        )
-
-    def log(self, step: int, scalars, prefix=None) -> None:
-        update = int(scalars[f"{sinks.NAMESPACE}/update"])
-        if update > self.tqdm.n:
-            self.tqdm.update(update - self.tqdm.n)
-        ret = scalars.get(f"{sinks.NAMESPACE}/episode_return")
-        shown = "-" if ret is None else f"{ret:.2f}"
-        self.tqdm.set_postfix_str(f"env steps {step:,} | return {shown}", refresh=False)
-
-    def close(self) -> None:
-        self.tqdm.close()
-
-
-class Progress:
-    """The agent's progress_fn (the host callback, every `progress_every` updates): a
-    `sinks.Reporter` over the bar (`Bar`, when enabled) and the logging sinks given to `start`.
-    With neither, `callback` is None and no host callback is compiled."""
-
-    def __init__(self, enabled: bool = True, logging: bool = False):
-        self.enabled, self.logging = enabled, logging
-        self.bar: Bar | None = None
-        self.reporter = sinks.Reporter([])
-
-    def start(self, total, initial, desc, *, logs=(), **reporter) -> None:
-        """Shows the bar from update `initial` of `total` and feeds it and `logs` from now on;
-        `reporter`: num_seeds, started (sinks.Reporter)."""
-        self.bar = Bar(total, initial, desc) if self.enabled else None
-        shown = [self.bar] if self.bar else []
-        self.reporter = sinks.Reporter([*shown, *logs], on_error=self.notice, **reporter)
-
-    def __call__(self, update_step, metrics) -> None:
-        self.reporter(update_step, metrics)
-
-    @property
-    def callback(self):
-        return self if self.enabled or self.logging else None
-
-    def notice(self, message: str) -> None:
-        """One line on stderr even when disabled (above the bar while it runs)."""
-        if self.bar is not None:
-            self.bar.tqdm.write(message, file=sys.stderr)
-        else:
-            print(message, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        """Logs the last collected reports and closes the bar (not the logging sinks)."""
-        self.reporter.flush()
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 @dataclasses.dataclass
 class Plan(command.Plan):
     spec: runs.RunSpec | None = None
     agent: Any = None
-    bar: Progress | None = None
+    bar: Any = None  # a purejaxrl.progress.Progress
     checkpoint_every: int | None = None
     log: list[str] = dataclasses.field(default_factory=list)
     wandb_project: str | None = None
@@ -104,6 +40,8 @@ class Plan(command.Plan):
 
 
 def _arguments(p) -> None:
+    from purejaxrl.sinks import DEFAULT_WANDB_PROJECT  # numpy and yaml, not jax
+
     p.add_argument("--seeds", type=int, help="number of seeds trained in parallel (num_seeds)")
     p.add_argument(
         "--checkpoint-every",
@@ -123,7 +61,7 @@ def _arguments(p) -> None:
         "--wandb-project",
         metavar="NAME",
         help="W&B project of --log wandb (default $WANDB_PROJECT or "
-        f"{sinks.DEFAULT_WANDB_PROJECT}); WANDB_MODE=offline logs without network or account",
+        f"{DEFAULT_WANDB_PROJECT}); WANDB_MODE=offline logs without network or account",
     )
 
 
@@ -180,7 +118,8 @@ def _settings(args) -> tuple[dict, str]:
 
 def _plan(args) -> Plan:
     """Everything that can fail on bad input (settings, sinks, checkpoint); nothing written."""
-    from purejaxrl import checkpoint
+    from purejaxrl import checkpoint, sinks
+    from purejaxrl.progress import Progress
 
     _split_log(args)
     command.positive_flags(args, "seeds", "checkpoint_every")
@@ -257,15 +196,16 @@ def _execute(plan: Plan) -> dict:
     """Trains the plan. The logging sinks start first (before config.yaml is written, so a sink
     that fails to start, a SinkError: exit 2, leaves no run behind) and are closed at the end,
     also on error."""
+    from purejaxrl import sinks
+
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    cfg, resumed = plan.spec.config, plan.mode == "resume"
-    logs = sinks.make_sinks(
-        plan.log,
-        plan.run_dir,
-        {**plan.spec.to_dict(), "run_dir": str(plan.run_dir)},
-        wandb_project=plan.wandb_project,
-        resume_step=plan.start_update * cfg.num_envs * cfg.num_steps if resumed else None,
-    )
+    cfg, config = plan.spec.config, {**plan.spec.to_dict(), "run_dir": str(plan.run_dir)}
+    step = plan.start_update * cfg.num_envs * cfg.num_steps if plan.mode == "resume" else None
+    try:
+        logs = sinks.make_sinks(plan.log, plan.run_dir, config, wandb_project=plan.wandb_project,
+                                resume_step=step)  # fmt: skip
+    except sinks.SinkError as e:
+        raise command.RunError(str(e)) from e
     try:
         return _train(plan, logs)
     finally:

@@ -68,3 +68,17 @@ def evaluate(
         step, init, jax.random.split(run_key, horizon)
     )
     return jnp.where(finished, returns, partial)
+
+
+def evaluate_seeds(
+    agent: Agent,
+    states: TrainState,
+    key: jax.Array,
+    num_episodes: int = 64,
+    deterministic: bool = True,
+) -> jax.Array:
+    """`evaluate` of every seed of seed-batched `states` (leading axis S), one jitted program, keys
+    `jax.random.split(key, S)` -> returns `[S, num_episodes]`."""
+    num_seeds = jax.tree.leaves(states)[0].shape[0]
+    run = lambda s, k: evaluate(agent, s, k, num_episodes, deterministic)  # noqa: E731
+    return jax.jit(jax.vmap(run))(states, jax.random.split(key, num_seeds))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from purejaxrl.robust import certify
+from purejaxrl.robust import certify, protocol
 from purejaxrl.robust.certify import expected_reward_bound, min_returns, threshold_bound
 
 SIGMA = 0.2
@@ -312,3 +312,29 @@ def test_min_returns_rejects_bad_arguments():
         min_returns(0.05, 0)
     with pytest.raises(ValueError, match="alpha=2"):
         min_returns(2)
+
+
+# ------------------------------------------------------------------ the protocol (protocol.py)
+
+
+def test_protocol_low_return_and_certificate_per_env():
+    assert protocol.low_return("CartPole-v1", 200) == 0.0
+    assert protocol.low_return("Pendulum-v1", 200) == pytest.approx(-16.2736044 * 200)
+    with pytest.raises(ValueError, match="Acrobot-v1"):
+        protocol.low_return("Acrobot-v1", 200)
+    returns = np.full(200, 200.0)  # CartPole: Clopper-Pearson over the integer levels 1..200
+    cert = protocol.certificate(returns, 0.2, [0.2, 1.0], env="CartPole-v1", steps=200)
+    assert cert["certify_method"] == "clopper_pearson" and cert["threshold_levels"][-1] == 200
+    want = expected_reward_bound(returns, 0.2, [0.0, 0.2, 1.0], low=0.0, levels=np.arange(1, 201))
+    assert [cert["certified_clean_lower_bound"], *cert["certified_expected_reward"]] == list(want)
+    assert np.shape(cert["threshold_bound"]) == (3, 200)
+    cert = protocol.certificate(-np.arange(1.0, 101), 0.2, [0.5], env="Pendulum-v1", steps=200)
+    assert cert["certify_method"] == "dkw" and "threshold_bound" not in cert
+
+
+def test_protocol_keeps_the_strongest_setting_per_budget():
+    # 3 settings x 2 budgets x 2 episodes: per budget the lowest mean return wins.
+    returns = np.array([[[5, 5], [1, 3]], [[2, 4], [4, 4]], [[6, 2], [3, 3]]], float)
+    assert protocol.strongest(returns) == [1, 0]  # means [[5, 2], [3, 4], [4, 3]]
+    got = protocol.bound_violations([0.2, 1.0], [2.5, 1.0], [2.0, 1.0])
+    assert got == [(0.2, 2.5, 2.0)]  # a bound equal to the attacked mean is no violation

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from experiments import command, evaluate, runs, train
-from purejaxrl import checkpoint
+from purejaxrl import checkpoint, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 UPDATE_STEPS = 4 * 8  # num_envs * num_steps
@@ -326,7 +326,7 @@ def test_train_starts_without_importing_jax():
 
 
 def test_progress_bar_shows_no_return_before_an_episode_finished():
-    bar = train.Progress()
+    bar = progress.Progress()
     bar.start(total=10, initial=0, desc="t")
     try:
         zeros = {"episode_return": np.zeros(2), "episodes_finished": np.zeros(2)}

@@ -31,6 +31,7 @@ from experiments import lpg_meta_test as M
 from experiments import lpg_report as R
 from experiments import lpg_settings as S
 from meta import lpg
+from meta import lpg_meta_test as L
 from tests.helpers import cli_compile_cache
 
 TINY = {
@@ -383,19 +384,32 @@ def test_comparison_table_of_three_runs(tmp_path):
 
 def test_normalisation_on_a_hand_case():
     """(R - R_random) / (R_A2C - R_random): R_random 1, R_A2C 3."""
-    np.testing.assert_allclose(M.normalise([3.0, 1.0, 2.0, 5.0], 1.0, 3.0), [1, 0, 0.5, 2])
-    assert np.isnan(M.normalise([2.0, np.nan], 1.0, 3.0)[1])
+    np.testing.assert_allclose(L.normalise([3.0, 1.0, 2.0, 5.0], 1.0, 3.0), [1, 0, 0.5, 2])
+    assert np.isnan(L.normalise([2.0, np.nan], 1.0, 3.0)[1])
     for r_random, r_a2c in ((3.0, 3.0), (3.0, 1.0), (np.nan, 3.0), (1.0, np.nan)):
-        assert np.isnan(M.normalise([2.0], r_random, r_a2c)).all()  # no normalisation
+        assert np.isnan(L.normalise([2.0], r_random, r_a2c)).all()  # no normalisation
     assert "(R - R_random) / (R_A2C - R_random)" in M.NORMALISATION
     assert "(R - R_random) / (R_A2C - R_random)" in cli.__doc__
 
 
 def test_best_lr_takes_the_best_mean_over_seeds():
     finals = np.array([[1.0, 2.0], [3.0, np.nan], [2.5, 2.5], [np.nan, np.nan]])
-    assert M.best_lr(finals) == 1  # NaN seeds left out: 3.0 > 2.5 > 1.5
-    assert M.best_lr(np.array([[2.0, 2.0], [1.0, 3.0]])) == 0  # the first of ties
-    assert M.best_lr(np.full((2, 3), np.nan)) is None
+    assert L.best_lr(finals) == 1  # NaN seeds left out: 3.0 > 2.5 > 1.5
+    assert L.best_lr(np.array([[2.0, 2.0], [1.0, 3.0]])) == 0  # the first of ties
+    assert L.best_lr(np.full((2, 3), np.nan)) is None
+
+
+def test_seed_devices_and_the_memo_on_hand_cases():
+    from meta import meta_test
+
+    assert [len(meta_test.seed_devices("abcd", n)) for n in (8, 6, 7)] == [4, 3, 1]
+    memo, calls = {}, []
+    compute = lambda: calls.append(1) or 5  # noqa: E731
+    assert L.memoised(memo, "k", compute) == (5, False) and L.memoised(memo, "k", compute) == (
+        5,
+        True,
+    )
+    assert L.memoised(None, "k", compute) == (5, False) and len(calls) == 2
 
 
 def _cell(task, lifetime, per_seed, normalisable=True):
@@ -429,11 +443,11 @@ def test_task_seed_keys_are_the_sweeps_keys():
     """The rule's agents use split(key(task_seed), S): the keys sweep.grid gives seed s."""
     from purejaxrl import sweep
 
-    seed = M.task_seed(0, "gridworld/dense")
-    assert seed != M.task_seed(1, "gridworld/dense") != M.task_seed(0, "gridworld/long")
+    seed = L.task_seed(0, "gridworld/dense")
+    assert seed != L.task_seed(1, "gridworld/dense") != L.task_seed(0, "gridworld/long")
     cfg = S.learner_config(S.resolve(TINY), "gridworld/sparse", 1.0, "a2c")
     batch = sweep.grid(cfg, {"learning_rate": [0.1, 0.3]}, seeds=3, seed=seed)
-    mine = jax.random.key_data(jax.random.split(jax.random.key(seed), 3))
+    mine = L.sweep_keys(seed, 3)
     for lr in range(2):
         np.testing.assert_array_equal(jax.random.key_data(batch.keys[3 * lr : 3 * lr + 3]), mine)
 
@@ -449,10 +463,10 @@ def test_random_return_on_a_hand_level():
     level = gridworld.make_level(
         1, 2, start=(0, 0), objects=[(0, 1, 1.0, 1.0, 0.0)], max_steps=1000
     )
-    r, episodes = M.random_return(env, level, jax.random.key(0), num_envs=64, num_steps=200)
+    r, episodes = L.random_return(env, level, jax.random.key(0), num_envs=64, num_steps=200)
     assert r == pytest.approx(1.0)
     assert 0.7 * 64 * 200 / 5 < episodes < 1.3 * 64 * 200 / 5
-    r_none, none = M.random_return(env, level, jax.random.key(0), num_envs=2, num_steps=0)
+    r_none, none = L.random_return(env, level, jax.random.key(0), num_envs=2, num_steps=0)
     assert none == 0 and math.isnan(r_none)
 
 

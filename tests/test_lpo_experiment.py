@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from experiments import lpo as cli
-from experiments import meta_test, metacli
+from experiments import metacli
 from meta import lpo, lpo_train
-from purejaxrl import scores
+from meta import meta_test as M
 from tests.helpers import cli_compile_cache
 
 TINY_INNER = {
@@ -317,12 +317,11 @@ def test_every_objective_builds_its_meta_test_program():
     settings = cli.resolve({**TINY, "compare": ["ppo_clip", "dpo", "mdpo"]})
     cfg = cli.test_config(settings, "CartPole-v1", 1.0)
     sharding = sweep.run_sharding(jax.devices()[:1])
-    keys = meta_test.seed_keys(0, "CartPole-v1", 2)
+    keys = M.seed_keys(0, "CartPole-v1", 2)
     params = lpo.init_params(jax.random.key(0), hidden=8)
     for objective in settings.objectives:
-        program = cli.make_program(objective, cfg, settings, sharding)
-        args = (params, keys) if objective == "learned" else (keys,)
-        shapes = jax.eval_shape(program, *args)
+        make_train = M.lpo_trainer(objective, cfg, time_aware=False, ppo_init=True)
+        shapes = jax.eval_shape(M.program(make_train, sharding), params, keys)
         assert shapes["episode_return"].shape == (2, 4), objective
 
 
@@ -344,16 +343,12 @@ def test_ppo_initialised_zero_drift_scores_about_one(baselines):
     less 1e-4 where that is positive, whose gradient is PPO-clip's except where 0 < ppo_drift <
     1e-4. Trained on the keys the baseline used, it ends where PPO-clip does, so its normalised
     score (R - R_low) / (R_ppo - R_low), the fitness of one task, is ~1."""
-    from purejaxrl import sweep
-
     keys = jax.random.split(jax.random.fold_in(jax.random.key(1), 0), 2)  # compute_baselines'
     key_data = np.asarray(jax.random.key_data(keys))
-    n = max(d for d in range(1, len(jax.devices()) + 1) if 2 % d == 0)  # as cli.meta_test
-    sharding = sweep.run_sharding(jax.devices()[:n])
     cfg = cli.test_config(LIB, "CartPole-v1", 1.0)
+    make_train = M.lpo_trainer("learned", cfg, LIB_CFG.time_aware, LIB_CFG.ppo_init)
     zero = jax.tree.map(jnp.zeros_like, lpo.init_params(jax.random.key(0), hidden=8))
-    learned = cli.make_program("learned", cfg, LIB, sharding)(zero, key_data)
-    final = np.asarray(scores.final_return(learned["episode_return"], learned["episodes_finished"]))
+    final, *_ = M.finals(make_train, zero, key_data, jax.devices())  # as cli.meta_test
     b = baselines["CartPole-v1"]
     score = lpo_train.normalized_return(final.mean(), b)
     assert abs(score - 1.0) < 0.05, (final, b)
@@ -387,8 +382,8 @@ def test_given_baselines_are_reused(baselines):
 def test_ta_lpo_drift_plot_has_its_change_over_training(tmp_path):
     settings = cli.resolve({**TINY, "time_aware": True})
     params = lpo.init_params(jax.random.key(0), time_aware=True, hidden=8)
-    r, a, d0 = cli.drift_grid(params, True, True, 0.0)
-    *_, d1 = cli.drift_grid(params, True, True, 1.0)
+    r, a = cli.DRIFT_GRID
+    d0, d1 = (cli.drift_grid(lambda x, y, p=p: lpo.drift(params, x, y, p, True)) for p in (0, 1))
     assert d0.shape == (len(a), len(r)) and (d0 >= 0).all()
     assert not np.allclose(d0, d1)  # the drift sees n/N
     one = np.argmin(np.abs(r - 1.0))

@@ -1,4 +1,4 @@
-"""Logging sinks (experiments/sinks.py) and `experiments.train --log tensorboard wandb`."""
+"""Logging sinks (purejaxrl/sinks.py) and `experiments.train --log tensorboard wandb`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments import sinks, train
+from experiments import train
+from purejaxrl import sinks
 
 STEPS_PER_UPDATE = 2 * 64  # num_envs * num_steps
 # Pendulum's episodes last 200 steps and each env steps 64 times an update: the first episodes
@@ -206,6 +207,11 @@ def test_unknown_or_missing_sink_is_an_error_before_training(tmp_path, capsys, m
     assert "--log wandb needs the wandb package" in err
     assert "pip install 'purejaxrl-research[log]'" in err
     assert not out.exists()
+    monkeypatch.setitem(sinks.SINKS, "wandb", ("wandb", "wandb"))
+    monkeypatch.setattr("wandb.init", lambda **kw: 1 / 0)  # a sink that fails to start: exit 2
+    assert train.main([*base, "--log", "wandb"]) == 2
+    assert "error: --log wandb: wandb.init failed (ZeroDivisionError" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists()
 
 
 def test_log_takes_names_and_leaves_overrides():

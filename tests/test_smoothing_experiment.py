@@ -10,27 +10,10 @@ import pytest
 from experiments import smoothing
 
 TINY = [
-    "--envs",
-    "CartPole-v1",
-    "--sigmas",
-    "0.2",
-    "--budgets",
-    "0.2",
-    "1.0",
-    "--steps",
-    "8192",
-    "--certify-episodes",
-    "200",
-    "--attack-episodes",
-    "4",
-    "--noise-draws",
-    "4",
-    "--attack-steps",
-    "5",
-    "--no-progress",
-    "hidden_sizes=[16,16]",
-    "update_epochs=2",
-]
+    "--envs", "CartPole-v1", "--sigmas", "0.2", "--budgets", "0.2", "1.0", "--steps", "8192",
+    "--certify-episodes", "200", "--attack-episodes", "4", "--noise-draws", "4",
+    "--attack-steps", "5", "--no-progress", "hidden_sizes=[16,16]", "update_epochs=2",
+]  # fmt: skip
 
 
 def _finite(values) -> bool:

@@ -1,22 +1,21 @@
-"""Logging sinks for training metrics: TensorBoard event files and Weights & Biases (both off by
-default; the run folder's metrics.csv is always written). What is logged, against which step, and
-how per-seed reports are collected: docs/experiments.md, "Logging sinks".
+"""Logging sinks for training metrics, TensorBoard event files and Weights & Biases (both optional
+packages), and `Reporter`, an agent's progress_fn that feeds them. What is logged, against which
+step, and how per-seed reports are collected: docs/experiments.md, "Logging sinks".
 
     sinks = make_sinks(["tensorboard", "wandb"], run_dir, config)   # checks names and packages
-    reporter = Reporter(sinks, num_seeds=4)      # an agent's progress_fn(update_step, metrics)
-    ...                                          # training calls reporter(update_step, metrics)
+    reporter = Reporter(sinks, num_seeds=4)      # progress_fn(update_step, metrics) of an agent
+    ...
     reporter.flush()
     close_sinks(sinks)
 
-A sink has `log(step, scalars, prefix=None)` (step: the x axis, env steps per seed; a prefix such
-as "lr=0.001", one per configuration of a sweep, goes in front of every name as "prefix/name")
-and `close()`. A sink that raises while logging is reported through `on_error` and dropped;
-training goes on.
+A sink has `log(step, scalars, prefix=None)` (step: env steps per seed; a prefix such as
+"lr=0.001", one per configuration of a sweep, makes each name "prefix/name") and `close()`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import uuid
@@ -26,8 +25,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import yaml
-
-from experiments.command import RunError, plain
 
 SINKS = {  # name -> (package imported, pip package)
     "tensorboard": ("tensorboardX", "tensorboardX"),
@@ -39,16 +36,14 @@ NAMESPACE = "train"
 DEFAULT_WANDB_PROJECT = "purejaxrl-research"
 
 
-class SinkError(RunError):
+class SinkError(ValueError):
     """A sink that cannot be used: unknown name, missing package, or a failed start."""
 
 
 class Sink(Protocol):
-    def log(self, step: int, scalars: Mapping[str, float], prefix: str | None = None) -> None:
-        """Logs each scalar at `step` under "prefix/name" (under "name" without a prefix)."""
+    def log(self, step: int, scalars: Mapping[str, float], prefix: str | None = None) -> None: ...
 
-    def close(self) -> None:
-        """Writes out what is buffered and releases the sink."""
+    def close(self) -> None: ...
 
 
 def tag(name: str, prefix: str | None) -> str:
@@ -57,17 +52,18 @@ def tag(name: str, prefix: str | None) -> str:
 
 def tb_tag(name: str, prefix: str | None) -> str:
     """A TensorBoard tag: characters other than letters, digits and `_-./` become "_" (as
-    tensorboardX would do, with a log line each time), e.g. "lr=0.001/x" -> "lr_0.001/x"."""
+    tensorboardX would, with a log line each time), e.g. "lr=0.001/x" -> "lr_0.001/x"."""
     return re.sub(r"[^-/\w.]", "_", tag(name, prefix)).lstrip("/")
 
 
-# --------------------------------------------------------------------------- sinks
+def _plain(config: Mapping[str, Any]) -> dict:
+    """YAML/JSON-ready: tuples as lists, numpy scalars and arrays as Python values."""
+    return json.loads(json.dumps(config, default=lambda x: x.tolist()))
 
 
 class TensorBoardSink:
-    """TensorBoard event files in `log_dir` (tensorboardX `SummaryWriter`); `config` is written
-    once as text (tag "config"). purge_step: a resumed run's first new step, so TensorBoard hides
-    the events an earlier session wrote from that step on."""
+    """Event files in `log_dir` (tensorboardX), `config` written once as text (tag "config").
+    purge_step: a resumed run's first new step; TensorBoard hides older events from it on."""
 
     name = "tensorboard"
 
@@ -75,13 +71,12 @@ class TensorBoardSink:
         require(self.name)
         from tensorboardX import SummaryWriter
 
-        # The file is named by the second and host: a suffix keeps two sessions within one
-        # second (a quick resume) from writing the same file.
+        # Files are named by second and host: the suffix keeps a quick resume from reusing one.
         suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.writer = SummaryWriter(
             str(log_dir), purge_step=purge_step, flush_secs=10, filename_suffix=suffix
         )
-        text = yaml.safe_dump(plain(config), sort_keys=False)
+        text = yaml.safe_dump(_plain(config), sort_keys=False)
         self.writer.add_text("config", f"```\n{text}```", global_step=purge_step or 0)
 
     def log(self, step: int, scalars: Mapping[str, float], prefix: str | None = None) -> None:
@@ -93,11 +88,9 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """A Weights & Biases run of `project` with `config`, its files in `run_dir/wandb/`
-    (WANDB_MODE=offline needs no network or login; `wandb sync` uploads it later); `run_id`
-    continues that earlier run. Each name is logged against a step metric of its own
-    ("env_steps", or "prefix/env_steps"), so configurations logged one after another each get
-    their own x axis. The console is not captured."""
+    """A W&B run of `project` with `config`, its files in `run_dir/wandb/` (WANDB_MODE=offline
+    needs no network or login); `run_id` continues that run. Each name has a step metric of its
+    own ("env_steps" or "prefix/env_steps"). The console is not captured."""
 
     name = "wandb"
 
@@ -111,7 +104,7 @@ class WandbSink:
             self.run = wandb.init(
                 project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
                 dir=str(run_dir),
-                config=plain(config),
+                config=_plain(config),
                 mode=os.environ.get("WANDB_MODE") or None,
                 name=name,
                 id=run_id,
@@ -140,12 +133,9 @@ class WandbSink:
         self.run.finish()
 
 
-# --------------------------------------------------------------------------- construction
-
-
 def check_sinks(names: Sequence[str]) -> list[str]:
     """The sink names (comma-separated items split, duplicates dropped), checked without starting
-    any sink: an unknown name or a missing package raises SinkError."""
+    any: an unknown name or a missing package raises SinkError."""
     out: list[str] = []
     for item in names:
         for name in (n.strip().lower() for n in str(item).split(",")):
@@ -179,15 +169,11 @@ def make_sinks(
     wandb_project: str | None = None,
     resume_step: int | None = None,
 ) -> list[Sink]:
-    """The sinks `names` for the run folder `run_dir`: "tensorboard" writes `run_dir/tb/`,
-    "wandb" `run_dir/wandb/` (a run of `wandb_project` named after the folder, with `config`).
-
-    resume_step: the step a resumed run continues from; TensorBoard then hides the events of an
-    earlier session after it, and W&B continues the run found in `run_dir/wandb/`. Raises
-    SinkError for an unknown name, a missing package or a sink that fails to start (the sinks
-    started before it are closed)."""
-    run_dir = Path(run_dir)
-    resumed = resume_step is not None
+    """The sinks `names` of the run folder `run_dir`: "tensorboard" writes `run_dir/tb/`, "wandb"
+    `run_dir/wandb/` (a run named after the folder). resume_step: the step a resumed run goes on
+    from (TensorBoard hides later events; W&B continues the run in `run_dir/wandb/`). SinkError
+    for an unknown name, a missing package or a failed start (closing those started)."""
+    run_dir, resumed = Path(run_dir), resume_step is not None
     started: list[Sink] = []
     try:
         for name in check_sinks(names):
@@ -196,8 +182,8 @@ def make_sinks(
                 started.append(TensorBoardSink(run_dir / "tb", config, purge_step=purge))
             else:
                 run_id = previous_wandb_id(run_dir) if resumed else None
-                name = run_dir.resolve().name
-                started.append(WandbSink(wandb_project, run_dir, config, name=name, run_id=run_id))
+                started.append(WandbSink(wandb_project, run_dir, config,
+                                         name=run_dir.resolve().name, run_id=run_id))  # fmt: skip
     except BaseException:
         close_sinks(started)
         raise
@@ -226,9 +212,6 @@ def close_sinks(sinks: Sequence[Sink]) -> None:
         raise error
 
 
-# --------------------------------------------------------------------------- reports
-
-
 def per_seed(value, num_seeds: int) -> np.ndarray:
     """float64 `[num_seeds]` from a metric batched over seeds (`[num_seeds, ...]`, extra axes
     averaged) or shared by them (broadcast)."""
@@ -241,9 +224,8 @@ def per_seed(value, num_seeds: int) -> np.ndarray:
 def report_scalars(
     update_step, metrics: Mapping[str, Any], started: np.ndarray | None = None
 ) -> tuple[int, dict[str, float], np.ndarray]:
-    """(step, scalars, started) of one report batched over seeds: update_step `[S]` (or a
-    scalar, one seed), metrics {name: [S, ...]}; `started[i]`: seed i finished an episode
-    before (updated and returned). What is logged: docs/experiments.md, "Logging sinks"."""
+    """(step, scalars, started) of one report: update_step `[S]` (or a scalar, one seed), metrics
+    {name: [S, ...]}; `started[i]`: seed i finished an episode before (updated and returned)."""
     updates = np.atleast_1d(np.asarray(update_step))
     n = updates.shape[0]
     seeds = {k: per_seed(v, n) for k, v in metrics.items()}
@@ -269,13 +251,11 @@ def report_scalars(
 
 
 class Reporter:
-    """Feeds `sinks` from progress reports: usable as an agent's `progress_fn(update_step,
-    metrics)` or called with complete reports through `report`.
-
-    prefix: passed to every sink's `log` (a sweep's configuration); num_seeds: how many
-    unbatched calls (one per seed, under a vmap) make one report (None: collected until another
-    update or `flush`); started: per seed, whether it finished an episode before (a resumed
-    run); on_error(message) is told once when a sink fails (it is then dropped)."""
+    """Feeds `sinks`: an agent's `progress_fn(update_step, metrics)`, or `report` for whole
+    reports. prefix: every sink's `log` prefix; num_seeds: how many unbatched calls (one per seed,
+    under a vmap) make a report (None: collected until another update or `flush`); started: per
+    seed, whether it finished an episode before (a resume); on_error(message): told once when a
+    sink fails (it is dropped; training goes on)."""
 
     def __init__(
         self,
@@ -286,37 +266,31 @@ class Reporter:
         started: Sequence[bool] | None = None,
         on_error: Callable[[str], None] | None = None,
     ):
-        self.sinks = list(sinks)
-        self.prefix = prefix
-        self.num_seeds = num_seeds
+        self.sinks, self.prefix, self.num_seeds = list(sinks), prefix, num_seeds
         self.started = None if started is None else np.asarray(started, bool)
         self.on_error = on_error
         self._pending: list[tuple[int, dict]] = []
 
     def __call__(self, update_step, metrics) -> None:
-        if np.ndim(update_step) == 0:  # one seed of a callback unrolled over a vmap
-            step = int(update_step)
-            if self._pending and self._pending[0][0] != step:
-                self.flush()
-            values = {
-                k: float(np.mean(np.asarray(v, dtype=np.float64))) for k, v in metrics.items()
-            }
-            self._pending.append((step, values))
-            if self.num_seeds is not None and len(self._pending) >= self.num_seeds:
-                self.flush()
-        else:
+        if np.ndim(update_step) != 0:
             self.flush()
-            self.report(update_step, metrics)
+            return self.report(update_step, metrics)
+        step = int(update_step)  # one seed of a callback unrolled over a vmap
+        if self._pending and self._pending[0][0] != step:
+            self.flush()
+        means = {k: float(np.mean(np.asarray(v, dtype=np.float64))) for k, v in metrics.items()}
+        self._pending.append((step, means))
+        if self.num_seeds is not None and len(self._pending) >= self.num_seeds:
+            self.flush()
 
     def flush(self) -> None:
         """Logs the collected per-seed calls of an update as one report."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        names = pending[0][1].keys()
         self.report(
             np.array([s for s, _ in pending]),
-            {k: np.array([m.get(k, np.nan) for _, m in pending]) for k in names},
+            {k: np.array([m.get(k, np.nan) for _, m in pending]) for k in pending[0][1]},
         )
 
     def report(self, update_step, metrics: Mapping[str, Any]) -> None:
@@ -328,9 +302,8 @@ class Reporter:
             except Exception as e:
                 self.sinks.remove(sink)
                 name = getattr(sink, "name", type(sink).__name__)
-                message = (
-                    f"warning: logging to {name} failed ({type(e).__name__}: {e}); "
-                    "it stops, training and metrics.csv go on"
-                )
                 if self.on_error is not None:
-                    self.on_error(message)
+                    self.on_error(
+                        f"warning: logging to {name} failed ({type(e).__name__}: {e}); "
+                        "it stops, training and metrics.csv go on"
+                    )
