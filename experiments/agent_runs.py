@@ -1,6 +1,6 @@
-"""Agents that an experiment command trains in its own process (experiments.pmoe and
-experiments.smoothing): each run is one jitted program, built (so its config is validated)
-before anything compiles, and timed apart from its compile."""
+"""Agents that experiments.pmoe and experiments.smoothing train in their own process, and the run
+folder they share: each run is one jitted program, built (so its config is validated) before
+anything compiles and timed apart from its compile; config.yaml, metrics.csv, statistics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
-from experiments import aggregate, runs
+from experiments import aggregate, command, runs
 from purejaxrl import checkpoint
 from purejaxrl import config as C
 from purejaxrl.progress import Progress
@@ -26,6 +27,14 @@ class Run:
     config: Any = None
     agent: Any = None
     progress: Progress | None = None
+
+
+@dataclasses.dataclass(kw_only=True)
+class Plan(command.Plan):
+    """The runs and the command's settings: config.yaml in order, less its "runs"."""
+
+    settings: dict
+    runs: list[Run]
 
 
 def make(cls: type[Run], name: str, values: dict, show_progress: bool, **fields) -> Run:
@@ -54,13 +63,32 @@ def train(run: Run, key, seeds: bool, desc: str) -> tuple[Any, float, float]:
     return out, compile_s, time.perf_counter() - t
 
 
-def configs(planned: list[Run]) -> dict[str, dict]:
-    """config.yaml's "runs": every run's algo and full config."""
-    return {r.name: {"algo": r.algo, **C.to_dict(r.config)} for r in planned}
+def write_config(plan: Plan, configs: dict | None = None) -> None:
+    """Creates the run folder and writes config.yaml: the settings, then "runs" (`configs`, or
+    every run's algo and full config)."""
+    configs = configs or {r.name: {"algo": r.algo, **C.to_dict(r.config)} for r in plan.runs}
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    command.write_yaml(plan.run_dir / "config.yaml", {**plan.settings, "runs": configs})
 
 
-def summarize(name: str, values) -> dict:
-    """<name>_mean_ci, <name>_iqm and <name>_iqm_ci ([lo, hi]: 95% stratified bootstrap) of
-    `values` [n] (experiments/aggregate.py)."""
+def write_metrics(plan: Plan, columns: list[str], lead, curves: dict[str, dict]) -> None:
+    """metrics.csv in long format: per run in `curves` (in plan order) and index of its curves'
+    broadcast shape `[..., U]`, the cells lead(run), the index (update from 1), the values."""
+    rows = []
+    for run in (r for r in plan.runs if r.name in curves):
+        values = np.broadcast_arrays(*curves[run.name].values())
+        for *i, u in np.ndindex(values[0].shape):
+            rows.append((*lead(run), *i, u + 1, *(v[(*i, u)] for v in values)))
+    command.write_csv(plan.run_dir / "metrics.csv", columns, rows)
+
+
+def summarize(name: str, values, seeds: bool) -> dict:
+    """<name>_per_seed (values over `seeds`) or <name>_std (over episodes), and <name>_mean,
+    _mean_ci, _iqm and _iqm_ci ([lo, hi]: 95% stratified bootstrap; experiments/aggregate.py) of
+    `values` [n]."""
+    values = np.asarray(values, np.float64)
     s = aggregate.summarize(values)
-    return {f"{name}_mean_ci": s["mean_ci"], f"{name}_iqm": s["iqm"], f"{name}_iqm_ci": s["iqm_ci"]}
+    first = {f"{name}_per_seed": values.tolist()} if seeds else {}
+    spread = {} if seeds else {f"{name}_std": float(values.std())}
+    mean = {f"{name}_mean": float(values.mean())}
+    return first | mean | spread | {f"{name}_{k}": s[k] for k in ("mean_ci", "iqm", "iqm_ci")}

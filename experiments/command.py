@@ -310,10 +310,6 @@ def as_int(name: str, value, low: int) -> int:
     return value
 
 
-def positive(name: str, value) -> int:
-    return as_int(name, value, 1)
-
-
 def positive_flags(args: argparse.Namespace, *names: str) -> None:
     """ValueError for the first of the integer options `names` (attribute names) given < 1."""
     for name in names:
@@ -346,34 +342,6 @@ def check_unique(args: argparse.Namespace, *flags: str) -> None:
             raise ValueError(f"--{flag} {' '.join(map(str, values))}: repeated value")
 
 
-def choices(name: str, value, known: Sequence[str], what: str = "env id") -> tuple[str, ...]:
-    """Distinct names (a single name is a list of one) among `known`."""
-    from purejaxrl.config import close_match  # lazy: jax
-
-    value = [value] if isinstance(value, str) else value or []
-    if not isinstance(value, list | tuple) or not all(isinstance(t, str) for t in value):
-        raise ValueError(f"{name}={value!r}: must be a list of {what}s")
-    listed = f" (choose from {list(known)})" if len(known) <= 8 else ""
-    for x in value:
-        if x not in known:
-            raise ValueError(f"{name}: unknown {what} {x!r}{close_match(x, known)}{listed}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"{name}={list(value)}: an {what} appears twice")
-    return tuple(value)
-
-
-def env_ids(part: str = "") -> list[str]:
-    """The registered env ids that contain `part`."""
-    import envs
-
-    return [i for i in envs.registered() if part in i]
-
-
-def task_list(name: str, value, part: str = "") -> tuple[str, ...]:
-    """Distinct env ids (a single id is a list of one) among those that contain `part`."""
-    return choices(name, value, env_ids(part))
-
-
 def mapping(name: str, value) -> dict:
     """`value` as a dict (None: {}); ValueError naming `name` if it is not a mapping."""
     if value is None:
@@ -381,29 +349,6 @@ def mapping(name: str, value) -> dict:
     if not isinstance(value, Mapping):
         raise ValueError(f"{name}={value!r}: must be a mapping")
     return dict(value)
-
-
-def within(name: str, value, among_name: str, among) -> None:
-    """ValueError if the names in setting `name` are not all among setting `among_name`'s."""
-    unknown = sorted(set(value) - set(among))
-    if unknown:
-        raise ValueError(f"{name}: {unknown} are not among {among_name} {list(among)}")
-
-
-def numbers(name: str, value) -> list[float]:
-    """A list of finite numbers > 0 (None: [])."""
-    value = value or []
-    if not isinstance(value, list | tuple) or not all(
-        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
-        for x in value
-    ):
-        raise ValueError(f"{name}={value!r}: must be a list of positive numbers")
-    return [float(x) for x in value]
-
-
-def multiples(name: str, value) -> tuple[float, ...]:
-    """(1.0, *the distinct positive numbers of `value` other than 1) (horizons, lifetimes)."""
-    return (1.0, *dict.fromkeys(h for h in numbers(name, value) if h != 1.0))
 
 
 def field_default(cls, name: str):

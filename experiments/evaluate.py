@@ -2,11 +2,9 @@
 
     python -m experiments.evaluate DIR [--episodes N] [--seeds 0 2 ...] [--seed K]
 
-The checkpoint's own saved config builds the agent, whatever its registered objective (a learned
-LPO drift or LPG rule is loaded from the `objective.path` it names). `purejaxrl.evaluation.evaluate`
-runs vmapped over the chosen seeds' states (`--seeds`: indices into the checkpoint), once with
-the mean/argmax action and once sampling from the policy, from PRNG seed `--seed`; the table goes
-to stdout and DIR/evaluation.json (docs/experiments.md).
+`purejaxrl.evaluation.evaluate_seeds` over the chosen seeds' states, with the agent built from
+the checkpoint's own config (any registered objective: docs/experiments.md); the table goes to
+stdout and DIR/evaluation.json.
 """
 
 from __future__ import annotations
@@ -103,17 +101,16 @@ def _execute(plan: Plan) -> dict:
 def format_table(record: dict) -> str:
     head = f"{'seed':>6}  " + "  ".join(f"{m:>22}" for m in MODES)
     cell = lambda s: f"{s['mean']:>12.2f} ± {s['std']:<7.2f}"  # noqa: E731
-    lines = [
+    title = (
         f"{record['algo']} on {record['env']} at update {record['checkpoint_update']}, "
-        f"{record['episodes_per_seed']} episodes per seed (mean ± std of episode return)",
-        head,
-        "-" * len(head),
+        f"{record['episodes_per_seed']} episodes per seed (mean ± std of episode return)"
+    )
+    rows = [
+        f"{seed:>6}  " + "  ".join(cell(record[m]["per_seed"][j]) for m in MODES)
+        for j, seed in enumerate(record["seeds"])
     ]
-    for j, seed in enumerate(record["seeds"]):
-        lines.append(f"{seed:>6}  " + "  ".join(cell(record[m]["per_seed"][j]) for m in MODES))
-    lines.append("-" * len(head))
-    lines.append(f"{'all':>6}  " + "  ".join(cell(record[m]) for m in MODES))
-    return "\n".join(lines)
+    last = f"{'all':>6}  " + "  ".join(cell(record[m]) for m in MODES)
+    return "\n".join([title, head, "-" * len(head), *rows, "-" * len(head), last])
 
 
 COMMAND = command.Command(

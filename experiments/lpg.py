@@ -1,8 +1,7 @@
 """Meta-train an LPG / TA-LPG update rule on random grid worlds (domain randomisation or GROOVE's
 level curricula) with meta-gradients or ES, then meta-test it against A2C and PPO tuned per task
 (normalised return: (R - R_random) / (R_A2C - R_random)); `--compare-ta` runs the TA comparison.
-Settings: lpg_settings.py; meta-test: lpg_meta_test.py; outputs: lpg_report.py; the command line,
-methods and run folder: docs/experiments.md, section experiments.lpg.
+Settings: lpg_settings.py; meta-test: lpg_meta_test.py; outputs: lpg_report.py; docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -25,23 +24,21 @@ resolve = S.resolve  # the settings (experiments.lpg_settings), public here as b
 # --------------------------------------------------------------------------- meta-training
 
 
-def write_steps(path: Path, step: str, metrics: Mapping, first: int = 1, keep_upto=None):
-    """A per-step CSV: `step` ("generation" or "meta_step") and `metrics` {name: [n]} in name
-    order, after the existing rows up to step `keep_upto` (None: only these)."""
+def write_curriculum(
+    run_dir, metrics: Mapping, first=1, keep_upto=None, step="generation", name=CURRICULUM_CSV
+):
+    """DIR/<name> (curriculum.csv, meta_steps.csv): per `step` ("generation" or "meta_step") the
+    `metrics` {name: [n]} in name order, after the file's rows up to step `keep_upto` (None: only
+    these)."""
     names = sorted(metrics)
     count = len(np.asarray(metrics[names[0]])) if names else 0
     rows = [[first + g, *(float(np.asarray(metrics[k])[g]) for k in names)] for g in range(count)]
-    command.write_csv(path, [step, *names], rows, keep_upto, exact=True)
-
-
-def write_curriculum(run_dir: Path, metrics: Mapping, first=1, keep_upto=None, step="generation"):
-    """curriculum.csv: the curriculum's metrics per generation or meta-step."""
-    write_steps(run_dir / CURRICULUM_CSV, step, metrics, first, keep_upto)
+    command.write_csv(run_dir / name, [step, *names], rows, keep_upto, exact=True)
 
 
 def write_meta_steps(run_dir: Path, metrics: Mapping, first: int = 1, keep_upto=None) -> None:
     """meta_steps.csv: the meta-gradient's own metrics per meta-step."""
-    write_steps(run_dir / META_STEPS_CSV, "meta_step", metrics, first, keep_upto)
+    write_curriculum(run_dir, metrics, first, keep_upto, "meta_step", META_STEPS_CSV)
 
 
 def write_mg_metrics(run_dir: Path, metrics: Mapping, curriculum, first=1, keep_upto=None):
@@ -55,10 +52,7 @@ def write_mg_metrics(run_dir: Path, metrics: Mapping, curriculum, first=1, keep_
 def meta_train(plan: metacli.MetaPlan, session: dict, t_start: float):
     """The meta-training of `meta_optimizer` (resumable); returns (the rule, its info)."""
     out = (run_meta_gradient if plan.settings.meta_gradient else run_es)(plan, session, t_start)
-    return out.params, {
-        **out.info,
-        "run": {"folder": str(plan.run_dir), "seed": plan.settings.seed},
-    }
+    return out.params, out.info
 
 
 def run_meta_gradient(plan: metacli.MetaPlan, session: dict, t_start: float):
@@ -144,7 +138,6 @@ def experiment(prog: str = "experiments.lpg", curriculum: str = "dr") -> metacli
         library="meta.lpg",
         resolve=lambda values: S.resolve(values, curriculum),
         run_name=S.run_name,
-        test_keys=S.TEST_KEYS,
         meta_train=meta_train,
         plot_training=lpg_report.plot_training,
         meta_test=lpg_meta_test.meta_test,
@@ -268,7 +261,7 @@ def command_for(prog: str = "experiments.lpg", curriculum: str = "dr") -> comman
         execute=lambda p: compare_execute(p) if isinstance(p, ComparePlan) else metacli.execute(p),
         report=_report,
         arguments=_arguments,
-        describe=lambda args: S.describe(args, curriculum),
+        describe=lambda args: metacli.describe(args, S.ES_DEFAULTS, S.describer(curriculum)),
         epilog="Settings, methods, run folder and files: docs/experiments.md, section "
         "experiments.lpg.",
         shards=True,

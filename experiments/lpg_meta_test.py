@@ -10,7 +10,6 @@ import numpy as np
 
 from experiments import command
 from experiments import meta_test as T
-from experiments.lpg_settings import BASELINES, LEARNERS, learner_config, test_env
 
 RANDOM_ENVS = 64  # envs of the uniform-random-policy rollout
 NORMALISATION = (
@@ -28,13 +27,13 @@ def run_cell(plan, params, task: str, m: float, env, r_random: float, bar) -> di
     from meta import lpg_meta_test as L
     from meta import meta_test as M
 
-    s = plan.settings
-    grid = s.minatar_lr_grid if task in s.minatar else s.lr_grid
-    seed, seeds = L.task_seed(s.seed, task), s.test_seeds
+    s, t = plan.settings, plan.settings.test
+    grid = t.minatar_lr_grid if task in t.minatar else t.lr_grid
+    seed, seeds = L.task_seed(s.seed, task), t.test_seeds
     finals, tuned, seconds = {}, {}, np.zeros(2)
-    for learner in (*BASELINES, "lpg"):
+    for learner in (*L.BASELINES, "lpg"):
         bar.set_postfix_str(f"{task} {m:g}x {learner}")
-        cfg = learner_config(s, task, m, learner)
+        cfg = s.learner_config(task, m, learner)
         if learner == "lpg":
             make_train = L.rule_trainer(cfg, *env, s.cfg.lpg.kl_weight)
             keys = L.sweep_keys(seed, seeds)
@@ -47,10 +46,10 @@ def run_cell(plan, params, task: str, m: float, env, r_random: float, bar) -> di
         seconds += sec
         bar.update()
     r_a2c = L.finite_mean(finals["a2c"])
-    normalised = {k: L.normalise(finals[k], r_random, r_a2c) for k in LEARNERS}
+    normalised = {k: L.normalise(finals[k], r_random, r_a2c) for k in L.LEARNERS}
     return {
         "task": task,
-        "kind": "minatar" if task in s.minatar else "gridworld",
+        "kind": "minatar" if task in t.minatar else "gridworld",
         "lifetime": m,
         "num_updates": int(cfg.num_updates),
         "total_timesteps": int(cfg.total_timesteps),
@@ -59,8 +58,8 @@ def run_cell(plan, params, task: str, m: float, env, r_random: float, bar) -> di
         "normalisable": bool(np.isfinite(normalised["a2c"]).any()),
         "tuned": tuned,
         "lpg_nan_skipped": skipped,
-        "results": {k: T.stats(finals[k], s.bootstrap) for k in LEARNERS},
-        "normalised": {k: T.stats(normalised[k], s.bootstrap) for k in LEARNERS},
+        "results": {k: T.stats(finals[k], t.bootstrap) for k in L.LEARNERS},
+        "normalised": {k: T.stats(normalised[k], t.bootstrap) for k in L.LEARNERS},
         "compile_s": float(seconds[0]),
         "run_s": float(seconds[1]),
     }
@@ -71,6 +70,7 @@ def overall(cells: list[dict], lifetimes, reps: int) -> dict:
     [95% stratified-bootstrap CI] of the normalised return over tasks x seeds (the normalisable
     cells only; tasks are the strata)."""
     from experiments import aggregate
+    from meta.lpg_meta_test import LEARNERS
 
     out = {}
     for m in lifetimes:
@@ -91,29 +91,31 @@ def random_returns(plan, envs_of: dict) -> dict:
 
     from meta import lpg_meta_test as L
 
-    settings, out = plan.settings, {}
+    seed, test, out = plan.settings.seed, plan.settings.test, {}
     for task, env in envs_of.items():
-        key = jax.random.fold_in(jax.random.key(L.task_seed(settings.seed, task)), 1)
+        key = jax.random.fold_in(jax.random.key(L.task_seed(seed, task)), 1)
 
         def compute(env=env, key=key):
-            r, n = L.random_return(*env, key, RANDOM_ENVS, settings.random_steps)
+            r, n = L.random_return(*env, key, RANDOM_ENVS, test.random_steps)
             return {"return": command.num(r), "episodes": n}
 
-        kwargs = repr(settings.test_env_kwargs.get(task))
-        memo_key = ("random", task, kwargs, settings.seed, settings.random_steps)
+        kwargs = repr(test.test_env_kwargs.get(task))
+        memo_key = ("random", task, kwargs, seed, test.random_steps)
         out[task] = dict(L.memoised(MEMO, memo_key, compute)[0])
     return out
 
 
 def meta_test(plan, params) -> dict:
     """Random returns, then every cell (see `run_cell`); returns the table (meta_test.json)."""
-    settings = plan.settings
-    cells = settings.cells
+    from meta.lpg_meta_test import LEARNERS
+
+    settings, test = plan.settings, plan.settings.test
+    cells = test.cells
     plan.say(
         f"meta-test: {len(cells)} (task, lifetime) cells x (the rule + A2C and PPO each tuned "
-        f"over its learning rates), {settings.test_seeds} seeds; random-policy returns first ..."
+        f"over its learning rates), {test.test_seeds} seeds; random-policy returns first ..."
     )
-    envs_of = {t: test_env(settings, t) for t in dict.fromkeys(t for t, _ in cells)}
+    envs_of = {t: test.env(t) for t in dict.fromkeys(t for t, _ in cells)}
     t0 = time.perf_counter()
     randoms = random_returns(plan, envs_of)
     random_s = time.perf_counter() - t0
@@ -126,17 +128,17 @@ def meta_test(plan, params) -> dict:
             "normalisable cells")  # fmt: skip
     return {
         "learners": list(LEARNERS),
-        "test_seeds": settings.test_seeds,
-        "lifetimes": list(settings.lifetimes),
+        "test_seeds": test.test_seeds,
+        "lifetimes": list(test.multiples),
         "train_updates": settings.train_updates,
-        "test_tasks": list(settings.test_tasks),
-        "minatar": list(settings.minatar),
+        "test_tasks": list(test.test_tasks),
+        "minatar": list(test.minatar),
         "normalisation": NORMALISATION,
-        "definition": T.definition(what, settings.bootstrap),
+        "definition": T.definition(what, test.bootstrap),
         "random": randoms,
-        "random_rollout": {"envs": RANDOM_ENVS, "steps": settings.random_steps},
+        "random_rollout": {"envs": RANDOM_ENVS, "steps": test.random_steps},
         "cells": out_cells,
-        "overall": overall(out_cells, settings.lifetimes, settings.bootstrap),
+        "overall": overall(out_cells, test.multiples, test.bootstrap),
         "not_normalisable": [
             f"{c['task']}@{c['lifetime']:g}x" for c in out_cells if not c["normalisable"]
         ],

@@ -10,7 +10,6 @@ import numpy as np
 from experiments import command, metacli
 from experiments import meta_test as T
 from experiments.lpg_meta_test import NORMALISATION
-from experiments.lpg_settings import BASELINES
 
 CURRICULUM_CSV, META_STEPS_CSV = "curriculum.csv", "meta_steps.csv"
 
@@ -186,6 +185,8 @@ def comparison(out: Path, arms: list[tuple[str, str]]) -> dict:
     return's IQM [95% CI] over tasks x seeds of each run's rule (its meta_test.json "overall"),
     with the tuned A2C and PPO of the first run (every run has the same baselines); per cell the
     raw final return's IQM [CI] of each rule."""
+    from meta.lpg_meta_test import BASELINES
+
     tables = {name: command.read_json(out / name / "meta_test.json") for name, _ in arms}
     first = tables[arms[0][0]]
     overall = {}

@@ -1,6 +1,6 @@
 """Meta-train an LPO / TA-LPO drift with evolution strategies, then meta-test it against PPO-clip,
-DPO and MDPO. Settings: meta.lpo_train.LPOConfig's fields and the meta-test's (`TEST`); the
-command line and the run folder: docs/experiments.md, section experiments.lpo.
+DPO and MDPO. Settings: meta.lpo_train.LPOConfig's fields and meta.meta_test.LPOTestConfig's;
+the command line and the run folder: docs/experiments.md, section experiments.lpo.
 """
 
 from __future__ import annotations
@@ -18,113 +18,63 @@ from experiments import command, metacli
 from experiments import meta_test as T
 from purejaxrl import config as C
 
-COMPARE = ("ppo_clip", "dpo", "mdpo")
 LPO_KEYS = ("tasks", "inner", "task_inner", "time_aware", "ppo_init", "hidden", "normalize",
             "baseline_seeds", "es")  # fmt: skip
-TEST = {  # the meta-test's settings: key -> (default, check(key, value) -> resolved value)
-    "test_seeds": (8, command.positive),
-    "held_out": ((), command.task_list),
-    "held_out_inner": ({}, command.mapping),  # {env id: {PPOConfig field: value}} over inner
-    "horizons": ((0.5, 2.0), command.multiples),  # resolved: 1.0 first
-    "compare": (COMPARE, lambda key, value: command.choices(key, value, COMPARE, "objective")),
-    "bootstrap": (2000, command.positive),
-}
-TEST_KEYS = tuple(TEST)
-KEYS = ("seed", *LPO_KEYS, *TEST_KEYS)
 ES_DEFAULTS = {"population_size": 16, "num_generations": 64, "sigma": 0.03}  # LPOConfig's
 DRIFT_GRID = np.geomspace(0.5, 2.0, 161), np.linspace(-2.0, 2.0, 161)  # drift.png's r, A
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The resolved settings: `values` (config.yaml), the LPOConfig and the meta-test's (`TEST`)."""
+    """The resolved settings: `values` (config.yaml), the LPOConfig and the meta-test's
+    meta.meta_test.LPOTestConfig."""
 
     values: dict
     cfg: Any  # meta.lpo_train.LPOConfig
+    test: Any  # meta.meta_test.LPOTestConfig
     seed: int
-    test_seeds: int
-    held_out: tuple[str, ...]
-    held_out_inner: dict
-    horizons: tuple[float, ...]
-    compare: tuple[str, ...]
-    bootstrap: int
 
     es = property(lambda self: self.cfg.es)
     time_aware = property(lambda self: self.cfg.time_aware)
     algo = property(lambda self: "ta-lpo" if self.cfg.time_aware else "lpo")
-    objectives = property(lambda self: ("learned", *self.compare))
-
-    @property
-    def cells(self) -> list[tuple[str, float]]:
-        """(task, horizon) of the meta-test: training tasks x horizons, held-out tasks at 1x."""
-        return [(t, h) for t in self.cfg.tasks for h in self.horizons] + [
-            (t, 1.0) for t in self.held_out
-        ]
 
 
 def defaults() -> dict[str, Any]:
     """Every key's default: LPOConfig's (inner: its CPU_INNER mapping; es: the values its
-    ESConfig is given, the strategy filling in the rest) and the meta-test's."""
-    from meta import lpo_train
+    ESConfig is given, the strategy filling in the rest) and LPOTestConfig's."""
+    from meta import lpo_train, meta_test
 
     lpo = {k: command.field_default(lpo_train.LPOConfig, k) for k in LPO_KEYS}
-    test = {k: default for k, (default, _) in TEST.items()}
+    test = dataclasses.asdict(meta_test.LPOTestConfig())
     return command.plain(
         {"seed": 0, **lpo, "inner": lpo_train.CPU_INNER, "es": ES_DEFAULTS, **test}
     )
 
 
 def resolve(values: Mapping[str, Any]) -> Settings:
-    """Settings from a mapping (defaults filled in); LPOConfig and ESConfig validate their
-    fields; ValueError naming the key on bad input."""
-    from meta import es, lpo_train
+    """Settings from a mapping (defaults filled in); LPOConfig, ESConfig and LPOTestConfig
+    validate their fields; ValueError naming the key on bad input."""
+    from meta import es, lpo_train, meta_test
 
-    command.check_keys(values, KEYS)
+    test_keys = [f.name for f in dataclasses.fields(meta_test.LPOTestConfig)]
+    command.check_keys(values, ("seed", *LPO_KEYS, *test_keys))
     v = command.merge(defaults(), values)
-    tasks = command.task_list("tasks", v["tasks"])
+    tasks = meta_test.names("tasks", v["tasks"], meta_test.env_ids())
     es_cfg = command.typed("es", es.ESConfig, v["es"])
     fields = {k: v[k] for k in LPO_KEYS}
     cfg = C.from_dict(lpo_train.LPOConfig, {**fields, "tasks": tasks, "es": es_cfg})
-    test = {k: check(k, v[k]) for k, (_, check) in TEST.items()}
-    both = sorted(set(test["held_out"]) & set(tasks))
-    if both:
-        raise ValueError(f"held_out: {both} are training tasks too; a held-out task is not")
-    command.within("held_out_inner", test["held_out_inner"], "held_out", test["held_out"])
-    resolved = {**v, "tasks": tasks, "es": dataclasses.asdict(es_cfg), **test,
-                "horizons": test["horizons"][1:]}  # fmt: skip
-    settings = Settings(
-        values=command.plain({k: resolved[k] for k in KEYS}),
-        cfg=cfg,
-        seed=command.as_int("seed", v["seed"], 0),
-        **test,
-    )
-    for task, h in settings.cells:  # validates every meta-test config now
-        test_config(settings, task, h)
-    return settings
+    test = C.from_dict(meta_test.LPOTestConfig, {k: v[k] for k in test_keys})
+    test.cells(cfg)  # validates every meta-test config now
+    resolved = {**v, "tasks": tasks, "es": dataclasses.asdict(es_cfg), **dataclasses.asdict(test)}
+    seed = command.as_int("seed", v["seed"], 0)
+    return Settings(command.plain({k: resolved[k] for k in v}), cfg, test, seed)
 
 
-def test_config(settings: Settings, task: str, horizon: float):
-    """The PPOConfig of the meta-test on `task` at `horizon` x the meta-trained updates."""
-    from meta import meta_test as M
-
-    overrides = None if task in settings.cfg.tasks else settings.held_out_inner.get(task, {})
-    try:
-        base = settings.cfg.inner_config(task, overrides)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"held-out task {task}: {e}") from None
-    return M.scaled(base, horizon)
-
-
-def describe(args) -> str | None:
-    """The first status line, from the YAML and overrides alone (no jax import)."""
-    values = metacli.unresolved(args)
-    if values is None:
-        return None
-    ta = args.time_aware or values.get("time_aware") is True
+def describe(args, values: dict, time_aware: bool, size: str) -> str:
+    """The first status line (`metacli.describe`)."""
     tasks = values.get("tasks", ["CartPole-v1", "Acrobot-v1"])
     tasks = ", ".join(map(str, tasks)) if isinstance(tasks, list) else tasks
-    size = metacli.describe_es(values, ES_DEFAULTS)
-    return f"building {'TA-LPO' if ta else 'LPO'} meta-training on {tasks} ({size}) ..."
+    return f"building {'TA-LPO' if time_aware else 'LPO'} meta-training on {tasks} ({size}) ..."
 
 
 # --------------------------------------------------------------------------- meta-training
@@ -164,7 +114,7 @@ def meta_train(plan: metacli.MetaPlan, session: dict, t_start: float):
     steps = sum(int(cfg.inner_config(t).total_timesteps) for t in cfg.tasks)
     metacli.end_es(plan, session, out.es, steps, t_start)
     plan.baselines = out.baselines or None
-    return out.params, {**out.info, "run": {"folder": str(run_dir), "seed": settings.seed}}
+    return out.params, out.info
 
 
 # --------------------------------------------------------------------------- meta-test
@@ -174,13 +124,13 @@ def meta_test(plan: metacli.MetaPlan, params) -> dict:
     """Trains `test_seeds` fresh agents per (objective, task, horizon); returns the table."""
     from meta import meta_test as M
 
-    settings = plan.settings
-    n_dev = len(M.seed_devices(plan.devices, settings.test_seeds))
-    cells = [(task, h, test_config(settings, task, h)) for task, h in settings.cells]
-    total = len(cells) * len(settings.objectives)
+    settings, test = plan.settings, plan.settings.test
+    n_dev = len(M.seed_devices(plan.devices, test.test_seeds))
+    cells = test.cells(settings.cfg)
+    total = len(cells) * len(test.objectives)
     plan.say(
-        f"meta-test: {len(settings.objectives)} objectives x {len(cells)} (task, horizon) cells "
-        f"= {total} programs, each over {settings.test_seeds} seeds on {n_dev} device(s), each "
+        f"meta-test: {len(test.objectives)} objectives x {len(cells)} (task, horizon) cells = "
+        f"{total} programs, each over {test.test_seeds} seeds on {n_dev} device(s), each "
         "compiled once ..."
     )
     timing = np.zeros(2)
@@ -189,12 +139,12 @@ def meta_test(plan: metacli.MetaPlan, params) -> dict:
     what = ("p_improvement_learned_over: P(learned > other) + 0.5 P(=) over seed pairs; the same "
             "seed keys for every objective and horizon")  # fmt: skip
     return {
-        "objectives": list(settings.objectives),
-        "test_seeds": settings.test_seeds,
-        "horizons": list(settings.horizons),
+        "objectives": list(test.objectives),
+        "test_seeds": test.test_seeds,
+        "horizons": list(test.multiples),
         "tasks": list(settings.cfg.tasks),
-        "held_out": list(settings.held_out),
-        "definition": T.definition(what, settings.bootstrap),
+        "held_out": list(test.held_out),
+        "definition": T.definition(what, test.bootstrap),
         "cells": out_cells,
         "programs": total,
         "devices": n_dev,
@@ -208,10 +158,10 @@ def test_cell(plan, params, cell, bar, timing) -> dict:
     from experiments import aggregate
     from meta import meta_test as M
 
-    settings, (task, h, cfg) = plan.settings, cell
-    keys = M.seed_keys(settings.seed, task, settings.test_seeds)
+    settings, test, (task, h, cfg) = plan.settings, plan.settings.test, cell
+    keys = M.seed_keys(settings.seed, task, test.test_seeds)
     finals = {}
-    for objective in settings.objectives:
+    for objective in test.objectives:
         bar.set_postfix_str(f"{task} {h:g}x {objective}")
         make_train = M.lpo_trainer(objective, cfg, settings.time_aware, settings.cfg.ppo_init)
         finals[objective], _, *seconds = M.finals(make_train, params, keys, plan.devices)
@@ -225,12 +175,12 @@ def test_cell(plan, params, cell, bar, timing) -> dict:
         "horizon": h,
         "total_timesteps": int(cfg.total_timesteps),
         "num_updates": int(cfg.num_updates),
-        "results": {k: T.stats(x, settings.bootstrap) for k, x in finals.items()},
+        "results": {k: T.stats(x, test.bootstrap) for k, x in finals.items()},
         "p_improvement_learned_over": {
             o: aggregate.probability_of_improvement(mine, finite[o])
             if mine.size and finite[o].size
             else None
-            for o in settings.compare
+            for o in test.compare
         },  # fmt: skip
     }
 
@@ -348,7 +298,7 @@ def summary_of(plan: metacli.MetaPlan, table, session: dict, info=None) -> dict:
     out = {
         "algo": settings.algo,
         "tasks": list(settings.cfg.tasks),
-        "held_out": list(settings.held_out),
+        "held_out": list(settings.test.held_out),
         "seed": settings.seed,
         "population_size": settings.es.population_size,
         "generations": len(fitness["mean"]),
@@ -370,7 +320,6 @@ EXPERIMENT = metacli.Experiment(
     library="meta.lpo",
     resolve=resolve,
     run_name=lambda s: f"{s.algo}-{'+'.join(s.cfg.tasks)}",
-    test_keys=TEST_KEYS,
     meta_train=meta_train,
     plot_training=plot_training,
     meta_test=meta_test,
@@ -387,7 +336,7 @@ COMMAND = command.Command(
     execute=metacli.execute,
     report=metacli.report,
     arguments=lambda p: metacli.arguments(p, "TA-LPO (sets time_aware: true)", "drift"),
-    describe=describe,
+    describe=lambda args: metacli.describe(args, ES_DEFAULTS, describe),
     epilog="Settings, run folder and files: docs/experiments.md, section experiments.lpo.",
     shards=True,
     continue_with=metacli.continue_with,

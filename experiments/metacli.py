@@ -1,7 +1,6 @@
-"""What the meta-training commands (experiments.lpo, experiments.lpg, experiments.groove) share,
-on the run skeleton (experiments/command.py): an `Experiment` names what differs; here are the
-plan (folder checks, `Schedule`, devices), `execute`, `report`, sessions and fitness.csv; the
-meta-test's numbers are in meta_test.py. See docs/experiments.md."""
+"""What the meta-training commands (experiments.lpo, lpg, groove) share on the run skeleton
+(experiments/command.py): an `Experiment` names what differs; here are the plan, `execute`,
+`report`, sessions and fitness.csv (docs/experiments.md)."""
 
 from __future__ import annotations
 
@@ -18,17 +17,14 @@ import numpy as np
 
 from experiments import command
 
-FITNESS_COLUMNS = ["generation", "mean", "best", "nonfinite"]
-ES_RESUMABLE = ("es.num_generations", "es.generations_per_call")
 TIMINGS = ("baselines_s", "es_compile_s", "es_run_s", "meta_gradient_first_call_s",
            "meta_gradient_run_s", "meta_test_compile_s", "meta_test_run_s")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """How far meta-training goes: `planned` steps of `unit` set by `key`, checkpointed in the
-    run folder's `where`, `done(run_dir)` of them so far; `resumable`: the keys a --resume may
-    change (beside the test keys); `shards`: what the devices must divide (None: one device)."""
+    """`planned` steps of `unit` set by `key`, checkpointed in DIR/`where`, `done(run_dir)` so
+    far; `resumable`: the keys a --resume may change; `shards`: what the devices must divide."""
 
     planned: int
     key: str
@@ -43,7 +39,8 @@ def es_schedule(settings) -> Schedule:
     """The ES meta-training's schedule (`settings.es`, checkpoints in DIR/es)."""
     es = settings.es
     return Schedule(es.num_generations, "es.num_generations", "generation", "es/",
-                    done_generations, ES_RESUMABLE, es.population_size)  # fmt: skip
+                    done_generations, ("es.num_generations", "es.generations_per_call"),
+                    es.population_size)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +48,15 @@ class Experiment:
     """What differs between the meta-training commands. The learned object lives in
     DIR/<artifact>, written and read by the module `library` (its save(path, params, info) and
     load(path, time_aware=)). resolve(values) -> settings (.values: config.yaml, .es,
-    .time_aware); meta_train(plan, session, t_start) -> (params, info); meta_test(plan, params)
-    -> table (meta_test.json); summary(plan, table, session, info) -> summary.json."""
+    .time_aware, .test: the meta-test's config, whose fields a --resume may change);
+    meta_train(plan, session, t_start) -> (params, info); meta_test(plan, params) -> table
+    (meta_test.json); summary(plan, table, session, info) -> summary.json."""
 
     prog: str
     artifact: str
     library: str
     resolve: Callable[[Mapping[str, Any]], Any]
     run_name: Callable[[Any], str]
-    test_keys: tuple[str, ...]  # what only the meta-test reads
     meta_train: Callable
     plot_training: Callable  # (plan, params)
     meta_test: Callable
@@ -78,21 +75,19 @@ def arguments(p, time_aware: str, artifact: str) -> None:
     p.add_argument("--compile-cache", metavar="DIR", help="keep compiled programs in DIR (reruns)")
 
 
-def describe_es(values: Mapping, defaults: Mapping) -> str:
-    """ "population P x G generations" of the unresolved settings (no jax import)."""
-    es = {**defaults, **(values["es"] if isinstance(values.get("es"), Mapping) else {})}
-    return f"population {es['population_size']} x {es['num_generations']} generations"
-
-
-def unresolved(args) -> dict | None:
-    """--config merged with the overrides of a new run, for the first status line (None on bad
-    input or for --resume / --meta-test-only)."""
-    if args.resume or args.meta_test_only:
-        return None
+def describe(args, es_defaults: Mapping, line: Callable[..., str]) -> str | None:
+    """The first status line of a new run (no jax import): line(args, values, time_aware,
+    "population P x G generations") of --config merged with the overrides (`es` over
+    `es_defaults`); None for --resume / --meta-test-only or on bad input."""
     try:
-        return command.settings(args)
+        values = None if args.resume or args.meta_test_only else command.settings(args)
     except ValueError:
+        values = None
+    if values is None:
         return None
+    es = {**es_defaults, **(values["es"] if isinstance(values.get("es"), Mapping) else {})}
+    size = f"population {es['population_size']} x {es['num_generations']} generations"
+    return line(args, values, args.time_aware or values.get("time_aware") is True, size)
 
 
 # --------------------------------------------------------------------------- plan
@@ -129,8 +124,8 @@ def done_generations(run_dir: Path) -> int:
 
 
 def _existing(p: MetaPlan, args, overrides: dict) -> None:
-    """Fills `p` for --resume / --meta-test-only DIR: DIR's settings with the overrides, which
-    may change only the test keys (and, resuming, the schedule's keys)."""
+    """Fills `p` for --resume / --meta-test-only DIR: DIR's settings with the overrides (only
+    the meta-test's and, resuming, the schedule's keys may change)."""
     from meta.saved import MANIFEST
 
     exp, flag = p.experiment, "--resume" if args.resume else "--meta-test-only"
@@ -140,7 +135,8 @@ def _existing(p: MetaPlan, args, overrides: dict) -> None:
     saved = exp.resolve(command.read_run_config(p.run_dir, flag)).values
     p.settings = exp.resolve(command.merge(saved, overrides))
     schedule = exp.schedule(p.settings)
-    allowed = exp.test_keys + (schedule.resumable if args.resume else ())
+    test_keys = tuple(f.name for f in dataclasses.fields(p.settings.test))
+    allowed = test_keys + (schedule.resumable if args.resume else ())
     command.check_unchanged(saved, p.settings.values, allowed, flag)
     p.done_generations = done = schedule.done(p.run_dir)
     name = exp.artifact
@@ -183,7 +179,10 @@ def plan(args, exp: Experiment, extra: Mapping[str, Any] = ()) -> MetaPlan:
         raise ValueError(
             f"--devices {args.devices}: es.population_size={pop} must divide by the device count"
         )
-    p.es_devices = 1 if pop is None else divisor_devices(len(p.devices), pop)
+    if pop is not None:
+        from meta.meta_test import seed_devices
+
+        p.es_devices = len(seed_devices(p.devices, pop))
     if (p.mode == "resume" and p.done_generations >= schedule.planned
             and (p.run_dir / "meta_test.json").is_file() and (p.run_dir / exp.artifact).is_dir()):  # fmt: skip
         p.done = (
@@ -192,11 +191,6 @@ def plan(args, exp: Experiment, extra: Mapping[str, Any] = ()) -> MetaPlan:
             f"with --meta-test-only {p.run_dir}"
         )
     return p
-
-
-def divisor_devices(count: int, n: int) -> int:
-    """The largest device count <= `count` that divides `n`."""
-    return max(d for d in range(1, count + 1) if n % d == 0)
 
 
 # --------------------------------------------------------------------------- run
@@ -242,6 +236,7 @@ def _execute(plan: MetaPlan, exp: Experiment) -> dict:
         params, info = library.load(run_dir / exp.artifact, time_aware=plan.settings.time_aware)
     else:
         params, info = exp.meta_train(plan, session, t_start)
+        info = {**info, "run": {"folder": str(run_dir), "seed": plan.settings.seed}}
         library.save(run_dir / exp.artifact, params, info)
         exp.plot_training(plan, params)
         session["wall_s"] = time.perf_counter() - t_start
@@ -277,8 +272,8 @@ def report(plan: MetaPlan, summary: dict) -> str:
 
 
 def begin_session(plan: MetaPlan) -> dict:
-    """Creates the run folder, writes config.yaml for a new run (or a `--meta-test-only` rerun
-    with changed settings) and returns the session record {mode, started, generations_before}."""
+    """Creates the run folder and config.yaml (a new run; a --meta-test-only with changes);
+    returns the session record {mode, started, generations_before}."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if plan.mode == "new" or (plan.write_config and plan.mode == "meta_test_only"):
         command.write_yaml(plan.run_dir / "config.yaml", plan.settings.values)
@@ -290,16 +285,14 @@ def begin_session(plan: MetaPlan) -> dict:
 
 
 def write_resumed_config(plan: MetaPlan) -> None:
-    """A resume writes its changed config.yaml once, when its meta-training has run (the first
-    checkpoint of this session is written)."""
+    """A resume's changed config.yaml, once its first checkpoint is written."""
     if plan.write_config and plan.mode == "resume":
         command.write_yaml(plan.run_dir / "config.yaml", plan.settings.values)
         plan.write_config = False
 
 
 def session_summary(plan: MetaPlan, session: dict) -> dict:
-    """summary.json's timing and provenance fields: sps, compile_s, wall_s, timings (this
-    session), sessions (all so far), devices, es_devices, versions."""
+    """summary.json's timings (this session), sessions (all so far), devices and versions."""
     sessions = [s for s in plan.previous.get("sessions", []) if isinstance(s, dict)]
     return {
         "sps": session.get("es_sps"),
@@ -318,8 +311,8 @@ def session_summary(plan: MetaPlan, session: dict) -> dict:
 
 
 def on_generations(plan: MetaPlan, extra: Callable[[Mapping, int], None] | None = None):
-    """The ES callback (after each call's checkpoint): a resume's config.yaml, `extra(metrics,
-    first generation)`, then the new rows of fitness.csv."""
+    """The ES callback after each checkpoint: config.yaml, `extra(metrics, first generation)`,
+    then fitness.csv's new rows."""
 
     def callback(generation: int, metrics: Mapping) -> None:
         write_resumed_config(plan)
@@ -334,8 +327,8 @@ def on_generations(plan: MetaPlan, extra: Callable[[Mapping, int], None] | None 
 
 
 def end_es(plan: MetaPlan, session: dict, es_out, steps: int, t_start: float) -> None:
-    """After the ES: config.yaml (a resume), the whole fitness.csv, and this session's ES
-    timings (steps: env steps of one candidate's inner runs)."""
+    """After the ES: config.yaml, fitness.csv, this session's ES timings (steps: env steps of
+    one candidate's inner runs)."""
     write_resumed_config(plan)
     write_fitness(plan.run_dir, fitness_rows(es_out.fitness, es_out.nonfinite))
     ran = es_out.fitness.shape[0] - plan.done_generations
@@ -364,7 +357,8 @@ def fitness_rows(fitness: np.ndarray, nonfinite: np.ndarray, first: int = 1) -> 
 
 def write_fitness(run_dir: Path, rows: list[list], keep_upto: int | None = None) -> None:
     """fitness.csv: `rows` after the existing rows up to generation `keep_upto`."""
-    command.write_csv(run_dir / "fitness.csv", FITNESS_COLUMNS, rows, keep_upto, exact=True)
+    columns = ["generation", "mean", "best", "nonfinite"]
+    command.write_csv(run_dir / "fitness.csv", columns, rows, keep_upto, exact=True)
 
 
 def fitness_summary(run_dir: Path, definition: str) -> dict:
@@ -386,8 +380,7 @@ def fitness_summary(run_dir: Path, definition: str) -> dict:
 
 
 def meta_training_line(summary: dict) -> str | None:
-    """The meta-training's line: the ES fitness curve's ends, or the meta-gradient's
-    finished-agent return over the first and last tenth of its meta-steps."""
+    """The ES fitness curve's ends, or the meta-gradient's first and last tenth."""
     g = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731  (None: no finite value)
     f, mt = summary.get("fitness"), summary.get("meta_training")
     if f is not None and summary.get("generations"):
@@ -406,8 +399,8 @@ def meta_training_line(summary: dict) -> str | None:
 
 
 def plot_fitness(run_dir: Path, title: str, ylabel: str, lines=()) -> Path:
-    """fitness.png: the population's mean and best fitness per generation (fitness.csv), the
-    best so far, and horizontal reference `lines` [(y, label)]."""
+    """fitness.png: fitness.csv's mean and best per generation, the best so far, and reference
+    `lines` [(y, label)]."""
     plt = command.pyplot()
     f = command.read_csv(run_dir / "fitness.csv")
     fig, ax = plt.subplots(figsize=(7, 4.2))

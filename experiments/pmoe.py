@@ -1,15 +1,7 @@
-"""Gaussian vs mixture-of-experts policies (PMOE, Gumbel-softmax, score function) on SAC and PPO.
-
-    python -m experiments.pmoe [--task multimodal|brax] [--algos sac ppo]
-        [--methods gaussian pmoe gumbel score] [--seeds N] [--steps N] [--num-experts K]
-        [--envs brax/hopper ...] [--scale cpu|paper] [--eval-episodes N] [--out DIR]
-        [--config FILE] [key=value | sac.key=value | ppo.key=value ...]
-    python -m experiments.pmoe --merge DIR [DIR ...] --out OUT
-
-Each (algo, env, method) is one jitted program, `jax.jit(jax.vmap(agent.train))(keys)` over the
-seeds, with the same keys for every method. Tasks, scales, base configs, merging and the run
-folder's files: docs/experiments.md, "experiments.pmoe".
-"""
+"""Gaussian vs mixture-of-experts policies (PMOE, Gumbel-softmax, score function) on SAC and PPO:
+each (algo, env, method) is one jitted program over the seeds with the same keys for every method.
+Usage, tasks, scales, base configs, merging and the run folder: docs/experiments.md,
+"experiments.pmoe"."""
 
 from __future__ import annotations
 
@@ -27,21 +19,11 @@ import numpy as np
 from envs import multimodal
 from experiments import agent_runs, aggregate, command
 from purejaxrl import checkpoint, evaluation, scores
-from purejaxrl.pmoe import (  # noqa: F401 (tests/test_learning.py, notebooks/02_pmoe.ipynb)
-    CONTEXTS,
-    MIN_WEIGHT,
-    MODE_TOL,
-    action_density,
-    expert_stats,
-    mixture_outputs,
-    squashed,
-)
+from purejaxrl.pmoe import CONTEXTS, MIN_WEIGHT, MODE_TOL, action_density, expert_stats, squashed
+from purejaxrl.pmoe import mixture_outputs as mixture_outputs  # for notebooks/02_pmoe.ipynb
 
-TASKS = ("multimodal", "brax")
 ALGOS = ("sac", "ppo")
 METHODS = ("gaussian", "pmoe", "gumbel", "score")
-SCALES = ("cpu", "paper")
-GAUSSIAN_POLICY = {"sac": "tanh_gaussian", "ppo": "gaussian"}
 # This command's final return: purejaxrl.scores.final_return over the last 10% of updates.
 FINAL_RETURN_FRACTION = 0.1
 BRAX_CPU_ENVS = ("brax/inverted_double_pendulum", "brax/hopper")
@@ -81,22 +63,13 @@ class Run(agent_runs.Run):
 
 
 @dataclasses.dataclass(kw_only=True)
-class Plan(command.Plan):
-    task: str
-    scale: str
-    seeds: int
-    seed: int
-    eval_episodes: int
-    runs: list[Run]
-    merged: dict | None = None  # --merge: the folders' results, curves, config and wall_s
-
-
-# --------------------------------------------------------------------------- settings
+class Plan(agent_runs.Plan):
+    merged: dict | None = None  # --merge: the folders' results, curves, run configs and wall_s
 
 
 def arguments(p) -> None:
     count = command.positive_int
-    p.add_argument("--task", default="multimodal", choices=TASKS)
+    p.add_argument("--task", default="multimodal", choices=("multimodal", "brax"))
     p.add_argument("--algos", nargs="+", choices=ALGOS, help="default: both; brax: sac")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", type=count, help="seeds per method (default 4; brax 3, paper 5)")
@@ -104,22 +77,14 @@ def arguments(p) -> None:
     p.add_argument("--steps", type=count, help="env steps per seed (total_timesteps)")
     p.add_argument("--num-experts", type=count, default=2, help="K for the mixture methods")
     p.add_argument("--envs", nargs="+", help="brax env ids (default: by --scale)")
-    p.add_argument("--scale", default="cpu", choices=SCALES, help="--task brax's size")
+    p.add_argument("--scale", default="cpu", choices=("cpu", "paper"), help="--task brax's size")
     p.add_argument("--eval-episodes", type=count, default=64, help="evaluation episodes per seed")
     p.add_argument("--merge", nargs="+", metavar="DIR", help="merge these run folders into --out")
 
 
-def base_config(algo: str, task: str, scale: str, env: str) -> dict:
-    """The algo's config fields (without policy/method fields) for this task, scale and env."""
-    values = {**BASE[algo, "bandit" if task == "multimodal" else scale], "env": env}
-    if task == "brax":
-        values["env_kwargs"] = {"backend": BACKEND[scale]}
-    return values
-
-
 def method_fields(algo: str, method: str, num_experts: int) -> dict:
     if method == "gaussian":
-        return {"policy": GAUSSIAN_POLICY[algo], "num_experts": 1}
+        return {"policy": {"sac": "tanh_gaussian", "ppo": "gaussian"}[algo], "num_experts": 1}
     return {"policy": "pmoe", "num_experts": num_experts, "mixture_grad": method}
 
 
@@ -161,7 +126,9 @@ def plan(args) -> Plan:
     overrides = split_overrides(values)
     planned = []
     for algo, env, method in ((a, e, m) for a in algos for e in envs for m in args.methods):
-        values = base_config(algo, args.task, args.scale, env)
+        values = {"algo": algo, **BASE[algo, args.scale if brax else "bandit"], "env": env}
+        if brax:
+            values["env_kwargs"] = {"backend": BACKEND[args.scale]}
         values.update(method_fields(algo, method, args.num_experts))
         values = command.merge(values, overrides[algo])
         if args.steps is not None:
@@ -169,32 +136,20 @@ def plan(args) -> Plan:
             if algo == "sac":  # a short run keeps a warm-up of at most 10% of its steps
                 values["learning_starts"] = min(values["learning_starts"], args.steps // 10)
         name = f"{algo}-{method}" if not brax else f"{algo}-{env.split('/')[-1]}-{method}"
-        values = {"algo": algo, **values}
         planned.append(agent_runs.make(Run, name, values, not args.no_progress, method=method))
     seeds = args.seeds or (5 if args.scale == "paper" else 3 if brax else 4)
-    return Plan(run_dir, "new", not args.no_progress, task=args.task, scale=args.scale,
-                seeds=seeds, seed=args.seed, eval_episodes=args.eval_episodes,
-                runs=planned)  # fmt: skip
-
-
-# --------------------------------------------------------------------------- one run
+    settings = {"task": args.task, "scale": args.scale, "num_seeds": seeds, "seed": args.seed}
+    settings.update(eval_episodes=args.eval_episodes, final_fraction=FINAL_RETURN_FRACTION)
+    return Plan(run_dir, "new", not args.no_progress, settings=settings, runs=planned)
 
 
 def evaluate_seeds(agent, state, key, num_episodes: int) -> dict[str, np.ndarray]:
     """Mean evaluation return per seed `[S]`, deterministic (mode) and stochastic (sampled)."""
-    return {
-        name: np.asarray(
-            evaluation.evaluate_seeds(agent, state, key, num_episodes, det), "f8"
-        ).mean(1)
-        for name, det in (("deterministic", True), ("stochastic", False))
-    }
-
-
-def seed_stats(name: str, per_seed) -> dict:
-    """<name>_per_seed and _mean of the seeds' values `per_seed` [S], with their IQM and CIs."""
-    per_seed = np.asarray(per_seed, np.float64)
-    stats = {f"{name}_per_seed": per_seed.tolist(), f"{name}_mean": float(per_seed.mean())}
-    return {**stats, **agent_runs.summarize(name, per_seed)}
+    out = {}
+    for name, det in (("deterministic", True), ("stochastic", False)):
+        returns = evaluation.evaluate_seeds(agent, state, key, num_episodes, det)  # [S, N]
+        out[name] = np.asarray(returns, np.float64).mean(1)
+    return out
 
 
 def curve_stats(returns: np.ndarray, finished) -> dict:
@@ -202,59 +157,46 @@ def curve_stats(returns: np.ndarray, finished) -> dict:
     (mean over all updates) per seed of returns/finished `[S, U]`, with their statistics."""
     final = scores.final_return(returns, finished, fraction=FINAL_RETURN_FRACTION)
     return {
-        **seed_stats("final_return", final),
+        **agent_runs.summarize("final_return", final, seeds=True),
         "final_return_std": float(np.asarray(final, np.float64).std()),
         "final_window_updates": max(1, math.ceil(FINAL_RETURN_FRACTION * returns.shape[1])),
-        **seed_stats("auc", returns.mean(axis=1)),
+        **agent_runs.summarize("auc", returns.mean(axis=1), seeds=True),
     }
 
 
 def run_one(run: Run, plan: Plan) -> tuple[dict, dict]:
-    """Trains, evaluates and checkpoints one run -> (summary entry, curves {returns, env_steps})."""
-    t0 = time.perf_counter()
-    key = jax.random.key(plan.seed)
-    keys = jax.random.split(key, plan.seeds)
+    """Trains, evaluates and checkpoints one run -> (summary entry, curves {env_steps, returns})."""
+    t0, s = time.perf_counter(), plan.settings
+    key = jax.random.key(s["seed"])
+    keys = jax.random.split(key, s["num_seeds"])
     out, compile_s, train_s = agent_runs.train(run, keys, True, run.name)
     returns = np.asarray(out.metrics["episode_return"], np.float64)  # [S, U]
     env_steps = np.asarray(out.metrics["env_steps"][0], np.int64)  # [U]
-    evals = evaluate_seeds(run.agent, out.state, jax.random.fold_in(key, 1), plan.eval_episodes)
+    evals = evaluate_seeds(run.agent, out.state, jax.random.fold_in(key, 1), s["eval_episodes"])
     where = plan.run_dir / "checkpoints" / run.name
-    checkpoint.save(where, out.state, run.config, {"seed": plan.seed})
+    checkpoint.save(where, out.state, run.config, {"seed": s["seed"]})
     entry = {"algo": run.algo, "env": run.env, "method": run.method}
     entry.update(curve_stats(returns, out.metrics["episodes_finished"]))
     for name, values in evals.items():
-        entry.update(seed_stats(f"eval_{name}", values))
-    entry["sps"] = int(env_steps[-1]) * plan.seeds / train_s
+        entry.update(agent_runs.summarize(f"eval_{name}", values, seeds=True))
+    entry["sps"] = int(env_steps[-1]) * s["num_seeds"] / train_s
     entry.update(compile_s=compile_s, train_s=train_s, checkpoint=f"checkpoints/{run.name}")
     if run.env == multimodal.BANDIT_ID:
         entry["experts"] = expert_stats(run.agent, out.state)
     entry["wall_s"] = time.perf_counter() - t0
-    return entry, {"returns": returns, "env_steps": env_steps}
+    return entry, {"env_steps": env_steps, "returns": returns}
 
 
-# --------------------------------------------------------------------------- files
-
-
-def write_metrics(run_dir: Path, planned: list[Run], curves: dict[str, dict]) -> None:
-    rows = [
-        (run.algo, run.env, run.method, s, u + 1, steps, ret)
-        for run in planned
-        for s, seed_returns in enumerate(curves[run.name]["returns"])
-        for u, (steps, ret) in enumerate(
-            zip(curves[run.name]["env_steps"], seed_returns, strict=True)
-        )
-    ]
+def write_metrics(plan: Plan, curves: dict[str, dict]) -> None:
     columns = ["algo", "env", "method", "seed", "update", "env_steps", "episode_return"]
-    command.write_csv(run_dir / "metrics.csv", columns, rows)
+    agent_runs.write_metrics(plan, columns, lambda r: (r.algo, r.env, r.method), curves)
 
 
 def make_summary(plan: Plan, results: dict[str, dict], wall_s: float) -> dict:
     best = max(results, key=lambda n: results[n]["final_return_mean"])
-    b = results[best]
+    b, s = results[best], plan.settings
     return {
-        "task": plan.task,
-        "scale": plan.scale,
-        "num_seeds": plan.seeds,
+        **{k: s[k] for k in ("task", "scale", "num_seeds")},
         "best_run": best,
         "final_return_mean": b["final_return_mean"],
         "final_return_iqm": b.get("final_return_iqm", math.nan),  # older folders lack the IQM
@@ -268,7 +210,7 @@ def make_summary(plan: Plan, results: dict[str, dict], wall_s: float) -> dict:
             f"{FINAL_RETURN_FRACTION:.0%} of updates (purejaxrl.scores.final_return with "
             f"fraction={FINAL_RETURN_FRACTION}: finished episodes only)",
             "auc": "per seed, mean episode_return over all updates (warm-up included)",
-            "eval": f"per seed, mean return of {plan.eval_episodes} fresh episodes",
+            "eval": f"per seed, mean return of {s['eval_episodes']} fresh episodes",
             "iqm": "interquartile mean over seeds (mean of the middle 50%, rliable's; with "
             "fewer than 4 seeds the plain mean)",
             "ci": f"[lo, hi]: 95% percentile interval over {aggregate.REPS} bootstrap "
@@ -279,59 +221,40 @@ def make_summary(plan: Plan, results: dict[str, dict], wall_s: float) -> dict:
         },
         "results": results,
         **command.environment(),
-        **({"merged_from": plan.merged["config"]["merged_from"]} if plan.merged else {}),
+        **({"merged_from": s["merged_from"]} if plan.merged else {}),
     }
 
 
-def smooth(returns: np.ndarray, window: int) -> np.ndarray:
-    """Moving average over `window` updates of returns `[S, U]` -> `[S, U - window + 1]`."""
-    c = np.cumsum(np.pad(returns, ((0, 0), (1, 0))), axis=1)
-    return (c[:, window:] - c[:, :-window]) / window
-
-
-def _panels(plan: Plan, width: float, height: float):
-    """(figure, [(axis, algo, env, runs of that algo and env)]) with one panel per algo/env."""
+def plot_runs(plan: Plan, curves: dict[str, dict], results: dict[str, dict]) -> None:
+    """One panel per algo/env in curves.png: each method's mean return and min-max band across
+    seeds, both of the per-seed moving average over 1% of the updates (SAC's per-update return is
+    noisy); and in auc.png: each method's mean AUC (bar) and per-seed AUCs (points)."""
     panels = list(dict.fromkeys((r.algo, r.env) for r in plan.runs))
-    fig, axes = command.pyplot().subplots(
-        1, len(panels), figsize=(width * len(panels), height), dpi=90
-    )
-    return fig, [
-        (ax, algo, env, [r for r in plan.runs if (r.algo, r.env) == (algo, env)])
-        for ax, (algo, env) in zip(np.atleast_1d(axes), panels, strict=True)
-    ]
-
-
-def plot_curves(plan: Plan, curves: dict[str, dict]) -> None:
-    """curves.png: per algo/env, each method's mean return and min-max band across seeds, both
-    of the per-seed moving average over 1% of the updates (SAC's per-update return is noisy)."""
-    fig, panels = _panels(plan, 5.2, 3.6)
-    for ax, algo, env, planned in panels:
-        for run in planned:
-            c = curves[run.name]
-            window = max(1, c["returns"].shape[1] // 100)
-            r, x = smooth(c["returns"], window), c["env_steps"][window - 1 :]
+    plt = command.pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), dpi=90)
+    auc_fig, auc_axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=90)
+    for ax, bx, (algo, env) in zip(*map(np.atleast_1d, (axes, auc_axes)), panels, strict=True):
+        planned = [r for r in plan.runs if (r.algo, r.env) == (algo, env)]
+        for i, run in enumerate(planned):
+            returns, steps = curves[run.name]["returns"], curves[run.name]["env_steps"]
+            window = max(1, returns.shape[1] // 100)  # r: the moving average over window updates
+            c = np.cumsum(np.pad(returns, ((0, 0), (1, 0))), axis=1)
+            r, x = (c[:, window:] - c[:, :-window]) / window, steps[window - 1 :]
             (line,) = ax.plot(x, r.mean(0), lw=1.6, label=run.method)
             ax.fill_between(x, r.min(0), r.max(0), color=line.get_color(), alpha=0.15)
+            auc = np.asarray(results[run.name]["auc_per_seed"])
+            bx.bar(i, auc.mean(), color=f"C{i}", alpha=0.5)
+            bx.scatter(np.full(auc.shape, i) + np.linspace(-0.15, 0.15, len(auc)), auc, c="k", s=12)
         title = f"{algo} on {env}" + (f" (moving average, {window} updates)" if window > 1 else "")
         ax.set(xlabel="env steps per seed", ylabel="episode return")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        bx.set_xticks(range(len(planned)), [r.method for r in planned])
+        bx.set(ylabel="AUC (mean episode return)", title=f"{algo} on {env}")
+        bx.grid(alpha=0.3, axis="y")
     command.save_figure(fig, plan.run_dir / "curves.png")
-
-
-def plot_auc(plan: Plan, results: dict[str, dict]) -> None:
-    """auc.png: per algo/env, each method's mean AUC (bar) and per-seed AUCs (points)."""
-    fig, panels = _panels(plan, 4.2, 3.4)
-    for ax, algo, env, planned in panels:
-        for i, run in enumerate(planned):
-            auc = np.asarray(results[run.name]["auc_per_seed"])
-            ax.bar(i, auc.mean(), color=f"C{i}", alpha=0.5)
-            ax.scatter(np.full(auc.shape, i) + np.linspace(-0.15, 0.15, len(auc)), auc, c="k", s=12)
-        ax.set_xticks(range(len(planned)), [r.method for r in planned])
-        ax.set(ylabel="AUC (mean episode return)", title=f"{algo} on {env}")
-        ax.grid(alpha=0.3, axis="y")
-    command.save_figure(fig, plan.run_dir / "auc.png")
+    command.save_figure(auc_fig, plan.run_dir / "auc.png")
 
 
 def plot_experts(plan: Plan, results: dict[str, dict]) -> None:
@@ -368,35 +291,29 @@ def plot_experts(plan: Plan, results: dict[str, dict]) -> None:
     command.save_figure(fig, plan.run_dir / "experts.png")
 
 
-# --------------------------------------------------------------------------- merge
-
-
 def read_run_folder(folder: Path) -> tuple[dict, dict, dict[str, dict]]:
-    """(config.yaml, summary.json, curves {run name: {returns [S, U], env_steps [U]}} from
+    """(config.yaml, summary.json, curves {run name: {env_steps [U], returns [S, U]}} from
     metrics.csv) of one finished run folder; ValueError naming what is missing."""
     for name in ("config.yaml", "summary.json", "metrics.csv"):
         if not (folder / name).is_file():
             raise ValueError(f"--merge {folder}: no {name} (not a finished experiments.pmoe run)")
     summary = command.read_json(folder / "summary.json")
     name_of = {(r["algo"], r["env"], r["method"]): n for n, r in summary["results"].items()}
-    points: dict[str, list] = {n: [] for n in name_of.values()}  # [seed, update, steps, return]
     with (folder / "metrics.csv").open() as f:
-        for row in csv.DictReader(f):
-            name = name_of.get((row["algo"], row["env"], row["method"]))
-            if name is None:
-                raise ValueError(f"--merge {folder}: metrics.csv has a run summary.json lacks")
-            columns = ("seed", "update", "env_steps", "episode_return")
-            points[name].append([float(row[c]) for c in columns])
+        rows = list(csv.reader(f))[1:]  # write_metrics's columns
+    if any(tuple(row[:3]) not in name_of for row in rows):
+        raise ValueError(f"--merge {folder}: metrics.csv has a run summary.json lacks")
     curves = {}
-    for name, p in points.items():
-        p = np.asarray(p).reshape(-1, 4)
+    for key, name in name_of.items():
+        p = [row[3:] for row in rows if tuple(row[:3]) == key]
+        p = np.asarray(p, np.float64).reshape(-1, 4)  # seed, update, env_steps, return
         seed, update = p[:, 0].astype(int), p[:, 1].astype(int) - 1
         shape = (seed.max(initial=-1) + 1, update.max(initial=-1) + 1)
         if not len(p) or len({*zip(seed, update, strict=True)}) != shape[0] * shape[1]:
             raise ValueError(f"--merge {folder}: metrics.csv lacks updates of run {name!r}")
         returns, env_steps = np.zeros(shape), np.zeros(shape[1], np.int64)
         returns[seed, update], env_steps[update] = p[:, 3], p[:, 2]
-        curves[name] = {"returns": returns, "env_steps": env_steps}
+        curves[name] = {"env_steps": env_steps, "returns": returns}
     return command.load_yaml(folder / "config.yaml"), summary, curves
 
 
@@ -424,41 +341,32 @@ def merge_plan(args) -> Plan:
             curves[name], configs[name] = folder_curves[name], settings["runs"][name]
             planned.append(Run(name=name, algo=result["algo"], env=result["env"],
                                method=result["method"]))  # fmt: skip
-    config = {k: v for k, v in first.items() if k != "runs"}
-    config.update(merged_from=[str(f.resolve()) for f, *_ in loaded], runs=configs)
+    settings = {k: v for k, v in first.items() if k != "runs"}
+    settings["merged_from"] = [str(f.resolve()) for f, *_ in loaded]
     wall_s = sum(summary["wall_s"] for _, _, summary, _ in loaded)
-    merged = {"results": results, "curves": curves, "config": config, "wall_s": wall_s}
-    return Plan(run_dir, "merge", not args.no_progress, task=first["task"], scale=first["scale"],
-                seeds=first["num_seeds"], seed=first["seed"], eval_episodes=first["eval_episodes"],
-                runs=planned, merged=merged)  # fmt: skip
-
-
-# --------------------------------------------------------------------------- command
+    merged = {"results": results, "curves": curves, "runs": configs, "wall_s": wall_s}
+    return Plan(
+        run_dir, "merge", not args.no_progress, settings=settings, runs=planned, merged=merged
+    )
 
 
 def execute(plan: Plan) -> dict:
     """Trains every run in turn: config.yaml first, then metrics.csv and summary.json after each
     run (the files so far, if interrupted); with --merge, gathers the folders. Then the plots."""
     t0 = time.perf_counter()
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    agent_runs.write_config(plan, plan.merged and plan.merged["runs"])
     if plan.merged:
         results, curves = plan.merged["results"], plan.merged["curves"]
-        command.write_yaml(plan.run_dir / "config.yaml", plan.merged["config"])
-        write_metrics(plan.run_dir, plan.runs, curves)
+        write_metrics(plan, curves)
     else:
-        config = {"task": plan.task, "scale": plan.scale, "num_seeds": plan.seeds, "seed": plan.seed,
-                  "eval_episodes": plan.eval_episodes, "final_fraction": FINAL_RETURN_FRACTION,
-                  "runs": agent_runs.configs(plan.runs)}  # fmt: skip
-        command.write_yaml(plan.run_dir / "config.yaml", config)
         results, curves = {}, {}
-        for i, run in enumerate(plan.runs):
+        for run in plan.runs:
             results[run.name], curves[run.name] = run_one(run, plan)
-            write_metrics(plan.run_dir, plan.runs[: i + 1], curves)
+            write_metrics(plan, curves)
             summary = make_summary(plan, results, time.perf_counter() - t0)
             command.write_json(plan.run_dir / "summary.json", summary)
         plot_experts(plan, results)
-    plot_curves(plan, curves)
-    plot_auc(plan, results)
+    plot_runs(plan, curves, results)
     wall_s = plan.merged["wall_s"] if plan.merged else time.perf_counter() - t0
     summary = make_summary(plan, results, wall_s)
     command.write_json(plan.run_dir / "summary.json", summary)
@@ -471,20 +379,18 @@ def report(plan: Plan, summary: dict) -> str:
         f"{'run':{width}s}  final [per seed]  final IQM [95% CI]  eval det  eval stoch  AUC  "
         "SPS  compile_s  split"
     ]
-    nan = float("nan")
     for name, r in summary["results"].items():
         final = " ".join(f"{x:.2f}" for x in r["final_return_per_seed"])
-        split = r.get("experts", {}).get("both_modes_split_fraction", nan)
-        lo, hi = r.get("final_return_iqm_ci", [nan, nan])
+        split = r.get("experts", {}).get("both_modes_split_fraction", math.nan)
+        lo, hi = r.get("final_return_iqm_ci", [math.nan] * 2)
         rows.append(
             f"{name:{width}s}  {r['final_return_mean']:.2f} [{final}]  "
-            f"{r.get('final_return_iqm', nan):.2f} [{lo:.2f}, {hi:.2f}]  "
+            f"{r.get('final_return_iqm', math.nan):.2f} [{lo:.2f}, {hi:.2f}]  "
             f"{r['eval_deterministic_mean']:.2f}  {r['eval_stochastic_mean']:.2f}  "
             f"{r['auc_mean']:.2f}  {r['sps']:.0f}  {r['compile_s']:.1f}  {split:.2f}"
         )
     if plan.merged:
-        folders = len(plan.merged["config"]["merged_from"])
-        rows.append(f"merged {folders} folders into {plan.run_dir}")
+        rows.append(f"merged {len(plan.settings['merged_from'])} folders into {plan.run_dir}")
     else:
         rows.append(f"wall {summary['wall_s']:.1f} s | run folder: {plan.run_dir}")
     return "\n".join(rows)

@@ -27,13 +27,10 @@ forward when none finished; a seed's cell is empty until its first finished epis
 across-seed columns (and episode_length) use only the seeds that have one (empty when none has).
 """
 
-# --------------------------------------------------------------------------- specs
-
 
 def register_objectives() -> None:
     """Adds meta/'s objectives ("lpo", "dpo", "mdpo", "lpg") to the objective registry, so a
-    spec or a checkpoint may name them. Called when needed, not at import: `experiments.train`
-    starts fast."""
+    spec or a checkpoint may name them (when needed, not at import: the CLI starts fast)."""
     from meta import objectives
 
     objectives.register()
@@ -83,24 +80,17 @@ def write_config(run_dir, spec: RunSpec) -> None:
     command.write_yaml(Path(run_dir) / "config.yaml", spec.to_dict())
 
 
-# --------------------------------------------------------------------------- metrics.csv
-
-
 def metric_rows(
     metrics: Mapping[str, np.ndarray], first_update: int, started: Sequence[bool] | None = None
 ) -> tuple[list, list]:
-    """(columns, rows) from seed-batched metrics {name: [num_seeds, n]}; updates numbered from
-    first_update + 1 (METRICS_DOC). `started[i]`: seed i finished an episode before these
-    updates (a resumed run); before a seed's first finished episode its return is a placeholder
-    0, left empty."""
+    """(columns, rows) of metrics.csv (METRICS_DOC) from seed-batched metrics {name: [num_seeds, n]}
+    for updates first_update+1...; `started[i]`: seed i finished an episode before them."""
     metrics = {k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()}
     returns = metrics["episode_return"]
     num_seeds, n = returns.shape
     started = np.zeros(num_seeds, bool) if started is None else np.asarray(started, bool)
-    if "episodes_finished" in metrics:
-        has = started[:, None] | (np.cumsum(metrics["episodes_finished"] > 0, axis=1) > 0)
-    else:  # a metric set without the count: nothing to tell apart
-        has = np.ones((num_seeds, n), bool)
+    finished = metrics.get("episodes_finished", np.ones((num_seeds, n)))  # none: all measured
+    has = started[:, None] | (np.cumsum(finished > 0, axis=1) > 0)
     others = sorted(k for k in metrics if k not in ("episode_return", "env_steps"))
     stats = ("mean", "std", "min", "max")
     columns = ["update", "env_steps", *(f"episode_return_{s}" for s in stats)]
@@ -111,28 +101,19 @@ def metric_rows(
         row = [first_update + j + 1, int(metrics["env_steps"][0, j])]
         row += [getattr(r, s)() if r.size else None for s in stats]
         row += [returns[i, j] if has[i, j] else None for i in range(num_seeds)]
-        for name in others:
-            values = (
-                metrics[name][has[:, j], j] if name == "episode_length" else metrics[name][:, j]
-            )
+        for name in others:  # episode_length: only the seeds with a return
+            values = metrics[name][has[:, j] | (name != "episode_length"), j]
             row.append(values.mean() if values.size else None)
         rows.append(row)
     return columns, rows
 
 
-def _read_rows(run_dir) -> tuple[list[str], list[list[str]]]:
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        return [], []
-    with path.open(newline="") as fh:
-        rows = [row for row in csv.reader(fh) if row]
-    return (rows[0], rows[1:]) if rows else ([], [])
-
-
 def read_metrics(run_dir) -> tuple[list[str], np.ndarray]:
     """(columns, float array [rows, columns]) of DIR/metrics.csv; ([], empty) if absent.
     Empty cells (a seed's return before its first finished episode) read as NaN."""
-    columns, rows = _read_rows(run_dir)
+    path = Path(run_dir) / "metrics.csv"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    columns, *rows = [row for row in csv.reader(lines) if row] or [[]]
     try:
         data = [[float(x) if x.strip() else np.nan for x in row] for row in rows]
     except ValueError as e:
@@ -146,26 +127,20 @@ def seed_columns(columns: Sequence[str]) -> list[int]:
 
 
 def append_metrics(run_dir, metrics: Mapping[str, np.ndarray], first_update: int) -> None:
-    """Writes DIR/metrics.csv with one row per update of seed-batched `metrics` appended (updates
-    first_update+1, ...); rows after first_update are replaced. A seed with a return in a kept
-    row has finished an episode already, so its cells stay filled (a resumed run)."""
-    old_columns, old = _read_rows(run_dir)
-    old = [r for r in old if int(r[0]) <= first_update]
-    kept = [[row[i].strip() for row in old] for i in seed_columns(old_columns)]
-    started = [any(cells) for cells in kept]
-    num_seeds = np.shape(metrics["episode_return"])[0]
+    """DIR/metrics.csv's rows up to first_update, then those of seed-batched `metrics` (a seed with
+    a return in a kept row has finished an episode already: its cells stay filled)."""
+    started, num_seeds = seeds_with_return(run_dir, first_update), len(metrics["episode_return"])
     columns, rows = metric_rows(metrics, first_update, (started + [False] * num_seeds)[:num_seeds])
-    if old_columns and old_columns != columns:
+    if read_metrics(run_dir)[0] not in ([], columns):
         raise ValueError(f"{run_dir}/metrics.csv has other columns than this run writes")
-    command.write_csv(Path(run_dir) / "metrics.csv", columns, old + rows)
+    command.write_csv(Path(run_dir) / "metrics.csv", columns, rows, keep_upto=first_update)
 
 
 def truncate_metrics(run_dir, last_update: int) -> None:
     """Keeps only rows with update <= last_update (drops rows an interrupted run left behind)."""
-    columns, rows = _read_rows(run_dir)
+    columns, _ = read_metrics(run_dir)
     if columns:
-        kept = [r for r in rows if int(r[0]) <= last_update]
-        command.write_csv(Path(run_dir) / "metrics.csv", columns, kept)
+        command.write_csv(Path(run_dir) / "metrics.csv", columns, [], keep_upto=last_update)
 
 
 def seeds_with_return(run_dir, last_update: int | None = None) -> list[bool]:
@@ -179,10 +154,8 @@ def seeds_with_return(run_dir, last_update: int | None = None) -> list[bool]:
 
 def final_returns(run_dir) -> dict[str, Any]:
     """summary.json's final returns: per seed, `purejaxrl.scores.final_return` of its metrics.csv
-    column (the mean over the last FINAL_FRACTION of updates of its measured returns; empty
-    cells, before its first finished episode, are left out). A seed that finished no episode is
-    NaN, listed in `seeds_without_finished_episode`, and final_return_mean/std are NaN then too
-    (a mean over the other seeds would hide it); `experiments.train` prints a warning."""
+    column (empty cells left out). A seed that finished no episode is NaN, and so are
+    final_return_mean/std then (a mean over the other seeds would hide it)."""
     from purejaxrl import scores
 
     columns, data = read_metrics(run_dir)
@@ -206,8 +179,7 @@ def curve_points(run_dir) -> dict[str, np.ndarray]:
     """curve.png's data: env_steps and the across-seed mean/min/max of episode_return, for the
     updates where at least one seed has a return (rows before any finished episode left out)."""
     columns, data = read_metrics(run_dir)
-    names = {"env_steps": "env_steps", "mean": "episode_return_mean"}
-    names.update({"min": "episode_return_min", "max": "episode_return_max"})
+    names = {"env_steps": "env_steps", **{s: f"episode_return_{s}" for s in ("mean", "min", "max")}}
     if not len(data):
         return {k: np.zeros(0) for k in names}
     keep = np.isfinite(data[:, columns.index("episode_return_mean")])

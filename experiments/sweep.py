@@ -6,11 +6,7 @@
         gamma=0.95,0.99 --random 32 --seeds 4 --out DIR       # 32 configurations drawn
     python -m experiments.sweep --resume DIR                  # finish an interrupted sweep
 
-`key=a,b,c` sweeps a field (`env_params.<name>` an env param), `key=value` sets it for every run;
-with `--random N`, lists are drawn from and `uniform(a,b)` / `loguniform(a,b)` are ranges. The
-run axis is sharded over the devices (on CPU, the host's cores). Resume, multi-host runs and the
-sweep folder (sweep.yaml, results.csv, runs.csv, summary.json, curves.png,
-sensitivity_<field>.png, profile.png, chunks/): docs/experiments.md, "experiments.sweep".
+The override grammar, devices, resume, multi-host runs and the sweep folder: docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -32,9 +28,6 @@ from experiments import command, runs
 RANGE = re.compile(r"^\s*(uniform|loguniform|log_uniform)\(\s*([^,]+),\s*([^)]+)\)\s*$")
 MAX_ROWS_PER_RUN = 200  # results.csv keeps at most about this many updates per run
 CURVE_CONFIGS = 12  # curves.png and profile.png show the best configurations by IQM
-
-
-# --------------------------------------------------------------------------- parsing
 
 
 def split_top_level(text: str) -> list[str]:
@@ -59,16 +52,14 @@ def parse_space(items) -> tuple[dict[str, Any], dict[str, Any]]:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"{item!r} must look like key=value or key=a,b,c")
-        match = RANGE.match(text)
-        parts = split_top_level(text)
+        match, parts = RANGE.match(text), split_top_level(text)
         if match:
             kind, low, high = match.groups()
             try:
-                space[key] = {
-                    "loguniform" if "log" in kind else "uniform": [float(low), float(high)]
-                }
+                bounds = [float(low), float(high)]
             except ValueError:
                 raise ValueError(f"{item!r}: range bounds must be numbers") from None
+            space[key] = {"loguniform" if "log" in kind else "uniform": bounds}
         elif len(parts) > 1 and any(not p.strip() for p in parts):
             raise ValueError(f"{item!r}: an empty value in the list")
         elif len(parts) > 1 or key.startswith("env_params."):
@@ -100,9 +91,6 @@ def arguments(p) -> None:
     p.add_argument("--process-id", type=int, help="jax.distributed: this process's index")
     text = "jax.distributed from the environment (TPU pod, SLURM)"
     p.add_argument("--distributed", action="store_true", help=text)
-
-
-# --------------------------------------------------------------------------- plan
 
 
 @dataclasses.dataclass
@@ -206,9 +194,6 @@ def start_distributed(args) -> None:
         jax.distributed.initialize()
 
 
-# --------------------------------------------------------------------------- execute
-
-
 def execute(plan: SweepPlan) -> dict:
     """Runs the missing chunks (each stored in chunks/ once done); process 0 writes the folder
     and returns the summary, the other processes {}."""
@@ -218,19 +203,16 @@ def execute(plan: SweepPlan) -> dict:
     from purejaxrl import sweep
 
     writer, args, batch, spec = jax.process_index() == 0, plan.args, plan.batch, plan.spec
-    show = plan.progress and writer
+    show, sinks = plan.progress and writer, []
     if writer:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         command.write_yaml(plan.run_dir / "sweep.yaml", spec)
-    if show:
         plan.say(
             f"{batch.num_runs} runs ({len(set(batch.configs.tolist()))} configurations x "
             f"{spec['seeds']} seeds) in {plan.programs} program(s), {plan.chunks} chunk(s) "
             f"({len(plan.finished)} done before) over {len(plan.devices)} "
             f"{plan.devices[0].platform} device(s); compiling ..."
         )
-    sinks = []
-    if writer and args.log:
         try:
             sinks = sinks_lib.make_sinks(args.log, plan.run_dir, spec,
                                          wandb_project=args.wandb_project)  # fmt: skip
@@ -285,9 +267,6 @@ def _report_to(sinks, batch):
     return report
 
 
-# --------------------------------------------------------------------------- outputs
-
-
 def chunk_path(run_dir: Path, i: int) -> Path:
     return run_dir / "chunks" / f"chunk_{i:05d}.npz"
 
@@ -337,8 +316,7 @@ def final_returns(metrics: dict) -> np.ndarray:
 
 def logged_updates(num_updates: int) -> np.ndarray:
     every = max(1, math.ceil(num_updates / MAX_ROWS_PER_RUN))
-    idx = np.arange(every - 1, num_updates, every)
-    return idx if idx[-1] == num_updates - 1 else np.append(idx, num_updates - 1)
+    return np.unique(np.append(np.arange(every - 1, num_updates, every), num_updates - 1))
 
 
 def _cell(x) -> str:
@@ -423,9 +401,6 @@ def make_summary(plan: SweepPlan, result, wall_s: float) -> dict:
     }  # fmt: skip
 
 
-# --------------------------------------------------------------------------- plots
-
-
 def _label(values: dict) -> str:
     return ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in values.items())
 
@@ -446,7 +421,9 @@ def plot(run_dir: Path, batch, result, summary: dict, reps: int) -> None:
         (line,) = ax.plot(steps, mid, label=_label(c["values"]))
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="env steps per run", ylabel="episode return (IQM over seeds, 95% CI)")
-    _save(ax, f"{summary['algo']} on {summary['env']}", run_dir / "curves.png")
+    ax.set_title(f"{summary['algo']} on {summary['env']}")
+    ax.legend(fontsize=7)
+    command.save_figure(fig, run_dir / "curves.png")
     for field in batch.fields:
         _plot_sensitivity(plt, run_dir, field, result.runs, final, reps)
     finite = final[np.isfinite(final)]
@@ -459,14 +436,9 @@ def plot(run_dir: Path, batch, result, summary: dict, reps: int) -> None:
                 profile = aggregate.performance_profile(scores[np.isfinite(scores)], taus)
                 ax.plot(taus, profile, label=_label(c["values"]))
         ax.set(xlabel="final return tau", ylabel="fraction of runs with final return > tau")
-        _save(ax, "performance profile", run_dir / "profile.png")
-
-
-def _save(ax, title: str, path: Path, legend: bool = True) -> None:
-    ax.set_title(title)
-    if legend:
+        ax.set_title("performance profile")
         ax.legend(fontsize=7)
-    command.save_figure(ax.figure, path)
+        command.save_figure(fig, run_dir / "profile.png")
 
 
 def _plot_sensitivity(plt, run_dir: Path, field: str, rows: list, final, reps: int) -> None:
@@ -493,11 +465,8 @@ def _plot_sensitivity(plt, run_dir: Path, field: str, rows: list, final, reps: i
     if not numeric:
         ax.set_xticks(pos, [str(x) for x in xs])
     ax.set(xlabel=field, ylabel="final return (IQM, 95% CI)")
-    path = run_dir / f"sensitivity_{re.sub(r'[^A-Za-z0-9_.-]+', '_', field)}.png"
-    _save(ax, f"sensitivity to {field} (other fields pooled)", path, legend=False)
-
-
-# --------------------------------------------------------------------------- command
+    ax.set_title(f"sensitivity to {field} (other fields pooled)")
+    command.save_figure(fig, run_dir / f"sensitivity_{re.sub(r'[^A-Za-z0-9_.-]+', '_', field)}.png")
 
 
 def report(plan: SweepPlan, summary: dict) -> str | None:

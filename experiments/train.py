@@ -1,14 +1,12 @@
 """Train PPO, A2C or SAC (the names in `purejaxrl.algos.ALGOS`) on several seeds in one jitted
-program and write a run folder (its files, resume and logging: docs/experiments.md).
+program and write a run folder (its files, segments, resume and logging: docs/experiments.md).
 
     python -m experiments.train --config experiments/configs/ppo_cartpole.yaml [key=value ...]
         [--seeds N] [--out DIR] [--checkpoint-every K] [--log tensorboard wandb]
     python -m experiments.train --resume DIR [key=value ...]      # e.g. total_timesteps=2000000
 
-The seeds' runs are one program, `jax.jit(jax.vmap(agent.run))`, compiled before it runs (the
-compile time is measured apart), fed by keys `jax.random.split(jax.random.key(seed), N)`; with
-`--checkpoint-every K` it runs in segments of K updates with a checkpoint after each. Status lines
-go to stderr as each step starts, the first before jax is imported.
+Status lines go to stderr as each step starts, the first before jax is imported: jax and
+purejaxrl are imported inside the functions that use them (that takes a few seconds).
 """
 
 from __future__ import annotations
@@ -22,18 +20,13 @@ from typing import Any
 
 from experiments import command, runs
 
-# jax and purejaxrl are imported inside the functions that use them: importing them takes a few
-# seconds, and the first status line comes before that.
-
 
 @dataclasses.dataclass
 class Plan(command.Plan):
+    args: Any = None  # --checkpoint-every, --log (checked sink names), --wandb-project
     spec: runs.RunSpec | None = None
     agent: Any = None
     bar: Any = None  # a purejaxrl.progress.Progress
-    checkpoint_every: int | None = None
-    log: list[str] = dataclasses.field(default_factory=list)
-    wandb_project: str | None = None
     state: Any = None  # a resume's restored TrainState
     start_update: int = 0
     previous: dict = dataclasses.field(default_factory=dict)  # a resume's summary.json
@@ -80,28 +73,29 @@ def _count(n, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
+def _shape(values: dict) -> str:
+    """ "ppo on CartPole-v1 (2 seeds x 8 envs)" from run spec values (what of it they give)."""
+    counts = (("num_seeds", "seed"), ("num_envs", "env"))
+    shape = [_count(values[k], w) for k, w in counts if isinstance(values.get(k), int)]
+    where = f" on {values['env']}" if "env" in values else ""
+    return f"{values.get('algo')}{where} ({' x '.join(shape)})"
+
+
 def _describe(args) -> str | None:
-    """The first status line of a new run, e.g. "building ppo on CartPole-v1 (2 seeds x 8 envs)
-    ...", from the YAML file and overrides alone (no jax); None when they do not read (`plan`
-    then says why) and for a resume (its checkpoint errors must stay the first line)."""
-    if args.resume or not args.config:
+    """The first status line of a new run, from its settings alone (no jax); None if they do not
+    read (`plan` says why) and for a resume (its checkpoint errors must come first)."""
+    if args.resume:
         return None
     try:
-        values = command.settings(_split_log(args))
+        values = _settings(_split_log(args))[0]
     except ValueError:
         return None
-    seeds = args.seeds if args.seeds is not None else values.get("num_seeds", 1)
-    shape = [_count(seeds, "seed")] if isinstance(seeds, int) else []
-    if isinstance(values.get("num_envs"), int):
-        shape.append(_count(values["num_envs"], "env"))
-    where = f" on {values['env']}" if "env" in values else ""
-    return f"building {values.get('algo')}{where} ({' x '.join(shape)}) ..."
+    return f"building {_shape({'num_seeds': 1, **values})} ..."
 
 
 def _settings(args) -> tuple[dict, str]:
     """(run spec values, mode): --config + overrides for a new run; for --resume DIR, DIR's
-    config.yaml + overrides, which may not change algo, seed or num_seeds (the checkpoint refuses
-    other shape-setting changes)."""
+    config.yaml + overrides, which may not change algo, seed or num_seeds."""
     seeds = {} if args.seeds is None else {"num_seeds": args.seeds}
     if not args.resume:
         if not args.config:
@@ -123,20 +117,16 @@ def _plan(args) -> Plan:
 
     _split_log(args)
     command.positive_flags(args, "seeds", "checkpoint_every")
-    log = sinks.check_sinks(args.log)  # SinkError (a ValueError) for an unknown or missing sink
-    if args.wandb_project and "wandb" not in log:
+    args.log = sinks.check_sinks(args.log)  # SinkError (a ValueError): unknown or missing sink
+    if args.wandb_project and "wandb" not in args.log:
         raise ValueError("--wandb-project is for --log wandb, which is not given")
     values, mode = _settings(args)
-    spec = runs.build_spec(values)
-    if mode == "new":
-        markers = ("config.yaml", "checkpoint")
-        run_dir = command.new_run_dir(args.out, f"{spec.algo}-{spec.config.env}", markers)
-    else:
-        run_dir = Path(args.resume)
-    bar = Progress(enabled=not args.no_progress, logging=bool(log))
+    spec, markers = runs.build_spec(values), ("config.yaml", "checkpoint")
+    name = f"{spec.algo}-{spec.config.env}"
+    run_dir = Path(args.resume) if args.resume else command.new_run_dir(args.out, name, markers)
+    bar = Progress(enabled=not args.no_progress, logging=bool(args.log))
     agent = checkpoint.make_agent(spec.algo, spec.config, progress_fn=bar.callback)
-    plan = Plan(run_dir, mode, not args.no_progress, spec=spec, agent=agent, bar=bar, log=log)
-    plan.checkpoint_every, plan.wandb_project = args.checkpoint_every, args.wandb_project
+    plan = Plan(run_dir, mode, not args.no_progress, args=args, spec=spec, agent=agent, bar=bar)
     return _restore(plan) if mode == "resume" else plan
 
 
@@ -157,35 +147,27 @@ def _restore(plan: Plan) -> Plan:
             "larger total_timesteps=..."
         )
     else:
-        plan.say(f"resuming {run_dir} at update {plan.start_update} of {total}: {_shape(spec)} ...")
+        shape = _shape(spec.to_dict())
+        plan.say(f"resuming {run_dir} at update {plan.start_update} of {total}: {shape} ...")
     return plan
-
-
-def _shape(spec: runs.RunSpec) -> str:
-    """ "ppo on CartPole-v1 (2 seeds x 8 envs)"."""
-    seeds, envs = _count(spec.num_seeds, "seed"), _count(spec.config.num_envs, "env")
-    return f"{spec.algo} on {spec.config.env} ({seeds} x {envs})"
 
 
 def segments(total: int, every: int | None) -> list[int]:
     """[K, K, ..., remainder] summing to total."""
-    if total <= 0:
-        return []
-    every = total if every is None else min(every, total)
-    sizes = [every] * (total // every)
-    return sizes + ([total % every] if total % every else [])
+    every = max(1, total if every is None else min(every, total))
+    return [min(every, total - start) for start in range(0, total, every)]
 
 
-def retire_evaluation(run_dir: Path, checkpoint_update: int) -> str | None:
-    """Renames DIR/evaluation.json to evaluation.stale.json (replacing an older one): it evaluated
-    a checkpoint that a resume has just replaced. Returns the notice to print, or None."""
+def retire_evaluation(run_dir: Path, checkpoint_update: int, notice) -> None:
+    """Renames DIR/evaluation.json to evaluation.stale.json (replacing an older one), saying so
+    with `notice(text)`: it evaluated a checkpoint that a resume has just replaced."""
     path = run_dir / "evaluation.json"
     if not path.is_file():
-        return None
+        return
     record = command.read_json(path)
     evaluated = record.get("checkpoint_update", "?") if isinstance(record, dict) else "?"
     path.replace(run_dir / "evaluation.stale.json")
-    return (
+    notice(
         f"note: {path} was for the checkpoint at update {evaluated}; the checkpoint is now at "
         f"update {checkpoint_update}, so it is renamed evaluation.stale.json "
         f"(rerun python -m experiments.evaluate {run_dir})"
@@ -202,8 +184,8 @@ def _execute(plan: Plan) -> dict:
     cfg, config = plan.spec.config, {**plan.spec.to_dict(), "run_dir": str(plan.run_dir)}
     step = plan.start_update * cfg.num_envs * cfg.num_steps if plan.mode == "resume" else None
     try:
-        logs = sinks.make_sinks(plan.log, plan.run_dir, config, wandb_project=plan.wandb_project,
-                                resume_step=step)  # fmt: skip
+        logs = sinks.make_sinks(plan.args.log, plan.run_dir, config, resume_step=step,
+                                wandb_project=plan.args.wandb_project)  # fmt: skip
     except sinks.SinkError as e:
         raise command.RunError(str(e)) from e
     try:
@@ -217,9 +199,8 @@ def _execute(plan: Plan) -> dict:
 
 
 def _prepare(plan: Plan, sizes: list[int]) -> tuple[Any, dict[int, Any], float]:
-    """(seed-batched TrainState, {updates: compiled segment} for each distinct segment length,
-    seconds): a resume's restored state, else `agent.init` per seed; all compiled before the bar
-    starts, and the seconds spent on it (init included)."""
+    """(seed-batched TrainState: a resume's or `agent.init`'s per seed, {updates: compiled segment}
+    for each distinct segment length, seconds spent on both), before the bar starts."""
     import jax
 
     t_init = time.perf_counter()
@@ -240,8 +221,7 @@ def _prepare(plan: Plan, sizes: list[int]) -> tuple[Any, dict[int, Any], float]:
         n: jax.jit(jax.vmap(lambda s, n=n: plan.agent.run(s, n))).lower(state).compile()
         for n in lengths
     }
-    seconds = time.perf_counter() - t
-    plan.say(f"compiled in {seconds:.1f} s")
+    plan.say(f"compiled in {time.perf_counter() - t:.1f} s")
     return state, compiled, time.perf_counter() - t_init
 
 
@@ -258,7 +238,7 @@ def _train(plan: Plan, logs: list) -> dict:
     runs.write_config(run_dir, spec)
     if resumed:
         runs.truncate_metrics(run_dir, first)
-    sizes = segments(plan.agent.num_updates - first, plan.checkpoint_every)
+    sizes = segments(plan.agent.num_updates - first, plan.args.checkpoint_every)
     state, compiled, compile_s = _prepare(plan, sizes)
     session = {"started": datetime.datetime.now().isoformat(timespec="seconds")}
     session.update(first_update=first, last_update=first, sps=0.0, compile_s=compile_s)
@@ -277,9 +257,7 @@ def _train(plan: Plan, logs: list) -> dict:
         runs.append_metrics(run_dir, jax.device_get(out.metrics), first_update=done)
         checkpoint.save(run_dir / "checkpoint", state, cfg, {"seed": spec.seed})
         if resumed and done == first:  # the first checkpoint of a resume replaces the old one
-            notice = retire_evaluation(run_dir, done + n)
-            if notice:
-                plan.bar.notice(notice)
+            retire_evaluation(run_dir, done + n, plan.bar.notice)
         done += n
         new_steps = (done - first) * cfg.num_envs * cfg.num_steps * spec.num_seeds
         session.update(last_update=done, sps=new_steps / session["train_s"])
@@ -302,7 +280,6 @@ def make_summary(plan: Plan, session: dict) -> dict:
     earlier = [
         s for s in plan.previous.get("sessions", []) if s["last_update"] <= plan.start_update
     ]
-    environment = command.environment()
     return {
         "algo": spec.algo,
         "env": cfg.env,
@@ -323,8 +300,7 @@ def make_summary(plan: Plan, session: dict) -> dict:
         "sessions": [*earlier, dict(session)],
         "checkpoint": "checkpoint",
         "checkpoint_update": session["last_update"],
-        "device": environment["device"],
-        "versions": environment["versions"],
+        **{k: v for k, v in command.environment().items() if k in ("device", "versions")},
     }
 
 

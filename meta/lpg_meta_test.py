@@ -1,7 +1,9 @@
 """LPG's meta-test protocol: A2C agents trained with a learned rule against A2C and PPO tuned over
 a learning-rate grid, on the same seed keys per task; `[S]` final returns per seed, normalised by
-a uniform random policy's return and the tuned A2C's.
+a uniform random policy's return and the tuned A2C's. Its settings: `LPGTestConfig`.
 
+    test = lpg_meta_test.LPGTestConfig(test_tasks=("gridworld/sparse",), minatar=())
+    cfg = test.learner_config(inner, y_size, "gridworld/sparse", 2.0, "a2c")  # a run's config
     seed = lpg_meta_test.task_seed(0, "gridworld/dense")
     make_train = lpg_meta_test.rule_trainer(cfg, env, level, kl_weight=1.0)
     finals, *_ = meta_test.finals(make_train, params, lpg_meta_test.sweep_keys(seed, 8), devices)
@@ -10,18 +12,118 @@ a uniform random policy's return and the tuned A2C's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import envs
 from envs.benchmark import random_rollout
-from meta import lpg_rule
+from meta import lpg, lpg_rule
 from meta import meta_test as T
 from purejaxrl import a2c, ppo, sweep
+from purejaxrl import config as C
+
+GRID_TASKS = ("gridworld/dense", "gridworld/sparse", "gridworld/long", "gridworld/longer",
+              "gridworld/long_dense")  # fmt: skip
+BASELINES = ("a2c", "ppo")
+LEARNERS = ("lpg", *BASELINES)  # the rule's agents, then the tuned baselines
+MINATAR_INNER = {"hidden_sizes": [64, 64], "num_envs": 16, "num_steps": 16,
+                 "total_timesteps": 16 * 16 * 200, "learning_rate": 3e-3}  # fmt: skip
+
+
+def _grid(a2c_rates, ppo_rates):
+    return dataclasses.field(default_factory=lambda: {"a2c": a2c_rates, "ppo": ppo_rates})
+
+
+@dataclasses.dataclass(frozen=True)
+class LPGTestConfig:
+    """The meta-test of a learned rule (docs/experiments.md, section experiments.lpg): the grid
+    worlds `test_tasks` (with test_env_kwargs {env id: {envs.make override: value}}) at 1x and
+    `lifetimes` (multiples of the meta-trained updates besides 1x), the MinAtar tasks `minatar`
+    at 1x (minatar_inner: A2CConfig fields over the meta-trained `inner`); a2c and ppo tuned
+    over lr_grid / minatar_lr_grid {a2c: rates, ppo: rates}; ppo: the PPO baseline's fields;
+    random_steps: steps of the random-policy rollout; test_seeds per program; bootstrap:
+    resamples of the 95% CIs."""
+
+    test_tasks: tuple[str, ...] = GRID_TASKS
+    test_env_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    lifetimes: tuple[float, ...] = (0.5, 2.0)
+    minatar: tuple[str, ...] = ("Breakout-MinAtar",)
+    minatar_inner: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: dict(MINATAR_INNER)
+    )
+    lr_grid: Mapping[str, tuple[float, ...]] = _grid((0.03, 0.1, 0.3), (0.01, 0.03, 0.1))
+    minatar_lr_grid: Mapping[str, tuple[float, ...]] = _grid((1e-3, 3e-3, 1e-2), (3e-4, 1e-3, 3e-3))
+    ppo: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"update_epochs": 4, "num_minibatches": 4}
+    )
+    random_steps: int = 2000
+    test_seeds: int = 8
+    bootstrap: int = 2000
+
+    def __post_init__(self):
+        known = {"test_tasks": (T.env_ids("gridworld/"), "env id"),
+                 "minatar": (T.env_ids("-MinAtar"), "env id")}  # fmt: skip
+        T.check_fields(self, known, "lifetimes")
+        for name in ("random_steps", "test_seeds", "bootstrap"):
+            C.check_positive_int(self, name)
+        if not self.test_tasks and not self.minatar:
+            raise ValueError("test_tasks, minatar: give at least one meta-test task")
+        T.check_within(self, "test_env_kwargs", "test_tasks")
+        for name in ("lr_grid", "minatar_lr_grid"):
+            grid = getattr(self, name)
+            T.names(name, list(grid), BASELINES, "baseline")
+            rates = {b: T.positive_numbers(f"{name}.{b}", grid.get(b, ())) for b in BASELINES}
+            for b, lrs in rates.items():
+                if not lrs:
+                    raise ValueError(f"{name}.{b}={grid.get(b)!r}: give at least one rate > 0")
+            object.__setattr__(self, name, rates)
+        for task in self.test_tasks:  # unknown envs.make overrides fail now
+            self.env(task)
+
+    multiples = property(lambda self: (1.0, *self.lifetimes))
+
+    @property
+    def cells(self) -> list[tuple[str, float]]:
+        """(task, lifetime multiple): the grid worlds x `multiples`, then MinAtar at 1x."""
+        return [(t, m) for t in self.test_tasks for m in self.multiples] + [
+            (t, 1.0) for t in self.minatar
+        ]
+
+    def env(self, task: str):
+        """(env, env_params) of a test task, built on the host (a grid world's level must be
+        concrete: agents get it as an argument, never build it inside a trace)."""
+        try:
+            return envs.make(task, **self.test_env_kwargs.get(task, {}))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"test_env_kwargs.{task}: {e}") from None
+
+    def learner_config(self, inner: Mapping, y_size: int, task: str, lifetime: float,
+                       learner: str, lr=None):  # fmt: skip
+        """The config of one meta-test run on `task` of a rule meta-trained with agents `inner`
+        (A2CConfig fields) and prediction width `y_size`: an A2CConfig for "lpg" (with the rule's
+        prediction head) and "a2c", a PPOConfig for "ppo"; learning rate `lr` (None: the
+        fields'); `lifetime` x the meta-trained updates (`meta.meta_test.scaled`)."""
+        fields = {**inner, **(self.minatar_inner if task in self.minatar else {})}
+        if lr is not None:
+            fields["learning_rate"] = float(lr)
+        env_kwargs = self.test_env_kwargs.get(task, {})
+        try:
+            if learner == "lpg":
+                rule = lpg.LPGConfig(env=task, env_kwargs=env_kwargs, inner=fields, y_size=y_size)
+                cfg = rule.inner
+            else:
+                cls, extra = (a2c.A2CConfig, {}) if learner == "a2c" else (ppo.PPOConfig, self.ppo)
+                cfg = C.from_dict(cls, {**fields, **extra, "env": task, "env_kwargs": env_kwargs})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"the {learner} config of the meta-test on {task}: {e}") from None
+        return T.scaled(cfg, lifetime)
 
 
 def task_seed(seed: int, task: str) -> int:

@@ -11,6 +11,7 @@ import yaml
 
 from tests.test_lpg_experiment import TINY as LPG_TINY
 from tests.test_lpo_experiment import TINY as LPO_TINY
+from tests.test_lpo_experiment import snapshot
 
 META = {  # command -> (tiny settings, resolve, the learned object's folder)
     "lpo": (LPO_TINY, "experiments.lpo:resolve", "drift"),
@@ -29,6 +30,17 @@ def run(name: str, argv: list[str], capsys) -> str:
     """stderr of a run that must stop on bad input (exit code 2)."""
     assert main(name)([*argv, "--no-progress"]) == 2
     return capsys.readouterr().err
+
+
+def check_bad_resume(run_cli, folder, argv: list[str], message: str, capsys) -> None:
+    """`run_cli(argv)` of a --resume / --meta-test-only of the run `folder` ("{a}" in argv) with
+    changed settings: exit code 2, `error: ...` with `message`, the folder unchanged (the
+    experiment modules' slow cases, on their own runs)."""
+    before = snapshot(folder)
+    assert run_cli([x.format(a=folder) for x in argv]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err, err
+    assert snapshot(folder) == before
 
 
 def fake_run(name: str, tmp_path):

@@ -30,7 +30,7 @@ from experiments import lpg as cli
 from experiments import lpg_meta_test as M
 from experiments import lpg_report as R
 from experiments import lpg_settings as S
-from meta import lpg
+from meta import groove, lpg
 from meta import lpg_meta_test as L
 from tests.helpers import cli_compile_cache
 
@@ -124,26 +124,27 @@ def test_settings_resolve_defaults_and_lifetimes():
     assert settings.meta_optimizer == "meta_gradient" and settings.steps_per_call == 50
     assert settings.cfg.meta_gradient == lpg.MetaGradientConfig()  # meta.lpg's defaults
     assert settings.cfg.lpg.env == "gridworld/all_shortlife"
-    assert settings.test_tasks == S.GRID_TASKS and settings.minatar == ("Breakout-MinAtar",)
-    assert settings.lifetimes == (1.0, 0.5, 2.0) and settings.test_seeds == 8
+    assert settings.test.test_tasks == L.GRID_TASKS and settings.test.minatar == (
+        "Breakout-MinAtar",
+    )
+    assert settings.test.multiples == (1.0, 0.5, 2.0) and settings.test.test_seeds == 8
     assert settings.es.fitness_shaping == "pairwise" and settings.es.sigma == 0.1
     assert settings.train_updates == 50  # meta.lpg.CPU_INNER: 8 envs x 16 steps x 50 updates
-    assert settings.cells[:3] == [
+    assert settings.test.cells[:3] == [
         ("gridworld/dense", 1.0), ("gridworld/dense", 0.5), ("gridworld/dense", 2.0)
     ]  # fmt: skip
-    assert settings.cells[-1] == ("Breakout-MinAtar", 1.0) and len(settings.cells) == 16
+    assert settings.test.cells[-1] == ("Breakout-MinAtar", 1.0) and len(settings.test.cells) == 16
     steps = [
-        S.learner_config(settings, "gridworld/long", m, "lpg").total_timesteps
-        for m in (0.5, 1.0, 2.0)
+        settings.learner_config("gridworld/long", m, "lpg").total_timesteps for m in (0.5, 1.0, 2.0)
     ]
     assert steps == [25 * 128, 50 * 128, 100 * 128]  # updates scaled, rollout kept
-    rule = S.learner_config(settings, "gridworld/long", 1.0, "lpg")
-    a2c = S.learner_config(settings, "gridworld/long", 1.0, "a2c", lr=0.3)
-    ppo = S.learner_config(settings, "gridworld/long", 1.0, "ppo")
+    rule = settings.learner_config("gridworld/long", 1.0, "lpg")
+    a2c = settings.learner_config("gridworld/long", 1.0, "a2c", lr=0.3)
+    ppo = settings.learner_config("gridworld/long", 1.0, "ppo")
     assert rule.prediction_size == lpg.Y_SIZE and a2c.prediction_size == 0
     assert a2c.learning_rate == 0.3 and a2c.hidden_sizes == () and a2c.num_steps == 16
     assert ppo.update_epochs == 4 and ppo.num_minibatches == 4 and ppo.gae_lambda == 0.95
-    breakout = S.learner_config(settings, "Breakout-MinAtar", 1.0, "lpg")
+    breakout = settings.learner_config("Breakout-MinAtar", 1.0, "lpg")
     assert breakout.hidden_sizes == (64, 64) and breakout.total_timesteps == 51_200
     assert S.resolve(settings.values).values == settings.values  # config.yaml round trip
 
@@ -154,13 +155,13 @@ def test_groove_cli_defaults_to_the_regret_curriculum():
     assert groove.resolve({"curriculum": "pvl"}).curriculum == "pvl"
     assert cli.experiment().resolve({}).curriculum == "dr"
     args = command.parser(groove_cli.COMMAND).parse_args(["meta_gradient.num_agents=32"])
-    assert "building GROOVE meta-training" in S.describe(args, "regret")
-    assert "curriculum regret, 32 agents x 100 meta-steps" in S.describe(args, "regret")
+    assert "building GROOVE meta-training" in groove_cli.COMMAND.describe(args)
+    assert "curriculum regret, 32 agents x 100 meta-steps" in groove_cli.COMMAND.describe(args)
     args = command.parser(cli.COMMAND).parse_args(
         ["es.population_size=8", "--meta-optimizer", "es"]
     )
-    assert "building ES-GROOVE meta-training" in S.describe(args, "regret")
-    assert "curriculum regret, population 8 x 100" in S.describe(args, "regret")
+    assert "building ES-GROOVE meta-training" in groove_cli.COMMAND.describe(args)
+    assert "curriculum regret, population 8 x 100" in groove_cli.COMMAND.describe(args)
     assert groove_cli.CURRICULUM == "regret" and groove_cli.PROG == groove.prog
     # describe runs before jax starts: its meta-gradient defaults are meta.lpg's
     mg = lpg.MetaGradientConfig()
@@ -217,9 +218,13 @@ def test_shipped_configs_resolve(name):
     settings = S.resolve(values)
     assert "curriculum" not in values and settings.curriculum == "dr"  # each CLI's default
     assert cli.experiment("experiments.groove", "regret").resolve(values).curriculum == "regret"
-    assert settings.test_tasks == S.GRID_TASKS and settings.lifetimes[:3] == (1.0, 0.5, 2.0)
-    assert settings.es.fitness_shaping == "pairwise" and settings.test_seeds >= 8
-    assert "Breakout-MinAtar" in settings.minatar
+    assert settings.test.test_tasks == L.GRID_TASKS and settings.test.multiples[:3] == (
+        1.0,
+        0.5,
+        2.0,
+    )
+    assert settings.es.fitness_shaping == "pairwise" and settings.test.test_seeds >= 8
+    assert "Breakout-MinAtar" in settings.test.minatar
     # meta_optimizer unset: each method's own
     assert "meta_optimizer" not in values and settings.meta_optimizer == "meta_gradient"
     assert S.resolve({**values, "time_aware": True}).meta_optimizer == "es"
@@ -231,13 +236,13 @@ def test_shipped_configs_resolve(name):
         assert settings.cfg.lpg.env == "gridworld/small" and settings.train_updates == 64
         assert settings.es.population_size == 32
         assert mg.num_agents == 64 and mg.num_steps == 1000 and settings.steps_per_call == 50
-        dense = S.learner_config(settings, "gridworld/dense", 1.0, "a2c")
+        dense = settings.learner_config("gridworld/dense", 1.0, "a2c")
         assert dict(dense.env_kwargs) == {"max_steps": 100}
     else:
         assert settings.cfg.lpg.env == "gridworld/all_shortlife" and settings.train_updates == 250
         assert settings.es.population_size == 1024 and settings.cfg.lpg.hidden == 256
         assert settings.cfg.buffer.capacity == 4000 and settings.cfg.buffer.replay_prob == 0.5
-        assert settings.lifetimes == (1.0, 0.5, 2.0, 10.0)  # 10x: the paper's 2,500 updates
+        assert settings.test.multiples == (1.0, 0.5, 2.0, 10.0)  # 10x: the paper's 2,500 updates
         # EmptyJackson/groove: --num_agents 512 --num_mini_batches 16, K 5, Adam 1e-4 with no
         # clip (its Adam ignores --lpg_max_grad_norm), --train_steps 3e4; ES (the README's TA-LPG
         # command): population 2 x 512, sigma 0.1, --lpg_learning_rate 0.01, 2500 steps
@@ -413,15 +418,15 @@ def test_seed_devices_and_the_memo_on_hand_cases():
 
 
 def _cell(task, lifetime, per_seed, normalisable=True):
-    stats = {k: {"per_seed": per_seed[k]} for k in S.LEARNERS}
+    stats = {k: {"per_seed": per_seed[k]} for k in L.LEARNERS}
     return {"task": task, "lifetime": lifetime, "normalisable": normalisable, "normalised": stats}
 
 
 def test_overall_is_the_iqm_over_tasks_and_seeds():
     from experiments import aggregate
 
-    same = {k: [0.0, 1.0, 2.0, 3.0] for k in S.LEARNERS}
-    other = {k: [4.0, 5.0, None, 7.0] for k in S.LEARNERS}
+    same = {k: [0.0, 1.0, 2.0, 3.0] for k in L.LEARNERS}
+    other = {k: [4.0, 5.0, None, 7.0] for k in L.LEARNERS}
     cells = [
         _cell("a", 1.0, same),
         _cell("b", 1.0, other),
@@ -445,7 +450,7 @@ def test_task_seed_keys_are_the_sweeps_keys():
 
     seed = L.task_seed(0, "gridworld/dense")
     assert seed != L.task_seed(1, "gridworld/dense") != L.task_seed(0, "gridworld/long")
-    cfg = S.learner_config(S.resolve(TINY), "gridworld/sparse", 1.0, "a2c")
+    cfg = S.resolve(TINY).learner_config("gridworld/sparse", 1.0, "a2c")
     batch = sweep.grid(cfg, {"learning_rate": [0.1, 0.3]}, seeds=3, seed=seed)
     mine = L.sweep_keys(seed, 3)
     for lr in range(2):
@@ -527,7 +532,7 @@ def test_run_folder_holds_every_output(run_a):
             assert tuned["learning_rate"] in TINY_GRID[learner] and len(tuned["grid"]) == 3
         a2c = np.array(c["results"]["a2c"]["per_seed"], np.float64)
         assert c["r_a2c"] == pytest.approx(a2c.mean())
-        for learner in S.LEARNERS:
+        for learner in L.LEARNERS:
             s = c["results"][learner]
             assert len(s["per_seed"]) == 2 and s["iqm_ci"][0] <= s["iqm"] <= s["iqm_ci"][1]
             raw = np.array(s["per_seed"], np.float64)
@@ -648,13 +653,10 @@ def test_meta_test_only_reruns_the_meta_test(run_a, compile_cache, tmp_path):
         (["--meta-test-only", "{a}", "es.num_generations=3"], "es.num_generations: the run has 2"),
     ],
 )
-def test_bad_resume_changes_nothing(argv, message, run_a, config_file, compile_cache, capsys):
-    before = snapshot(run_a)
-    argv = [x.format(a=run_a, cfg=config_file) for x in argv]
-    assert run_cli(argv, compile_cache) == 2
-    err = capsys.readouterr().err
-    assert "error: " in err and message in err, err
-    assert snapshot(run_a) == before
+def test_bad_resume_changes_nothing(argv, message, run_a, compile_cache, capsys):
+    from tests.test_cli_common import check_bad_resume
+
+    check_bad_resume(lambda a: run_cli(a, compile_cache), run_a, argv, message, capsys)
 
 
 # --------------------------------------------------------------------------- meta-gradient end to end
@@ -668,7 +670,7 @@ def test_meta_gradient_run_folder(run_mg):
                  "meta_test.json", "meta_test.png", "summary.json"):  # fmt: skip
         assert (run_mg / name).is_file(), name
     assert not (run_mg / "fitness.csv").exists() and not (run_mg / "es").exists()
-    assert S.done_meta_steps(run_mg) == 4  # the checkpoint after the last call
+    assert groove.checkpoint_steps(run_mg) == 4  # the checkpoint after the last call
     config = yaml.safe_load((run_mg / "config.yaml").read_text())
     assert config["meta_optimizer"] == "meta_gradient" and config["curriculum"] == "regret"
     assert config["meta_gradient"]["num_agents"] == 4 and config["meta_gradient"]["num_steps"] == 4
@@ -723,7 +725,7 @@ def test_meta_gradient_resume_raises_num_steps_exactly(
     out = tmp_path / "b"
     one = ["--config", str(mg_config_file), "meta_gradient.num_steps=2", "lifetimes=[]"]
     assert run_cli([*one, "--out", str(out)], compile_cache, groove_cli.main) == 0
-    assert len(read_csv(out / "meta_steps.csv")) == 2 and S.done_meta_steps(out) == 2
+    assert len(read_csv(out / "meta_steps.csv")) == 2 and groove.checkpoint_steps(out) == 2
     argv = ["--resume", str(out), "meta_gradient.num_steps=4", "lifetimes=[2.0]"]
     assert run_cli(argv, compile_cache, groove_cli.main) == 0
     for name in ("meta_steps.csv", "curriculum.csv"):
@@ -756,7 +758,7 @@ def test_meta_gradient_interrupt_then_resume(
     argv = ["--config", str(mg_config_file), "--out", str(out)]
     assert run_cli(argv, compile_cache, groove_cli.main) == 130
     assert f"python -m experiments.groove --resume {out}" in capsys.readouterr().err
-    assert S.done_meta_steps(out) == 2 and not (out / "rule").exists()
+    assert groove.checkpoint_steps(out) == 2 and not (out / "rule").exists()
     assert len(read_csv(out / "meta_steps.csv")) == 2
     monkeypatch.setattr(cli, "write_meta_steps", original)
     assert run_cli(["--resume", str(out)], compile_cache, groove_cli.main) == 0
@@ -777,12 +779,10 @@ def test_meta_gradient_interrupt_then_resume(
     ],
 )
 def test_bad_meta_gradient_resume_changes_nothing(argv, message, run_mg, compile_cache, capsys):
-    before = snapshot(run_mg)
-    argv = [x.format(a=run_mg) for x in argv]
-    assert run_cli(argv, compile_cache, groove_cli.main) == 2
-    err = capsys.readouterr().err
-    assert "error: " in err and message in err, err
-    assert snapshot(run_mg) == before
+    from tests.test_cli_common import check_bad_resume
+
+    run = lambda a: run_cli(a, compile_cache, groove_cli.main)  # noqa: E731
+    check_bad_resume(run, run_mg, argv, message, capsys)
 
 
 @pytest.mark.slow  # three tiny runs (ES TA-LPG, meta-gradient TA-LPG, ES LPG) and the table
