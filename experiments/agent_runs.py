@@ -1,6 +1,5 @@
-"""Agents that experiments.pmoe and experiments.smoothing train in their own process, and the run
-folder they share: each run is one jitted program, built (so its config is validated) before
-anything compiles and timed apart from its compile; config.yaml, metrics.csv, statistics."""
+"""The runs of experiments.pmoe and experiments.smoothing (each one jitted program, built before
+anything compiles, timed apart from its compile) and their config.yaml, metrics.csv, statistics."""
 
 from __future__ import annotations
 
@@ -38,8 +37,8 @@ class Plan(command.Plan):
 
 
 def make(cls: type[Run], name: str, values: dict, show_progress: bool, **fields) -> Run:
-    """`cls` for the config of `values` ({"algo": ..., config fields}; unknown keys and bad
-    values raise ValueError) with its agent and progress bar."""
+    """`cls` for the config of `values` ({"algo": ..., config fields}; ValueError if bad) with its
+    agent and progress bar."""
     config = runs.build_spec(values).config
     progress = Progress(enabled=show_progress)
     agent = checkpoint.make_agent(values["algo"], config, progress_fn=progress.callback)
@@ -83,9 +82,8 @@ def write_metrics(plan: Plan, columns: list[str], lead, curves: dict[str, dict])
 
 
 def summarize(name: str, values, seeds: bool) -> dict:
-    """<name>_per_seed (values over `seeds`) or <name>_std (over episodes), and <name>_mean,
-    _mean_ci, _iqm and _iqm_ci ([lo, hi]: 95% stratified bootstrap; experiments/aggregate.py) of
-    `values` [n]."""
+    """<name>_per_seed (`seeds`) or <name>_std (episodes), _mean, _mean_ci, _iqm and _iqm_ci
+    ([lo, hi]: 95% bootstrap, experiments/aggregate.py) of `values` [n]."""
     values = np.asarray(values, np.float64)
     s = aggregate.summarize(values)
     first = {f"{name}_per_seed": values.tolist()} if seeds else {}

@@ -1,11 +1,6 @@
-"""Evaluate a run folder's checkpoint: deterministic and stochastic episode returns per seed.
-
-    python -m experiments.evaluate DIR [--episodes N] [--seeds 0 2 ...] [--seed K]
-
-`purejaxrl.evaluation.evaluate_seeds` over the chosen seeds' states, with the agent built from
-the checkpoint's own config (any registered objective: docs/experiments.md); the table goes to
-stdout and DIR/evaluation.json.
-"""
+"""Evaluate a run folder's checkpoint: deterministic and stochastic episode returns per seed
+(`purejaxrl.evaluation.evaluate_seeds`, the agent built from the checkpoint's own config; usage:
+docs/experiments.md); the table goes to stdout and DIR/evaluation.json."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Mapping
@@ -20,8 +21,6 @@ from experiments import lpg_settings as S
 from experiments.lpg_report import CURRICULUM_CSV, META_STEPS_CSV
 
 resolve = S.resolve  # the settings (experiments.lpg_settings), public here as before
-
-# --------------------------------------------------------------------------- meta-training
 
 
 def write_curriculum(
@@ -136,19 +135,17 @@ def experiment(prog: str = "experiments.lpg", curriculum: str = "dr") -> metacli
         prog=prog,
         artifact="rule",
         library="meta.lpg",
-        resolve=lambda values: S.resolve(values, curriculum),
+        resolve=functools.partial(S.resolve, curriculum=curriculum),
         run_name=S.run_name,
         meta_train=meta_train,
         plot_training=lpg_report.plot_training,
         meta_test=lpg_meta_test.meta_test,
         plot_meta_test=lpg_report.plot_meta_test,
         format_table=lpg_report.format_table,
-        summary=lpg_report.summary_of,
+        summary_of=lpg_report.summary_of,
         schedule=S.schedule,
     )
 
-
-# --------------------------------------------------------------------------- --compare-ta
 
 # (subfolder, label, settings) of the TA comparison's runs: the TA paper's TA-LPG (ES) against
 # LPG (ES: the same meta-optimiser, so the pair isolates the time-awareness) and the ablation
@@ -219,9 +216,6 @@ def compare_execute(plan: ComparePlan) -> dict:
     command.write_text(plan.run_dir / "comparison.txt", lpg_report.format_comparison(table) + "\n")
     lpg_report.plot_comparison(plan.run_dir, table)
     return table
-
-
-# --------------------------------------------------------------------------- the command
 
 
 def _plan(args, prog: str, curriculum: str):

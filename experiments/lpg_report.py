@@ -170,14 +170,10 @@ def summary_of(plan, table, session: dict, info=None) -> dict:
     out.update({k: trained_on[k] for k in ("antagonist_runs", "antagonist_runs_uncached")
                 if k in trained_on})  # fmt: skip
     if table is not None:
-        cells = {f"{c['task']}@{c['lifetime']:g}x": c for c in table["cells"]}
         normalised = lambda c, k: {"normalised_iqm": c["normalised"][k]["iqm"]}  # noqa: E731
-        out |= T.test_summary(cells, table["learners"], "lpg", normalised)
+        out |= T.test_summary(table["cells"], "lifetime", table["learners"], "lpg", normalised)
         out["overall_normalised"] = table["overall"]
     return out | metacli.session_summary(plan, session)
-
-
-# --------------------------------------------------------------------------- --compare-ta
 
 
 def comparison(out: Path, arms: list[tuple[str, str]]) -> dict:

@@ -68,9 +68,8 @@ def defaults(curriculum: str = "dr") -> dict[str, Any]:
     from meta import groove, lpg, lpg_meta_test
 
     fields = {k: command.field_default(lpg.LPGConfig, k) for k in LPG_KEYS[3:8]}
-    mg, buffer = (
-        command.field_default(groove.GrooveConfig, k) for k in ("meta_gradient", "buffer")
-    )
+    mg = command.field_default(groove.GrooveConfig, "meta_gradient")
+    buffer = command.field_default(groove.GrooveConfig, "buffer")
     return {"seed": 0, "env": "gridworld/all_shortlife", "env_kwargs": {},
             "inner": command.plain(lpg.CPU_INNER), **fields, "meta_optimizer": None,
             "meta_gradient": {**dataclasses.asdict(mg), "steps_per_call": 50},
@@ -133,13 +132,10 @@ def describer(curriculum: str = "dr"):
     `curriculum`."""
 
     def describe(args, values: dict, ta: bool, size: str) -> str:
-        opt = (
-            args.meta_optimizer or values.get("meta_optimizer") or ("es" if ta else "meta_gradient")
-        )
-        score, env = (
-            values.get("curriculum", curriculum),
-            values.get("env", "gridworld/all_shortlife"),
-        )
+        opt = args.meta_optimizer or values.get("meta_optimizer")
+        opt = opt or ("es" if ta else "meta_gradient")
+        score = values.get("curriculum", curriculum)
+        env = values.get("env", "gridworld/all_shortlife")
         if args.compare_ta:
             return (f"building the TA comparison (ES TA-LPG, meta-gradient TA-LPG, ES LPG) on "
                     f"{env} (curriculum {score}) ...")  # fmt: skip

@@ -77,9 +77,6 @@ def describe(args, values: dict, time_aware: bool, size: str) -> str:
     return f"building {'TA-LPO' if time_aware else 'LPO'} meta-training on {tasks} ({size}) ..."
 
 
-# --------------------------------------------------------------------------- meta-training
-
-
 def meta_train(plan: metacli.MetaPlan, session: dict, t_start: float):
     """Baselines + ES (resumable); returns (the learned drift, its info)."""
     import jax
@@ -115,9 +112,6 @@ def meta_train(plan: metacli.MetaPlan, session: dict, t_start: float):
     metacli.end_es(plan, session, out.es, steps, t_start)
     plan.baselines = out.baselines or None
     return out.params, out.info
-
-
-# --------------------------------------------------------------------------- meta-test
 
 
 def meta_test(plan: metacli.MetaPlan, params) -> dict:
@@ -185,20 +179,15 @@ def test_cell(plan, params, cell, bar, timing) -> dict:
     }
 
 
-# --------------------------------------------------------------------------- outputs
-
-
 def plot_training(plan: metacli.MetaPlan, params) -> None:
     """fitness.png and drift.png."""
     settings = plan.settings
     es_cfg = settings.cfg.es
     title = (f"{settings.algo.upper()} meta-training on {', '.join(settings.cfg.tasks)}\n"
              f"{es_cfg.strategy}, population {es_cfg.population_size}")  # fmt: skip
-    if settings.cfg.normalize:
-        ylabel = "fitness (normalised return, mean over tasks)"
-        lines = [(1.0, "PPO-clip (1)"), (0.0, "untrained (0)")]
-    else:
-        ylabel, lines = "fitness (final return, mean over tasks)", []
+    norm = settings.cfg.normalize
+    ylabel = f"fitness ({'normalised' if norm else 'final'} return, mean over tasks)"
+    lines = [(1.0, "PPO-clip (1)"), (0.0, "untrained (0)")] if norm else []
     metacli.plot_fitness(plan.run_dir, title, ylabel, lines)
     plot_drift(plan.run_dir, settings, params)
 
@@ -309,9 +298,12 @@ def summary_of(plan: metacli.MetaPlan, table, session: dict, info=None) -> dict:
         "meta_test": None,
     }
     if table is not None:
-        cells = {f"{c['task']}@{c['horizon']:g}x": c for c in table["cells"]}
-        out |= T.test_summary(cells, table["objectives"], "learned")
+        out |= T.test_summary(table["cells"], "horizon", table["objectives"], "learned")
     return out | metacli.session_summary(plan, session)
+
+
+def run_name(s: Settings) -> str:
+    return f"{s.algo}-{'+'.join(s.cfg.tasks)}"
 
 
 EXPERIMENT = metacli.Experiment(
@@ -319,13 +311,13 @@ EXPERIMENT = metacli.Experiment(
     artifact="drift",
     library="meta.lpo",
     resolve=resolve,
-    run_name=lambda s: f"{s.algo}-{'+'.join(s.cfg.tasks)}",
+    run_name=run_name,
     meta_train=meta_train,
     plot_training=plot_training,
     meta_test=meta_test,
     plot_meta_test=plot_meta_test,
     format_table=format_table,
-    summary=summary_of,
+    summary_of=summary_of,
 )
 
 COMMAND = command.Command(

@@ -40,9 +40,11 @@ def definition(what: str, reps: int) -> str:
     )
 
 
-def test_summary(cells: Mapping[str, Mapping], series, learned: str, extra=None) -> dict:
-    """summary.json's meta_test ({cell: {series: iqm, iqm_ci, mean (+ extra(cell, name))}})
-    and `learned`'s final_return_mean and final_return_per_seed, of {"task@mx": cell}."""
+def test_summary(cells: list[dict], axis: str, series, learned: str, extra=None) -> dict:
+    """summary.json's meta_test ({"task@<axis>x": {series: iqm, iqm_ci, mean (+ extra(cell,
+    name))}}) and `learned`'s final_return_mean and final_return_per_seed of meta_test.json's
+    `cells` (axis: "horizon" or "lifetime")."""
+    cells = {f"{c['task']}@{c[axis]:g}x": c for c in cells}
     extra = extra or (lambda c, name: {})
     pick = lambda r: {k: r[k] for k in ("iqm", "iqm_ci", "mean")}  # noqa: E731
     return {

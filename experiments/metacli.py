@@ -50,7 +50,7 @@ class Experiment:
     load(path, time_aware=)). resolve(values) -> settings (.values: config.yaml, .es,
     .time_aware, .test: the meta-test's config, whose fields a --resume may change);
     meta_train(plan, session, t_start) -> (params, info); meta_test(plan, params) -> table
-    (meta_test.json); summary(plan, table, session, info) -> summary.json."""
+    (meta_test.json); summary_of(plan, table, session, info) -> summary.json."""
 
     prog: str
     artifact: str
@@ -62,7 +62,7 @@ class Experiment:
     meta_test: Callable
     plot_meta_test: Callable  # (run_dir, table)
     format_table: Callable  # (table) -> text
-    summary: Callable
+    summary_of: Callable
     schedule: Callable[[Any], Schedule] = es_schedule
 
 
@@ -88,9 +88,6 @@ def describe(args, es_defaults: Mapping, line: Callable[..., str]) -> str | None
     es = {**es_defaults, **(values["es"] if isinstance(values.get("es"), Mapping) else {})}
     size = f"population {es['population_size']} x {es['num_generations']} generations"
     return line(args, values, args.time_aware or values.get("time_aware") is True, size)
-
-
-# --------------------------------------------------------------------------- plan
 
 
 @dataclasses.dataclass
@@ -193,9 +190,6 @@ def plan(args, exp: Experiment, extra: Mapping[str, Any] = ()) -> MetaPlan:
     return p
 
 
-# --------------------------------------------------------------------------- run
-
-
 def use_compile_cache(path) -> Callable[[], None]:
     """Turns on jax's persistent compilation cache in `path`; returns a function restoring the
     previous setting (the CLI may run inside a longer process, e.g. the tests)."""
@@ -240,7 +234,7 @@ def _execute(plan: MetaPlan, exp: Experiment) -> dict:
         library.save(run_dir / exp.artifact, params, info)
         exp.plot_training(plan, params)
         session["wall_s"] = time.perf_counter() - t_start
-        partial = exp.summary(plan, None, session, info)
+        partial = exp.summary_of(plan, None, session, info)
         if plan.previous.get("meta_test") is not None:
             partial["meta_test_stale"] = (
                 f"the {exp.artifact} changed; meta_test.json is of an older one"
@@ -255,7 +249,7 @@ def _execute(plan: MetaPlan, exp: Experiment) -> dict:
     command.write_json(run_dir / "meta_test.json", table)
     exp.plot_meta_test(run_dir, table)
     session["wall_s"] = time.perf_counter() - t_start
-    summary = exp.summary(plan, table, session, info)
+    summary = exp.summary_of(plan, table, session, info)
     command.write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -340,9 +334,6 @@ def end_es(plan: MetaPlan, session: dict, es_out, steps: int, t_start: float) ->
         es_sps=(ran * pop * steps / es_out.run_s) if es_out.run_s else None,
         meta_train_s=time.perf_counter() - t_start,
     )
-
-
-# --------------------------------------------------------------------------- fitness.csv
 
 
 def fitness_rows(fitness: np.ndarray, nonfinite: np.ndarray, first: int = 1) -> list[list]:

@@ -1,7 +1,6 @@
 """Gaussian vs mixture-of-experts policies (PMOE, Gumbel-softmax, score function) on SAC and PPO:
 each (algo, env, method) is one jitted program over the seeds with the same keys for every method.
-Usage, tasks, scales, base configs, merging and the run folder: docs/experiments.md,
-"experiments.pmoe"."""
+Usage, tasks, scales, base configs, merging and the run folder: docs/experiments.md."""
 
 from __future__ import annotations
 
@@ -153,8 +152,8 @@ def evaluate_seeds(agent, state, key, num_episodes: int) -> dict[str, np.ndarray
 
 
 def curve_stats(returns: np.ndarray, finished) -> dict:
-    """Final return (purejaxrl.scores over the last FINAL_RETURN_FRACTION of updates) and AUC
-    (mean over all updates) per seed of returns/finished `[S, U]`, with their statistics."""
+    """Per-seed final return (last FINAL_RETURN_FRACTION of updates) and AUC (mean over all) of
+    returns/finished `[S, U]`, with their statistics."""
     final = scores.final_return(returns, finished, fraction=FINAL_RETURN_FRACTION)
     return {
         **agent_runs.summarize("final_return", final, seeds=True),
@@ -226,9 +225,8 @@ def make_summary(plan: Plan, results: dict[str, dict], wall_s: float) -> dict:
 
 
 def plot_runs(plan: Plan, curves: dict[str, dict], results: dict[str, dict]) -> None:
-    """One panel per algo/env in curves.png: each method's mean return and min-max band across
-    seeds, both of the per-seed moving average over 1% of the updates (SAC's per-update return is
-    noisy); and in auc.png: each method's mean AUC (bar) and per-seed AUCs (points)."""
+    """curves.png, a panel per algo/env: each method's mean and min-max band across seeds of the
+    per-seed moving average over 1% of the updates; auc.png: mean (bar) and per-seed AUCs."""
     panels = list(dict.fromkeys((r.algo, r.env) for r in plan.runs))
     plt = command.pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), dpi=90)
@@ -299,8 +297,7 @@ def read_run_folder(folder: Path) -> tuple[dict, dict, dict[str, dict]]:
             raise ValueError(f"--merge {folder}: no {name} (not a finished experiments.pmoe run)")
     summary = command.read_json(folder / "summary.json")
     name_of = {(r["algo"], r["env"], r["method"]): n for n, r in summary["results"].items()}
-    with (folder / "metrics.csv").open() as f:
-        rows = list(csv.reader(f))[1:]  # write_metrics's columns
+    rows = list(csv.reader((folder / "metrics.csv").read_text().splitlines()))[1:]
     if any(tuple(row[:3]) not in name_of for row in rows):
         raise ValueError(f"--merge {folder}: metrics.csv has a run summary.json lacks")
     curves = {}
@@ -318,8 +315,7 @@ def read_run_folder(folder: Path) -> tuple[dict, dict, dict[str, dict]]:
 
 
 def merge_plan(args) -> Plan:
-    """--merge: finished run folders of the same task, scale, seed count and base seed, read and
-    checked; runs must not repeat across them."""
+    """--merge: finished folders of the same task, scale, seeds and base seed; no run repeated."""
     if not args.out:
         raise ValueError("--merge needs --out, the folder to write")
     run_dir = command.new_run_dir(args.out, "pmoe-merged", MARKERS)
@@ -351,8 +347,8 @@ def merge_plan(args) -> Plan:
 
 
 def execute(plan: Plan) -> dict:
-    """Trains every run in turn: config.yaml first, then metrics.csv and summary.json after each
-    run (the files so far, if interrupted); with --merge, gathers the folders. Then the plots."""
+    """Trains every run in turn (config.yaml first, metrics.csv and summary.json after each) or
+    with --merge gathers the folders; then the plots."""
     t0 = time.perf_counter()
     agent_runs.write_config(plan, plan.merged and plan.merged["runs"])
     if plan.merged:

@@ -1,7 +1,5 @@
-"""What `experiments.train` and `experiments.evaluate` share: the run spec (a flat YAML mapping:
-`algo`, `seed`, `num_seeds` and the algorithm's config fields) and the run folder's metrics.csv,
-final returns and learning curve. The run folder's files are described in docs/experiments.md.
-"""
+"""The run spec of `experiments.train` (a flat YAML mapping: `algo`, `seed`, `num_seeds` and the
+algorithm's config fields) and its run folder's metrics.csv, final returns and learning curve."""
 
 from __future__ import annotations
 
@@ -46,8 +44,7 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         from purejaxrl import config as C
 
-        run = {"algo": self.algo, "seed": self.seed, "num_seeds": self.num_seeds}
-        return {**run, **C.to_dict(self.config)}
+        return {**{k: getattr(self, k) for k in RUN_KEYS}, **C.to_dict(self.config)}
 
 
 def build_spec(values: Mapping[str, Any]) -> RunSpec:
@@ -127,8 +124,7 @@ def seed_columns(columns: Sequence[str]) -> list[int]:
 
 
 def append_metrics(run_dir, metrics: Mapping[str, np.ndarray], first_update: int) -> None:
-    """DIR/metrics.csv's rows up to first_update, then those of seed-batched `metrics` (a seed with
-    a return in a kept row has finished an episode already: its cells stay filled)."""
+    """DIR/metrics.csv's rows up to first_update, then those of seed-batched `metrics`."""
     started, num_seeds = seeds_with_return(run_dir, first_update), len(metrics["episode_return"])
     columns, rows = metric_rows(metrics, first_update, (started + [False] * num_seeds)[:num_seeds])
     if read_metrics(run_dir)[0] not in ([], columns):
@@ -144,8 +140,7 @@ def truncate_metrics(run_dir, last_update: int) -> None:
 
 
 def seeds_with_return(run_dir, last_update: int | None = None) -> list[bool]:
-    """Per seed of DIR/metrics.csv, whether it has a return (finished an episode) in the rows up
-    to `last_update` (None: all)."""
+    """Per seed of DIR/metrics.csv: has it a return in the rows up to `last_update` (None: all)."""
     columns, data = read_metrics(run_dir)
     if last_update is not None and len(data):
         data = data[data[:, 0] <= last_update]
@@ -154,8 +149,7 @@ def seeds_with_return(run_dir, last_update: int | None = None) -> list[bool]:
 
 def final_returns(run_dir) -> dict[str, Any]:
     """summary.json's final returns: per seed, `purejaxrl.scores.final_return` of its metrics.csv
-    column (empty cells left out). A seed that finished no episode is NaN, and so are
-    final_return_mean/std then (a mean over the other seeds would hide it)."""
+    column; NaN for a seed that finished no episode, and then final_return_mean/std too."""
     from purejaxrl import scores
 
     columns, data = read_metrics(run_dir)
@@ -177,7 +171,7 @@ def final_returns(run_dir) -> dict[str, Any]:
 
 def curve_points(run_dir) -> dict[str, np.ndarray]:
     """curve.png's data: env_steps and the across-seed mean/min/max of episode_return, for the
-    updates where at least one seed has a return (rows before any finished episode left out)."""
+    updates where at least one seed has a return."""
     columns, data = read_metrics(run_dir)
     names = {"env_steps": "env_steps", **{s: f"episode_return_{s}" for s in ("mean", "min", "max")}}
     if not len(data):
@@ -187,10 +181,8 @@ def curve_points(run_dir) -> dict[str, np.ndarray]:
 
 
 def plot_curve(run_dir, title: str) -> Path:
-    """DIR/curve.png: mean episode return vs env steps (per seed), min-max band across seeds;
-    the updates before the first finished episode are left out (see `curve_points`)."""
-    num_seeds = len(seed_columns(read_metrics(run_dir)[0]))
-    points = curve_points(run_dir)
+    """DIR/curve.png: `curve_points`' mean return vs env steps, min-max band across seeds."""
+    num_seeds, points = len(seed_columns(read_metrics(run_dir)[0])), curve_points(run_dir)
     x = points["env_steps"]
     fig, ax = command.pyplot().subplots(figsize=(6.4, 4.0), dpi=110)
     if len(x):

@@ -1,6 +1,5 @@
 """Policy smoothing (Kumar, Levine, Feizi, ICLR 2022): train smoothed PPO per env and sigma (and
-undefended), then certify and attack each policy (purejaxrl/robust/protocol.py). Options, the
-protocol and the run folder: docs/experiments.md, "experiments.smoothing"."""
+undefended), then certify and attack each (purejaxrl/robust/protocol.py; docs/experiments.md)."""
 
 from __future__ import annotations
 
@@ -240,9 +239,8 @@ def make_summary(s: dict, results: dict, check: dict | None, wall_s: float) -> d
 
 
 def plot_files(plan: agent_runs.Plan, results: dict) -> None:
-    """certificate_<env>.png: certified bound vs budget per sigma (line, B = 0 included), attacked
-    mean returns (markers, +- standard error), clean return (dotted), undefended attacked return
-    (black); and thresholds_<env>.png where the bound has levels (CartPole)."""
+    """certificate_<env>.png: certified bound (line), attacked (markers, +- s.e.) and clean
+    (dotted) returns vs budget per sigma, undefended (black); thresholds_<env>.png (CartPole)."""
     plt, budgets = command.pyplot(), plan.settings["budgets"]
     for env, entry in results.items():
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=90)
@@ -282,8 +280,7 @@ def plot_files(plan: agent_runs.Plan, results: dict) -> None:
 
 
 def execute(plan: agent_runs.Plan) -> dict:
-    """Trains, certifies and attacks every policy in turn; summary.json after each. A progress
-    bar counts the attacks (run x budget x setting)."""
+    """Trains, certifies and attacks every policy in turn; summary.json after each."""
     from tqdm.auto import tqdm
 
     t0, s = time.perf_counter(), plan.settings

@@ -1,12 +1,5 @@
 """Sweep hyper-parameters x seeds (x env params) as one sharded program; writes a sweep folder.
-
-    python -m experiments.sweep --config experiments/configs/ppo_cartpole.yaml \\
-        learning_rate=1e-4,3e-4,1e-3 ent_coef=0,0.01 --seeds 16 --out runs/lr-sweep
-    python -m experiments.sweep --config FILE.yaml learning_rate='loguniform(1e-5,1e-2)' \\
-        gamma=0.95,0.99 --random 32 --seeds 4 --out DIR       # 32 configurations drawn
-    python -m experiments.sweep --resume DIR                  # finish an interrupted sweep
-
-The override grammar, devices, resume, multi-host runs and the sweep folder: docs/experiments.md.
+Usage, the override grammar, devices, resume, multi-host runs and the folder: docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -106,8 +99,8 @@ class SweepPlan(command.Plan):
 
 
 def plan(args) -> SweepPlan:
-    """Checks everything and writes nothing. The folder is checked before jax.distributed joins
-    the processes (so none sees another's files), and that comes before jax's backend starts."""
+    """Checks everything and writes nothing; the folder before jax.distributed joins the
+    processes (so none sees another's files), which comes before jax's backend starts."""
     command.positive_flags(args, "seeds", "random", "chunk", "bootstrap")
     fixed, space = parse_space(args.overrides)
     if args.resume:
@@ -122,12 +115,9 @@ def plan(args) -> SweepPlan:
         saved, run_dir = None, command.new_run_dir(args.out, name, markers=("sweep.yaml",))
     start_distributed(args)
     spec = definition(args, fixed, space, saved)
-    if args.log:
-        from purejaxrl import sinks
+    from purejaxrl import sinks, sweep
 
-        sinks.check_sinks(args.log)
-    from purejaxrl import sweep
-
+    sinks.check_sinks(args.log)
     batch, make_agent = make_batch(spec)
     devices = sweep.resolve_devices(args.devices)
     statics, chunks = sweep.plan(batch, spec["chunk"])
@@ -179,8 +169,7 @@ def make_batch(spec: dict):
 
 
 def start_distributed(args) -> None:
-    """jax.distributed.initialize from --coordinator/--num-processes/--process-id, or from the
-    environment with --distributed; before jax's backend starts."""
+    """jax.distributed.initialize from --coordinator etc., or with --distributed from the env."""
     import jax
 
     given = [args.coordinator, args.num_processes, args.process_id]
@@ -195,8 +184,8 @@ def start_distributed(args) -> None:
 
 
 def execute(plan: SweepPlan) -> dict:
-    """Runs the missing chunks (each stored in chunks/ once done); process 0 writes the folder
-    and returns the summary, the other processes {}."""
+    """Runs the missing chunks (each stored in chunks/); process 0 writes the folder and returns
+    the summary, the others {}."""
     import jax
 
     from purejaxrl import sinks as sinks_lib
@@ -247,8 +236,8 @@ def execute(plan: SweepPlan) -> dict:
 
 
 def _report_to(sinks, batch):
-    """on_report for sweep.run: one sinks.Reporter per configuration (its prefix names the
-    configuration), fed that configuration's rows of each report (means over its seeds)."""
+    """on_report for sweep.run: one sinks.Reporter per configuration (named in its prefix), fed
+    that configuration's rows of each report."""
     from purejaxrl.sinks import Reporter
 
     reporters: dict[int, Reporter] = {}
@@ -274,9 +263,9 @@ def chunk_path(run_dir: Path, i: int) -> Path:
 def load_chunks(run_dir: Path, num_chunks: int) -> dict[int, dict]:
     """chunk index -> its stored metrics, for the chunks an earlier session finished."""
     done = {}
-    for i, path in enumerate(chunk_path(run_dir, i) for i in range(num_chunks)):
+    for i in range(num_chunks):
         try:
-            if path.exists():
+            if (path := chunk_path(run_dir, i)).exists():
                 with np.load(path) as data:
                     done[i] = dict(data)
         except (OSError, ValueError) as e:
@@ -305,8 +294,7 @@ def seen_returns(metrics: dict) -> np.ndarray:
 
 
 def final_returns(metrics: dict) -> np.ndarray:
-    """`[R]` per run: purejaxrl.scores.final_return over the run's own updates (a group with fewer
-    updates is NaN-padded); NaN if it finished no episode."""
+    """`[R]`: purejaxrl.scores.final_return over each run's own (not NaN-padded) updates."""
     from purejaxrl import scores
 
     lifetime = np.isfinite(metrics["env_steps"]).sum(axis=1)
@@ -320,14 +308,10 @@ def logged_updates(num_updates: int) -> np.ndarray:
 
 
 def _cell(x) -> str:
+    """A CSV cell: lists as JSON, NaN / inf empty."""
     if isinstance(x, float | np.floating):
         return "" if not np.isfinite(x) else f"{float(x):.6g}"
     return json.dumps(x) if isinstance(x, list) else str(x)
-
-
-def _write_csv(path: Path, header: list, rows) -> None:
-    """command.write_csv of `_cell`s (lists as JSON, NaN / inf empty)."""
-    command.write_csv(path, header, [[_cell(c) for c in row] for row in rows])
 
 
 def write_results(run_dir: Path, batch, result) -> None:
@@ -339,17 +323,18 @@ def write_results(run_dir: Path, batch, result) -> None:
     for r, row in enumerate(result.runs):
         for u in logged_updates(int(np.isfinite(metrics["env_steps"][r]).sum())):
             cells = [row[h] for h in head] + [u + 1, int(metrics["env_steps"][r, u]), returns[r, u]]
-            rows.append(cells + [metrics[k][r, u] for k in names])
+            rows.append([_cell(c) for c in cells + [metrics[k][r, u] for k in names]])
     columns = [*head, "update", "env_steps", "episode_return", *names]
-    _write_csv(run_dir / "results.csv", columns, rows)
+    command.write_csv(run_dir / "results.csv", columns, rows)
     final = final_returns(metrics)
-    per_run = [[row[h] for h in head] + [final[r]] for r, row in enumerate(result.runs)]
-    _write_csv(run_dir / "runs.csv", [*head, "final_return"], per_run)
+    per_run = [
+        [_cell(c) for c in [*(row[h] for h in head), final[r]]] for r, row in enumerate(result.runs)
+    ]
+    command.write_csv(run_dir / "runs.csv", [*head, "final_return"], per_run)
 
 
 def configurations(batch, result) -> list[dict]:
-    """One entry per configuration: its field values, its runs' indices, and those of its runs
-    that did not diverge (`healthy`)."""
+    """Per configuration: its field values, its runs' indices, its `healthy` (not diverged) ones."""
     out: dict[int, dict] = {}
     for row in result.runs:
         c = out.setdefault(row["config"], {"config": row["config"], "runs": [], "healthy": []})
@@ -406,8 +391,7 @@ def _label(values: dict) -> str:
 
 
 def plot(run_dir: Path, batch, result, summary: dict, reps: int) -> None:
-    """curves.png (IQM learning curves with 95% CI bands) and profile.png (performance profile)
-    of the best configurations; sensitivity_<field>.png per swept field."""
+    """curves.png (IQM, 95% CI) and profile.png of the best configurations; sensitivity_*.png."""
     from experiments import aggregate
 
     plt = command.pyplot()
@@ -442,8 +426,7 @@ def plot(run_dir: Path, batch, result, summary: dict, reps: int) -> None:
 
 
 def _plot_sensitivity(plt, run_dir: Path, field: str, rows: list, final, reps: int) -> None:
-    """Final-return IQM (95% CI) at each value of `field` over all healthy runs with that value
-    (the other fields pooled)."""
+    """Final-return IQM (95% CI) over the healthy runs at each value of `field` (others pooled)."""
     from experiments import aggregate
 
     key = lambda v: tuple(v) if isinstance(v, list) else v

@@ -1,13 +1,6 @@
-"""Train PPO, A2C or SAC (the names in `purejaxrl.algos.ALGOS`) on several seeds in one jitted
-program and write a run folder (its files, segments, resume and logging: docs/experiments.md).
-
-    python -m experiments.train --config experiments/configs/ppo_cartpole.yaml [key=value ...]
-        [--seeds N] [--out DIR] [--checkpoint-every K] [--log tensorboard wandb]
-    python -m experiments.train --resume DIR [key=value ...]      # e.g. total_timesteps=2000000
-
-Status lines go to stderr as each step starts, the first before jax is imported: jax and
-purejaxrl are imported inside the functions that use them (that takes a few seconds).
-"""
+"""Train PPO, A2C or SAC (`purejaxrl.algos.ALGOS`) on several seeds in one jitted program and
+write a run folder (usage, files, segments, resume, logging: docs/experiments.md). jax is imported
+inside the functions that use it, so the first status line comes before it."""
 
 from __future__ import annotations
 
@@ -36,12 +29,8 @@ def _arguments(p) -> None:
     from purejaxrl.sinks import DEFAULT_WANDB_PROJECT  # numpy and yaml, not jax
 
     p.add_argument("--seeds", type=int, help="number of seeds trained in parallel (num_seeds)")
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        metavar="K",
-        help="checkpoint every K updates (default: end)",
-    )
+    every = "checkpoint every K updates (default: end)"
+    p.add_argument("--checkpoint-every", type=int, metavar="K", help=every)
     p.add_argument(
         "--log",
         nargs="+",
@@ -83,7 +72,7 @@ def _shape(values: dict) -> str:
 
 def _describe(args) -> str | None:
     """The first status line of a new run, from its settings alone (no jax); None if they do not
-    read (`plan` says why) and for a resume (its checkpoint errors must come first)."""
+    read (`plan` says why) and for a resume."""
     if args.resume:
         return None
     try:
@@ -159,8 +148,7 @@ def segments(total: int, every: int | None) -> list[int]:
 
 
 def retire_evaluation(run_dir: Path, checkpoint_update: int, notice) -> None:
-    """Renames DIR/evaluation.json to evaluation.stale.json (replacing an older one), saying so
-    with `notice(text)`: it evaluated a checkpoint that a resume has just replaced."""
+    """Renames DIR/evaluation.json, of a checkpoint a resume replaced, to evaluation.stale.json."""
     path = run_dir / "evaluation.json"
     if not path.is_file():
         return
@@ -175,9 +163,8 @@ def retire_evaluation(run_dir: Path, checkpoint_update: int, notice) -> None:
 
 
 def _execute(plan: Plan) -> dict:
-    """Trains the plan. The logging sinks start first (before config.yaml is written, so a sink
-    that fails to start, a SinkError: exit 2, leaves no run behind) and are closed at the end,
-    also on error."""
+    """Trains the plan. The logging sinks start before config.yaml is written (one that fails to
+    start, exit 2, leaves no run behind) and are closed at the end, also on error."""
     from purejaxrl import sinks
 
     plan.run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,8 +186,8 @@ def _execute(plan: Plan) -> dict:
 
 
 def _prepare(plan: Plan, sizes: list[int]) -> tuple[Any, dict[int, Any], float]:
-    """(seed-batched TrainState: a resume's or `agent.init`'s per seed, {updates: compiled segment}
-    for each distinct segment length, seconds spent on both), before the bar starts."""
+    """(seed-batched TrainState (a resume's or `agent.init`'s), {updates: compiled segment} per
+    segment length, seconds spent on both)."""
     import jax
 
     t_init = time.perf_counter()
@@ -226,8 +213,7 @@ def _prepare(plan: Plan, sizes: list[int]) -> tuple[Any, dict[int, Any], float]:
 
 
 def _train(plan: Plan, logs: list) -> dict:
-    """Runs the segments, appending metrics.csv and writing the checkpoint and summary.json after
-    each, then curve.png; returns the summary."""
+    """Runs the segments (metrics.csv, checkpoint and summary.json after each), then curve.png."""
     import jax
 
     from purejaxrl import checkpoint
@@ -275,11 +261,9 @@ def make_summary(plan: Plan, session: dict) -> dict:
     """summary.json after the updates up to session["last_update"] (docs/experiments.md)."""
     from purejaxrl import scores
 
-    spec, cfg = plan.spec, plan.spec.config
+    spec, cfg, first = plan.spec, plan.spec.config, plan.start_update
     steps_per_seed = session["last_update"] * cfg.num_envs * cfg.num_steps
-    earlier = [
-        s for s in plan.previous.get("sessions", []) if s["last_update"] <= plan.start_update
-    ]
+    earlier = [s for s in plan.previous.get("sessions", []) if s["last_update"] <= first]
     return {
         "algo": spec.algo,
         "env": cfg.env,

@@ -82,9 +82,10 @@ def check_fields(cfg, names_of: Mapping[str, tuple], multiples: str) -> None:
     what)} (`names`) and the field `multiples` (of the meta-trained updates, besides 1x: its
     distinct positive floats other than 1.0) in their checked form."""
     nulls_as_empty(cfg)
+    where = lambda field: f"{type(cfg).__name__}.{field}"  # noqa: E731
     for field, (known, what) in names_of.items():
-        object.__setattr__(cfg, field, names(field, getattr(cfg, field), known, what))
-    values = positive_numbers(multiples, getattr(cfg, multiples))
+        object.__setattr__(cfg, field, names(where(field), getattr(cfg, field), known, what))
+    values = positive_numbers(where(multiples), getattr(cfg, multiples))
     object.__setattr__(cfg, multiples, tuple(dict.fromkeys(h for h in values if h != 1.0)))
     C.check_types(cfg)
 

@@ -155,7 +155,7 @@ def test_the_base_config_is_shared_and_validated():
 
 def _meta_config_classes() -> list[type]:
     """The meta-learning configs: the same rules hold for them (checked at construction)."""
-    from meta import es, groove, level_buffer, lpg, lpo_train
+    from meta import es, groove, level_buffer, lpg, lpg_meta_test, lpo_train, meta_test
 
     return [
         es.ESConfig,
@@ -164,6 +164,8 @@ def _meta_config_classes() -> list[type]:
         lpg.MetaGradientConfig,
         groove.GrooveConfig,
         lpo_train.LPOConfig,
+        meta_test.LPOTestConfig,
+        lpg_meta_test.LPGTestConfig,
     ]
 
 
