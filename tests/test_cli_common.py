@@ -43,6 +43,21 @@ def check_bad_resume(run_cli, folder, argv: list[str], message: str, capsys) -> 
     assert snapshot(folder) == before
 
 
+def interrupt_after_first_generation(monkeypatch) -> None:
+    """Makes an ES meta-training command stop as on Ctrl-C right after its first generation's
+    checkpoint and fitness.csv row (the experiment modules' interrupt cases)."""
+    from experiments import metacli
+
+    original = metacli.write_fitness
+
+    def interrupt(run_dir, rows, keep_upto=None):
+        original(run_dir, rows, keep_upto)
+        if keep_upto is not None:  # called by on_generations, after the checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(metacli, "write_fitness", interrupt)
+
+
 def fake_run(name: str, tmp_path):
     """A run folder holding only the resolved settings of the command's tiny config."""
     values, resolve, _ = META[name]

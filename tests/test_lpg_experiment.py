@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments import command, metacli
+from experiments import command
 from experiments import groove as groove_cli
 from experiments import lpg as cli
 from experiments import lpg_meta_test as M
@@ -612,14 +612,9 @@ def test_resume_continues_exactly(run_a, config_file, compile_cache, tmp_path):
 def test_interrupt_leaves_a_resumable_run(
     config_file, compile_cache, tmp_path, monkeypatch, capsys
 ):
-    original = metacli.write_fitness
+    from tests.test_cli_common import interrupt_after_first_generation
 
-    def interrupt(run_dir, rows, keep_upto=None):
-        original(run_dir, rows, keep_upto)
-        if keep_upto is not None:  # called by on_generations, after the checkpoint
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(metacli, "write_fitness", interrupt)
+    interrupt_after_first_generation(monkeypatch)
     out = tmp_path / "c"
     argv = ["--config", str(config_file), "curriculum=regret", "--out", str(out)]
     assert run_cli(argv, compile_cache) == 130
