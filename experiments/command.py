@@ -48,11 +48,6 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
 
 
-class RunError(ValueError):
-    """Bad input found while a run executes (e.g. a logging sink that fails to start): printed as
-    `error: ...`, exit code 2, like the errors of `plan`."""
-
-
 @dataclasses.dataclass
 class Plan:
     """What every command's plan holds (a command's plan subclasses it): the run folder, the mode
@@ -132,7 +127,7 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
     shards, make the host's CPU cores jax devices before jax's backend starts; 4. `plan(args)`
     checks everything and writes nothing: a ValueError is `error: ...` and EXIT_BAD_INPUT;
     5. a plan with `done` set has nothing left to do; 6. `execute(plan)` writes the run folder
-    and returns the summary (a RunError: EXIT_BAD_INPUT; Ctrl-C: EXIT_INTERRUPTED and the
+    and returns the summary (a logging sink that fails to start: EXIT_BAD_INPUT; Ctrl-C: EXIT_INTERRUPTED and the
     command that continues); 7. print `report(plan, summary)`."""
     args = parser(command).parse_args(argv)
     if not args.no_progress:
@@ -151,7 +146,11 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         summary = command.execute(plan)
-    except RunError as e:
+    except ValueError as e:
+        from purejaxrl.sinks import SinkError  # lazy: a command starts before purejaxrl loads
+
+        if not isinstance(e, SinkError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -158,7 +158,7 @@ def curve_stats(returns: np.ndarray, finished) -> dict:
     return {
         **agent_runs.summarize("final_return", final, seeds=True),
         "final_return_std": float(np.asarray(final, np.float64).std()),
-        "final_window_updates": max(1, math.ceil(FINAL_RETURN_FRACTION * returns.shape[1])),
+        "final_window_updates": scores.final_window(returns.shape[1], FINAL_RETURN_FRACTION),
         **agent_runs.summarize("auc", returns.mean(axis=1), seeds=True),
     }
 

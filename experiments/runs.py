@@ -63,9 +63,7 @@ def build_spec(values: Mapping[str, Any]) -> RunSpec:
         if key not in known:
             hint = C.close_match(key, known, n=3) or f"; known keys are {known}"
             raise ValueError(f"unknown key {key!r} for algo {algo}{hint}")
-    config = algos.config_from_dict(
-        algo, {k: C.whole(fields[k], v) for k, v in values.items() if k in fields}
-    )
+    config = algos.config_from_dict(algo, {k: v for k, v in values.items() if k in fields})
     run = {k: C.whole(d, values.get(k, d)) for k, d in RUN_KEYS.items() if k != "algo"}
     for key, low in (("seed", 0), ("num_seeds", 1)):
         command.as_int(key, run[key], low)
@@ -161,7 +159,7 @@ def final_returns(run_dir) -> dict[str, Any]:
         "final_return_mean": float(per_seed.mean()),
         "final_return_std": float(per_seed.std()),
         "final_return_per_seed": [float(x) for x in per_seed],
-        "final_return_window_updates": max(1, int(np.ceil(scores.FINAL_FRACTION * len(data)))),
+        "final_return_window_updates": scores.final_window(len(data)),
         "last_return_per_seed": [float(x) for x in returns[:, -1]],
         "seeds_without_finished_episode": [
             i for i, has in enumerate(np.isfinite(returns).any(axis=1)) if not has

@@ -4,7 +4,6 @@ undefended), then certify and attack each (purejaxrl/robust/protocol.py; docs/ex
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from typing import Any
@@ -113,7 +112,7 @@ def train(run: Run, plan: agent_runs.Plan, key) -> tuple[Any, dict, dict]:
     env_steps = run.agent.num_updates * run.config.num_envs * run.config.num_steps
     stats = {
         "final_return": float(scores.final_return(returns, metrics["episodes_finished"])),
-        "final_window_updates": max(1, math.ceil(scores.FINAL_FRACTION * returns.size)),
+        "final_window_updates": scores.final_window(returns.size),
         "env_steps": int(env_steps),
         "sps": env_steps / train_s,
         "compile_s": compile_s,

@@ -202,11 +202,7 @@ def execute(plan: SweepPlan) -> dict:
             f"({len(plan.finished)} done before) over {len(plan.devices)} "
             f"{plan.devices[0].platform} device(s); compiling ..."
         )
-        try:
-            sinks = sinks_lib.make_sinks(args.log, plan.run_dir, spec,
-                                         wandb_project=args.wandb_project)  # fmt: skip
-        except sinks_lib.SinkError as e:
-            raise command.RunError(str(e)) from e
+        sinks = sinks_lib.make_sinks(args.log, plan.run_dir, spec, wandb_project=args.wandb_project)
     # every process compiles the same program: with the host callback when process 0 shows
     # progress or logs, which the others then feed to a no-op
     progress = show if writer else bool(plan.progress or args.log) and (lambda done, total: None)
@@ -223,8 +219,8 @@ def execute(plan: SweepPlan) -> dict:
             on_report=_report_to(sinks, batch) if sinks else None,
             log=(lambda m: print(m, file=sys.stderr)) if show else None,
         )
-    finally:
-        sinks_lib.close_sinks(sinks)
+    finally:  # a sink that fails to close must not cost the finished sweep its results
+        sinks_lib.close_sinks(sinks, on_error=lambda m: print(m, file=sys.stderr))
     wall_s = time.perf_counter() - t0
     if not writer:
         return {}

@@ -170,19 +170,13 @@ def _execute(plan: Plan) -> dict:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     cfg, config = plan.spec.config, {**plan.spec.to_dict(), "run_dir": str(plan.run_dir)}
     step = plan.start_update * cfg.num_envs * cfg.num_steps if plan.mode == "resume" else None
-    try:
-        logs = sinks.make_sinks(plan.args.log, plan.run_dir, config, resume_step=step,
-                                wandb_project=plan.args.wandb_project)  # fmt: skip
-    except sinks.SinkError as e:
-        raise command.RunError(str(e)) from e
+    logs = sinks.make_sinks(plan.args.log, plan.run_dir, config, resume_step=step,
+                            wandb_project=plan.args.wandb_project)  # fmt: skip
     try:
         return _train(plan, logs)
     finally:
         plan.bar.close()  # the last reports go to the bar and the sinks
-        try:
-            sinks.close_sinks(logs)
-        except Exception as e:  # the run folder is complete; only the log may lack its tail
-            plan.bar.notice(f"warning: closing the logging sinks failed: {e}")
+        sinks.close_sinks(logs, on_error=plan.bar.notice)
 
 
 def _prepare(plan: Plan, sizes: list[int]) -> tuple[Any, dict[int, Any], float]:

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from meta import saved
-from purejaxrl import checkpoint, objectives
 from purejaxrl import config as C
+from purejaxrl import objectives
 
 HIDDEN = 128  # width of the drift net's hidden layer
 NUM_FEATURES = 8  # LPO's inputs; TA-LPO has twice as many
@@ -259,9 +259,7 @@ def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
             raise ValueError(
                 f"lpo.save: info[{key!r}]={record[key]!r}, but the params have {value!r}"
             )
-    params = jax.device_get(params)
-    record.update(derived, format=FORMAT_VERSION, shapes=checkpoint.shapes(params))
-    record.update(digest=checkpoint.digest(params), ppo_init=bool(record["ppo_init"]))
+    record.update(derived, format=FORMAT_VERSION, ppo_init=bool(record["ppo_init"]))
     return saved.write(path, params, record, _KIND)
 
 

@@ -67,7 +67,7 @@ import numpy as np
 
 from envs import gridworld
 from meta import es, level_buffer, lpg, saved
-from purejaxrl import a2c, checkpoint, losses, objectives
+from purejaxrl import a2c, losses, objectives
 from purejaxrl import config as C
 from purejaxrl.scores import final_return
 
@@ -614,17 +614,14 @@ def checkpoint_steps(checkpoint_dir) -> int:
 
 
 def _save_run(path, state, metrics, done, record, key_data) -> None:
-    tree = jax.device_get({"state": state, "metrics": metrics})
     info = {
         "format": _RUN_FORMAT,
         "config": record,
         "key": key_data,
         "done": int(done),
         "metrics": {k: str(np.asarray(v).dtype) for k, v in metrics.items()},
-        "shapes": checkpoint.shapes(tree),
-        "digest": checkpoint.digest(tree),
     }
-    saved.write(path, tree, info, _RUN_KIND)
+    saved.write(path, {"state": state, "metrics": metrics}, info, _RUN_KIND)
 
 
 def _restore_run(path, trainer, k_init, record, key_data):

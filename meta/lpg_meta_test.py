@@ -24,7 +24,7 @@ import numpy as np
 
 import envs
 from envs.benchmark import random_rollout
-from meta import lpg, lpg_rule
+from meta import lpg_rule
 from meta import meta_test as T
 from purejaxrl import a2c, ppo, sweep
 from purejaxrl import config as C
@@ -114,13 +114,10 @@ class LPGTestConfig:
         if lr is not None:
             fields["learning_rate"] = float(lr)
         env_kwargs = self.test_env_kwargs.get(task, {})
+        cls, extra = {"lpg": (a2c.A2CConfig, {"prediction_size": y_size}),
+                      "a2c": (a2c.A2CConfig, {}), "ppo": (ppo.PPOConfig, self.ppo)}[learner]  # fmt: skip
         try:
-            if learner == "lpg":
-                rule = lpg.LPGConfig(env=task, env_kwargs=env_kwargs, inner=fields, y_size=y_size)
-                cfg = rule.inner
-            else:
-                cls, extra = (a2c.A2CConfig, {}) if learner == "a2c" else (ppo.PPOConfig, self.ppo)
-                cfg = C.from_dict(cls, {**fields, **extra, "env": task, "env_kwargs": env_kwargs})
+            cfg = C.from_dict(cls, {**fields, **extra, "env": task, "env_kwargs": env_kwargs})
         except (TypeError, ValueError) as e:
             raise ValueError(f"the {learner} config of the meta-test on {task}: {e}") from None
         return T.scaled(cfg, lifetime)

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from meta import saved
-from purejaxrl import actor_critic, checkpoint, objectives
+from purejaxrl import actor_critic, objectives
 from purejaxrl import config as C
 from purejaxrl.networks import ActorCritic
 
@@ -371,9 +371,7 @@ def save(path, params, info: Mapping[str, Any] | None = None) -> Path:
             raise ValueError(
                 f"lpg.save: info[{key!r}]={record[key]!r}, but the params have {value!r}"
             )
-    params = jax.device_get(params)
-    record.update(shape._asdict(), format=FORMAT, shapes=checkpoint.shapes(params))
-    record.update(digest=checkpoint.digest(params))
+    record.update(shape._asdict(), format=FORMAT)
     return saved.write(path, params, record, _KIND)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import orbax.checkpoint as ocp
 
 from purejaxrl import checkpoint
@@ -40,14 +41,17 @@ class Kind(NamedTuple):
 
 
 def write(path, params, record: Mapping[str, Any], kind: Kind) -> Path:
-    """Saves host `params` and the JSON `record` as the folder `path` (absolute path returned).
+    """Saves `params` (fetched to the host) and the JSON `record` with their "shapes" and "digest"
+    added (what `read_params` checks) as the folder `path` (absolute path returned).
 
     ValueError when `record` is not JSON-serialisable, or when `path` exists and is not a saved
     folder (never overwritten); an existing saved folder is replaced.
     """
     path = Path(path).absolute()
+    params = jax.device_get(params)
+    record = {**record, "shapes": checkpoint.shapes(params), "digest": checkpoint.digest(params)}
     try:
-        record = json.loads(json.dumps(dict(record)))
+        record = json.loads(json.dumps(record))
     except TypeError as e:
         raise ValueError(f"{kind.saver}: info is not JSON-serialisable: {e}") from None
     if path.exists() and not (path / MANIFEST).is_file():

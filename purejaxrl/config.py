@@ -213,17 +213,16 @@ def is_mapping_field(name: str) -> bool:
 
 def from_dict(cls, values: Mapping[str, Any]):
     """Builds config `cls` from a plain dict (e.g. parsed YAML); an unknown key is a ValueError
-    naming it with its close matches. Lists become tuples (hidden_sizes) and dicts become frozen
-    kwargs (env_kwargs)."""
-    fields = sorted(f.name for f in dataclasses.fields(cls))
+    naming it with its close matches. Lists become tuples (hidden_sizes), dicts become frozen
+    kwargs (env_kwargs) and a whole float on an int field an int (`whole`)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    fields = sorted(defaults)
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
             hint = close_match(key, fields, n=3) or f"; fields are {fields}"
             raise ValueError(f"{cls.__name__} has no field {key!r}{hint}")
-        if isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
+        kwargs[key] = tuple(value) if isinstance(value, list) else whole(defaults[key], value)
     return cls(**kwargs)
 
 

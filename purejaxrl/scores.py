@@ -35,6 +35,11 @@ def measured_returns(episode_return, episodes_finished):
     return xp.where(seen, xp.asarray(episode_return, dtype), xp.nan)
 
 
+def final_window(num_updates: int, fraction: float = FINAL_FRACTION) -> int:
+    """The number of last updates `final_return` averages over: `fraction` of them, at least 1."""
+    return max(1, math.ceil(fraction * num_updates))
+
+
 def _backend(*arrays):
     """(jnp, float32) if any input is a jax array or tracer; else (np, float64): host numbers
     (metrics.csv, device_get metrics) keep their precision."""
@@ -55,7 +60,7 @@ def final_return(episode_return, episodes_finished, lifetime=None, fraction=FINA
     num = returns.shape[-1]
     n = xp.arange(num)
     if lifetime is None:
-        window = max(1, math.ceil(fraction * num))
+        window = final_window(num, fraction)
         inside = n >= num - window
     else:
         lifetime = xp.clip(xp.asarray(lifetime, xp.int32), 1, num)[..., None]

@@ -200,16 +200,19 @@ def previous_wandb_id(run_dir) -> str | None:
     return max(found)[1] if found else None
 
 
-def close_sinks(sinks: Sequence[Sink]) -> None:
-    """Closes every sink; the first error is raised after all were tried."""
+def close_sinks(sinks: Sequence[Sink], on_error: Callable[[str], None] | None = None) -> None:
+    """Closes every sink; the first error is raised after all were tried, or with `on_error`
+    reported to it as a warning (a run whose results are written loses only the log's tail)."""
     error = None
     for sink in sinks:
         try:
             sink.close()
         except Exception as e:
             error = error or e
-    if error is not None:
+    if error is not None and on_error is None:
         raise error
+    if error is not None:
+        on_error(f"warning: closing the logging sinks failed: {error}")
 
 
 def per_seed(value, num_seeds: int) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Assertions and helpers shared by the test modules."""
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -54,7 +56,6 @@ def cli_compile_cache(request, tmp_path_factory, name: str):
     CLIs' `main` sets them (the flags are part of the cache key, so library calls in the tests
     load the CLI's programs). The backend starts first, so the process keeps its device count.
     Yields the cache path; restores the cache setting and XLA_FLAGS afterwards."""
-    from pathlib import Path
 
     import pytest
 
@@ -70,3 +71,38 @@ def cli_compile_cache(request, tmp_path_factory, name: str):
     yield path
     restore()
     mp.undo()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """{relative path: SHA-256} of every file under `folder` (a run folder's state)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def check_bad_resume(run_cli, folder, argv: list[str], message: str, capsys) -> None:
+    """`run_cli(argv)` of a --resume / --meta-test-only of the run `folder` ("{a}" in argv) with
+    changed settings: exit code 2, `error: ...` with `message`, the folder unchanged (the
+    experiment modules' slow cases, on their own runs)."""
+    before = snapshot(folder)
+    assert run_cli([x.format(a=folder) for x in argv]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err, err
+    assert snapshot(folder) == before
+
+
+def interrupt_after_first_generation(monkeypatch) -> None:
+    """Makes an ES meta-training command stop as on Ctrl-C right after its first generation's
+    checkpoint and fitness.csv row (the experiment modules' interrupt cases)."""
+    from experiments import metacli
+
+    original = metacli.write_fitness
+
+    def interrupt(run_dir, rows, keep_upto=None):
+        original(run_dir, rows, keep_upto)
+        if keep_upto is not None:  # called by on_generations, after the checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(metacli, "write_fitness", interrupt)

@@ -11,7 +11,6 @@ import yaml
 
 from tests.test_lpg_experiment import TINY as LPG_TINY
 from tests.test_lpo_experiment import TINY as LPO_TINY
-from tests.test_lpo_experiment import snapshot
 
 META = {  # command -> (tiny settings, resolve, the learned object's folder)
     "lpo": (LPO_TINY, "experiments.lpo:resolve", "drift"),
@@ -30,32 +29,6 @@ def run(name: str, argv: list[str], capsys) -> str:
     """stderr of a run that must stop on bad input (exit code 2)."""
     assert main(name)([*argv, "--no-progress"]) == 2
     return capsys.readouterr().err
-
-
-def check_bad_resume(run_cli, folder, argv: list[str], message: str, capsys) -> None:
-    """`run_cli(argv)` of a --resume / --meta-test-only of the run `folder` ("{a}" in argv) with
-    changed settings: exit code 2, `error: ...` with `message`, the folder unchanged (the
-    experiment modules' slow cases, on their own runs)."""
-    before = snapshot(folder)
-    assert run_cli([x.format(a=folder) for x in argv]) == 2
-    err = capsys.readouterr().err
-    assert "error: " in err and message in err, err
-    assert snapshot(folder) == before
-
-
-def interrupt_after_first_generation(monkeypatch) -> None:
-    """Makes an ES meta-training command stop as on Ctrl-C right after its first generation's
-    checkpoint and fitness.csv row (the experiment modules' interrupt cases)."""
-    from experiments import metacli
-
-    original = metacli.write_fitness
-
-    def interrupt(run_dir, rows, keep_upto=None):
-        original(run_dir, rows, keep_upto)
-        if keep_upto is not None:  # called by on_generations, after the checkpoint
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(metacli, "write_fitness", interrupt)
 
 
 def fake_run(name: str, tmp_path):

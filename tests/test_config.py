@@ -179,3 +179,12 @@ def test_every_meta_config_rejects_unknown_fields_and_wrong_types_naming_them(cl
     for f in dataclasses.fields(cls):  # "ESConfig (strategy='open_es').sigma" names it too
         with pytest.raises(ValueError, match=rf"{cls.__name__}( \([^)]*\))?\.{f.name}\b"):
             cls(**{f.name: _wrong_value(hints[f.name])})
+
+
+def test_from_dict_takes_a_whole_float_on_an_int_field_as_that_int():
+    """YAML 1.1 reads 1.0e+6 as a float: every config built from a mapping takes it."""
+    cfg = C.from_dict(ppo.PPOConfig, {"total_timesteps": 1024.0, "num_envs": 4.0, "gamma": 1.0})
+    assert cfg.total_timesteps == 1024 and type(cfg.total_timesteps) is int
+    assert type(cfg.num_envs) is int and type(cfg.gamma) is float
+    with pytest.raises(ValueError, match="num_envs"):
+        C.from_dict(ppo.PPOConfig, {"num_envs": 4.5})

@@ -13,7 +13,6 @@ resumed, interrupted and meta-test-only runs load the programs the first runs co
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import shutil
@@ -32,7 +31,12 @@ from experiments import lpg_report as R
 from experiments import lpg_settings as S
 from meta import groove, lpg
 from meta import lpg_meta_test as L
-from tests.helpers import cli_compile_cache
+from tests.helpers import (
+    check_bad_resume,
+    cli_compile_cache,
+    interrupt_after_first_generation,
+    snapshot,
+)
 
 TINY = {
     "seed": 0,
@@ -100,14 +104,6 @@ def run_mg(mg_config_file, compile_cache, tmp_path_factory):
     argv = ["--config", str(mg_config_file), "--out", str(out)]
     assert run_cli(argv, compile_cache, groove_cli.main) == 0
     return out
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -612,8 +608,6 @@ def test_resume_continues_exactly(run_a, config_file, compile_cache, tmp_path):
 def test_interrupt_leaves_a_resumable_run(
     config_file, compile_cache, tmp_path, monkeypatch, capsys
 ):
-    from tests.test_cli_common import interrupt_after_first_generation
-
     interrupt_after_first_generation(monkeypatch)
     out = tmp_path / "c"
     argv = ["--config", str(config_file), "curriculum=regret", "--out", str(out)]
@@ -649,8 +643,6 @@ def test_meta_test_only_reruns_the_meta_test(run_a, compile_cache, tmp_path):
     ],
 )
 def test_bad_resume_changes_nothing(argv, message, run_a, compile_cache, capsys):
-    from tests.test_cli_common import check_bad_resume
-
     check_bad_resume(lambda a: run_cli(a, compile_cache), run_a, argv, message, capsys)
 
 
@@ -774,8 +766,6 @@ def test_meta_gradient_interrupt_then_resume(
     ],
 )
 def test_bad_meta_gradient_resume_changes_nothing(argv, message, run_mg, compile_cache, capsys):
-    from tests.test_cli_common import check_bad_resume
-
     run = lambda a: run_cli(a, compile_cache, groove_cli.main)  # noqa: E731
     check_bad_resume(run, run_mg, argv, message, capsys)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -26,7 +25,12 @@ import yaml
 from experiments import lpo as cli
 from meta import lpo, lpo_train
 from meta import meta_test as M
-from tests.helpers import cli_compile_cache
+from tests.helpers import (
+    check_bad_resume,
+    cli_compile_cache,
+    interrupt_after_first_generation,
+    snapshot,
+)
 
 TINY_INNER = {
     "total_timesteps": 256,
@@ -78,14 +82,6 @@ def run_a(config_file, compile_cache, tmp_path_factory):
         == 0
     )
     return out
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -197,8 +193,6 @@ def test_resume_continues_exactly(run_a, config_file, compile_cache, tmp_path):
 def test_interrupt_leaves_a_resumable_run(
     config_file, compile_cache, tmp_path, monkeypatch, capsys
 ):
-    from tests.test_cli_common import interrupt_after_first_generation
-
     interrupt_after_first_generation(monkeypatch)
     out = tmp_path / "c"
     argv = ["--config", str(config_file), "test_seeds=2", "--out", str(out)]
@@ -262,8 +256,6 @@ def test_bad_input_stops_before_writing(
     ],
 )
 def test_bad_resume_changes_nothing(argv, message, run_a, compile_cache, capsys):
-    from tests.test_cli_common import check_bad_resume
-
     check_bad_resume(lambda a: run_cli(a, compile_cache), run_a, argv, message, capsys)
 
 

@@ -304,6 +304,20 @@ def test_reporter_resumed_with_started_seeds_and_a_failing_sink_is_dropped():
     assert len(messages) == 1 and "logging to list failed (OSError: disk full)" in messages[0]
 
 
+def test_close_sinks_closes_all_then_raises_or_reports_the_first_error():
+    class Failing:
+        def close(self):
+            raise OSError("disk full")
+
+    good, messages = ListSink(), []
+    good.close = lambda: messages.append("closed")
+    with pytest.raises(OSError, match="disk full"):
+        sinks.close_sinks([Failing(), good])
+    assert messages == ["closed"]  # tried after the failure
+    sinks.close_sinks([Failing()], on_error=messages.append)
+    assert messages[1] == "warning: closing the logging sinks failed: disk full"
+
+
 def test_sinks_write_with_a_prefix(tmp_path):
     (tb,) = sinks.make_sinks(["tensorboard"], tmp_path, {"lr": 0.001, "sizes": (8, 8)})
     wb = sinks.WandbSink("p", tmp_path, {"lr": 0.001}, name="prefixed")

@@ -172,10 +172,7 @@ def threshold_bound(returns, thresholds, sigma, budget, alpha: float = 0.05) -> 
     b = _check_budget(budget)
     alpha = _check_alpha(alpha)
     v1, b1 = np.atleast_1d(v), np.atleast_1d(b)
-    m = v1.size
-    _check_enough(r.size, alpha, m, "clopper_pearson")
-
-    p_lb = _clopper_pearson_lower(_survival_counts(r, v1), r.size, alpha / m)
+    p_lb = _survival_lower(r, v1, alpha, "clopper_pearson")
     out = _smooth(p_lb, b1, sigma)
     if v.ndim == 0:
         out = out[:, 0]

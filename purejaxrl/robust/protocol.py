@@ -48,7 +48,7 @@ def check(agent, objectives: Sequence[str], num_episodes: int, alpha: float, met
             raise ValueError(f"objective {objective!r} on {env}: {err}") from None
     method, levels = certify_setup(method, env, steps)
     num_levels = len(levels) if levels is not None else num_episodes
-    need = certify.min_returns(alpha, num_levels if method != "dkw" else 1, method)
+    need = certify.min_returns(alpha, num_levels, method)
     if num_episodes < need:
         raise ValueError(
             f"{num_episodes} clean episodes are too few for alpha={alpha:g} with {method} on "
